@@ -1,0 +1,142 @@
+"""AsyncTLSConfig: the method's knobs as one frozen, validated dataclass.
+
+Set through ``--asynctls-<field>`` flags of ``python -m asynctls_sglang.launch_server``
+(dashes for underscores) or, for plain SGLang, through the ASYNCTLS_CONFIG environment
+variable holding a JSON object of the same fields. Defaults are the paper's settings where it
+gives one (block 64, 128 blocks, INT4 index keys, r = 32 for a 128-dim GQA head, 128 for MLA).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from asynctls_sglang import env
+
+SELECTIONS = ("tls", "quest")
+
+
+class ConfigError(ValueError):
+    """A bad AsyncTLS setting; the message names the field (and its CLI flag)."""
+
+
+def flag_name(field: str) -> str:
+    return "--asynctls-" + field.replace("_", "-")
+
+
+def _fail(field: str, message: str) -> None:
+    raise ConfigError(f"AsyncTLS setting '{field}' ({flag_name(field)}): {message}")
+
+
+@dataclass(frozen=True)
+class AsyncTLSConfig:
+    #: Tokens per block (level-1 granularity); also SGLang's KV page size. Power of two.
+    block_size: int = 64
+    #: k_b: blocks kept by the coarse filter per request and KV head.
+    block_budget: int = 128
+    #: k_t: tokens attended per request and KV head, sink and local window included.
+    token_budget: int = 2048
+    #: r: index channels for the token-level scores. None: head_dim // 4 (GQA), 128 (MLA).
+    index_channels: int | None = None
+    #: Bits per quantised index-key channel (only 4 is implemented).
+    index_bits: int = 4
+    #: The first tokens of every request, always attended.
+    sink_tokens: int = 16
+    #: The most recent tokens (the new one included), always attended.
+    local_window: int = 64
+    #: Requests whose length is at most this decode densely, exactly as the stock backend.
+    dense_threshold: int = 4096
+    #: "tls": two-level (blocks, then tokens). "quest": block-only baseline that attends all
+    #: tokens of the top token_budget // block_size blocks (same number of attended tokens).
+    selection: str = "tls"
+    #: Prefill tokens (per layer) whose queries and keys calibrate the index channels; the first
+    #: prefill of at least this many tokens (or the first of any length, if none is) fixes them.
+    calibration_tokens: int = 256
+    #: Dense kernel set for prefill and short decodes: "auto" = torch_native on CPU, triton on GPU.
+    dense_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "block_budget", "token_budget", "index_bits", "calibration_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                _fail(name, f"must be a positive integer, got {value!r}")
+        for name in ("sink_tokens", "local_window", "dense_threshold"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                _fail(name, f"must be a non-negative integer, got {value!r}")
+        if self.block_size & (self.block_size - 1):
+            _fail("block_size", f"must be a power of two, got {self.block_size}")
+        if self.index_channels is not None:
+            if not isinstance(self.index_channels, int) or isinstance(self.index_channels, bool) \
+                    or self.index_channels <= 0 or self.index_channels % 2:
+                _fail("index_channels", f"must be a positive even integer, got {self.index_channels!r}")
+        if self.index_bits != 4:
+            _fail("index_bits", f"only 4-bit index keys are implemented, got {self.index_bits}")
+        if self.token_budget > self.block_budget * self.block_size:
+            _fail("token_budget", f"{self.token_budget} tokens cannot come from {self.block_budget} blocks of "
+                  f"{self.block_size} tokens ({self.block_budget * self.block_size} at most); raise "
+                  f"{flag_name('block_budget')} or lower the token budget")
+        if self.sink_tokens + self.local_window >= self.token_budget:
+            _fail("token_budget", f"must exceed sink_tokens + local_window "
+                  f"({self.sink_tokens} + {self.local_window}), got {self.token_budget}")
+        if self.selection not in SELECTIONS:
+            _fail("selection", f"must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.selection == "quest" and self.token_budget % self.block_size:
+            _fail("token_budget", f"with selection 'quest' it must be a multiple of block_size "
+                  f"({self.block_size}), got {self.token_budget}")
+        if self.dense_backend not in ("auto", "torch_native", "triton"):
+            _fail("dense_backend", f"must be auto, torch_native or triton, got {self.dense_backend!r}")
+
+    # derived values ---------------------------------------------------------------------------
+    @property
+    def selected_tokens(self) -> int:
+        """Tokens chosen by score (the budget less the always-kept sink and local tokens)."""
+        return self.token_budget - self.sink_tokens - self.local_window
+
+    @property
+    def quest_blocks(self) -> int:
+        return self.token_budget // self.block_size
+
+    def channels_for(self, head_dim: int, is_mla: bool) -> int:
+        """r for a model whose (latent) key has head_dim channels; raises if impossible."""
+        r = self.index_channels
+        if r is None:
+            r = min(128, head_dim) if is_mla else max(2, head_dim // 4)
+            r -= r % 2
+        if r > head_dim:
+            _fail("index_channels", f"r = {r} is larger than the key head dim ({head_dim}) of this model")
+        return r
+
+    # construction ------------------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "AsyncTLSConfig":
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(f"unknown AsyncTLS setting(s) {unknown}; known: {list(cls.field_names())}")
+        return cls(**dict(values))
+
+    @classmethod
+    def from_json(cls, text: str) -> "AsyncTLSConfig":
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{env.ASYNCTLS_CONFIG} is not valid JSON: {exc}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{env.ASYNCTLS_CONFIG} must hold a JSON object, got {type(values).__name__}")
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_env(cls) -> "AsyncTLSConfig":
+        text = env.config_json()
+        return cls.from_json(text) if text else cls()
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    def replace(self, **changes: Any) -> "AsyncTLSConfig":
+        return dataclasses.replace(self, **changes)

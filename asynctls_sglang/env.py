@@ -1,0 +1,29 @@
+"""Every ASYNCTLS_* environment variable the package reads, in one place.
+
+SGLang spawns its scheduler processes: they inherit the environment, not the parent's Python
+state, so settings that must reach every process travel as environment variables.
+"""
+from __future__ import annotations
+
+import os
+
+#: JSON object with AsyncTLSConfig fields (see asynctls_sglang.config); read in every process.
+ASYNCTLS_CONFIG = "ASYNCTLS_CONFIG"
+#: Where the embedded SmolLM2 model is converted to and cached (default ~/.cache/asynctls_sglang).
+ASYNCTLS_CACHE_DIR = "ASYNCTLS_CACHE_DIR"
+#: "1" forces the plain-torch ops even where a GPU and Triton are present (debugging).
+ASYNCTLS_FORCE_TORCH_OPS = "ASYNCTLS_FORCE_TORCH_OPS"
+
+
+def config_json() -> str | None:
+    value = os.environ.get(ASYNCTLS_CONFIG)
+    return value if value and value.strip() else None
+
+
+def cache_dir() -> str:
+    default = os.path.join(os.path.expanduser("~"), ".cache", "asynctls_sglang")
+    return os.environ.get(ASYNCTLS_CACHE_DIR) or default
+
+
+def force_torch_ops() -> bool:
+    return os.environ.get(ASYNCTLS_FORCE_TORCH_OPS, "0") == "1"

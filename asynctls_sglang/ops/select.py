@@ -1,0 +1,46 @@
+"""The whole AsyncTLS decode selection for a batch, composed from the batched ops."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from asynctls_sglang.config import AsyncTLSConfig
+from asynctls_sglang.ops import torch_ops
+
+
+class LayerIndex(NamedTuple):
+    """The per-layer index state that the KV pool keeps next to K/V (see memory.index_store)."""
+
+    kmin: torch.Tensor  # [pages, Hk, D] key dtype
+    kmax: torch.Tensor  # [pages, Hk, D]
+    codes: torch.Tensor  # [slots, Hk, r // 2] uint8
+    scale_zero: torch.Tensor  # [slots, Hk, 2] fp32
+    channels: torch.Tensor  # [Hk, r] int64
+
+
+def select_positions(q: torch.Tensor, index: LayerIndex, req_to_token: torch.Tensor,
+                     req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, max_blocks: int,
+                     cfg: AsyncTLSConfig, ops=torch_ops) -> torch.Tensor:
+    """q: [bs, Hq, D] -> positions [bs, Hk, token_budget] (sink, local, then chosen; -1 unused).
+
+    ``max_blocks`` bounds the block table (ceil(longest request / B) eagerly; the model's
+    context length / B under CUDA graphs, so shapes stay fixed). ``ops`` is torch_ops or a
+    module with the same functions (the Triton kernels).
+    """
+    b = cfg.block_size
+    hk = index.kmin.shape[1]
+    pages = ops.block_table(req_to_token, req_pool_indices, max_blocks, b)
+    scores = ops.score_blocks(q, index.kmin, index.kmax, pages, seq_lens, b, cfg.sink_tokens,
+                              cfg.local_window)
+    n_blocks = cfg.quest_blocks if cfg.selection == "quest" else cfg.block_budget
+    blocks = ops.select_blocks(scores, n_blocks)
+    pos, ok = ops.candidate_positions(blocks, seq_lens, b, cfg.sink_tokens, cfg.local_window)
+    if cfg.selection == "quest":
+        chosen = ops.truncate_candidates(pos, ok, cfg.selected_tokens)
+    else:
+        tok = ops.score_tokens(q, index.codes, index.scale_zero, index.channels, req_to_token,
+                               req_pool_indices, pos, ok)
+        chosen = ops.select_tokens(tok, pos, cfg.selected_tokens)
+    forced = ops.forced_positions(seq_lens, hk, cfg.sink_tokens, cfg.local_window)
+    return torch.cat([forced, chosen], dim=2)

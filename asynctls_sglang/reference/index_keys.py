@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import torch
+
+
+def calibrate_channels(q: torch.Tensor, k: torch.Tensor, r: int) -> torch.Tensor:
+    """Online Double-Sparsity calibration from a prefill's own queries and keys.
+
+    The weight of channel c for a KV head is E|q_c| * E|k_c| over the prefill's tokens and the
+    head's group (the expected magnitude of channel c's term in q.k). The r heaviest channels
+    are returned in ascending channel order (ties: lower channel first).
+    q: [T, Hq, D]; k: [T, Hk, D] -> [Hk, r] int64.
+    """
+    t, hq, d = q.shape
+    hk = k.shape[1]
+    qmag = q.float().abs().view(t, hk, hq // hk, d).mean(dim=(0, 2))  # [Hk, D]
+    kmag = k.float().abs().mean(dim=0)  # [Hk, D]
+    order = torch.sort(qmag * kmag, dim=-1, descending=True, stable=True).indices[:, :r]
+    return order.sort(dim=-1).values
+
+
+def quantize_index_keys(k: torch.Tensor, channels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """INT4 index keys: the r channels of each key, asymmetric 4-bit per (token, head).
+
+    k: [T, Hk, D]; channels: [Hk, r] -> (codes [T, Hk, r // 2] uint8, two codes per byte, low
+    nibble = even channel; scale_zero [T, Hk, 2] fp32 = (scale, zero)). Value = code*scale+zero.
+    Round half away from zero (torch.round is half-to-even: floor(x + 0.5) is used instead).
+    """
+    t, hk, _ = k.shape
+    sub = torch.gather(k.float(), 2, channels.unsqueeze(0).expand(t, -1, -1))  # [T, Hk, r]
+    lo = sub.amin(-1, keepdim=True)
+    hi = sub.amax(-1, keepdim=True)
+    scale = (hi - lo) / 15.0
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    codes = torch.floor((sub - lo) / safe + 0.5).clamp(0, 15).to(torch.uint8)
+    packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return packed, torch.cat([scale, lo], dim=-1)
+
+
+def dequantize_index_keys(codes: torch.Tensor, scale_zero: torch.Tensor) -> torch.Tensor:
+    """[T, Hk, r // 2] uint8, [T, Hk, 2] -> [T, Hk, r] fp32."""
+    lo = (codes & 0xF).float()
+    hi = (codes >> 4).float()
+    vals = torch.stack([lo, hi], dim=-1).flatten(-2)
+    return vals * scale_zero[..., :1] + scale_zero[..., 1:]
+
+
+def token_scores(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor,
+                 channels: torch.Tensor) -> torch.Tensor:
+    """Approximate q.k from the index keys, averaged over each KV head's group.
+
+    q: [Hq, D]; codes [T, Hk, r//2]; scale_zero [T, Hk, 2]; channels [Hk, r] -> [Hk, T] fp32.
+    """
+    hq = q.shape[0]
+    hk, r = channels.shape
+    qg = q.float().view(hk, hq // hk, -1).mean(1)  # [Hk, D]
+    qsub = torch.gather(qg, 1, channels)  # [Hk, r]
+    keys = dequantize_index_keys(codes, scale_zero)  # [T, Hk, r]
+    return torch.einsum("hr,thr->ht", qsub, keys)
