@@ -1,0 +1,40 @@
+"""score_blocks: the level-1 block bounds of every request and KV head."""
+from __future__ import annotations
+
+import torch
+
+from asynctls_sglang.kernels.common.block_score_kernel import block_score_kernel
+from asynctls_sglang.kernels.common.launch import FLOATS, cdiv, check, check_out, pow2
+
+
+def score_blocks(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, pages: torch.Tensor,
+                 seq_lens: torch.Tensor, block_size: int, sink_tokens: int, local_window: int,
+                 *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Same contract as torch_ops.score_blocks (fp32 sums in a different order: close, not equal).
+
+    q: [bs, Hq, D] float (unit D stride); kmin, kmax: [pages, Hk, D] (same strides, unit D
+    stride); pages: [bs, MB] int (unit last stride); seq_lens: [bs] -> [bs, Hk, MB] fp32,
+    -inf for blocks past the length or wholly inside the sink / local ranges.
+    Not checked at run time: page ids of live blocks in range.
+    """
+    bs, hq, d = q.shape
+    pages_n, hk, dk = kmin.shape
+    mb = pages.shape[1]
+    check(dk == d and kmax.shape == kmin.shape, f"kmin/kmax must be [pages, Hk, {d}]")
+    check(hq % hk == 0, f"Hq ({hq}) must be a multiple of Hk ({hk})")
+    check(q.dtype in FLOATS and kmin.dtype in FLOATS and kmin.dtype == kmax.dtype, "float inputs")
+    check(q.stride(2) == 1 and kmin.stride() == kmax.stride() and kmin.stride(2) == 1,
+          "q, kmin, kmax: unit D stride; kmin and kmax with the same strides")
+    check(pages.shape[0] == bs and pages.stride(1) == 1 and seq_lens.shape == (bs,), "pages [bs, MB], seq_lens [bs]")
+    out = check_out(out, (bs, hk, mb), torch.float32, q.device, "score_blocks")
+    if bs == 0 or mb == 0:
+        return out
+    g = hq // hk
+    block_m = 64 if d <= 128 else 32
+    block_d = min(pow2(d, 16), 128)
+    block_score_kernel[(cdiv(mb, block_m), hk, bs)](
+        q, kmin, kmax, pages, seq_lens, out, mb, sink_tokens, local_window,
+        q.stride(0), q.stride(1), pages.stride(0), kmin.stride(0), kmin.stride(1),
+        out.stride(0), out.stride(1),
+        G=g, D=d, B=block_size, BLOCK_G=pow2(g), BLOCK_M=block_m, BLOCK_D=block_d)
+    return out

@@ -1,0 +1,38 @@
+"""INT4 index keys: the r calibrated channels of a key, asymmetric 4-bit per (token, head)."""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def index_key_write_kernel(codes, scale_zero, loc, k, channels,
+                           s_kt, s_kh, s_ct, s_ch, s_zt, s_zh, s_wh,
+                           R2: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Grid (T, Hk). code = floor((x - lo) / scale + 0.5) clamped to 0..15, scale = (hi - lo) / 15,
+    byte = code(even channel) | code(odd channel) << 4. Divisions are IEEE (div_rn), so the codes
+    are bit-exact with reference.quantize_index_keys."""
+    i_t, i_h = tl.program_id(0), tl.program_id(1)
+    b_slot = tl.load(loc + i_t).to(tl.int64)
+    o_r = tl.arange(0, BLOCK_R)
+    m_r = o_r < R2
+    # [BLOCK_R] channel ids of the even / odd code of each byte
+    b_ce = tl.load(channels + i_h * s_wh + 2 * o_r, mask=m_r, other=0)
+    b_co = tl.load(channels + i_h * s_wh + 2 * o_r + 1, mask=m_r, other=0)
+    p_k = k + i_t.to(tl.int64) * s_kt + i_h * s_kh
+    b_xe = tl.load(p_k + b_ce, mask=m_r, other=0.0).to(tl.float32)
+    b_xo = tl.load(p_k + b_co, mask=m_r, other=0.0).to(tl.float32)
+    b_lo = tl.minimum(tl.min(tl.where(m_r, b_xe, float("inf")), axis=0),
+                      tl.min(tl.where(m_r, b_xo, float("inf")), axis=0))
+    b_hi = tl.maximum(tl.max(tl.where(m_r, b_xe, float("-inf")), axis=0),
+                      tl.max(tl.where(m_r, b_xo, float("-inf")), axis=0))
+    b_scale = tl.math.div_rn(b_hi - b_lo, 15.0)
+    b_safe = tl.where(b_scale > 0, b_scale, 1.0)
+    b_qe = tl.floor(tl.math.div_rn(b_xe - b_lo, b_safe) + 0.5)
+    b_qo = tl.floor(tl.math.div_rn(b_xo - b_lo, b_safe) + 0.5)
+    b_qe = tl.minimum(tl.maximum(b_qe, 0.0), 15.0).to(tl.uint8)
+    b_qo = tl.minimum(tl.maximum(b_qo, 0.0), 15.0).to(tl.uint8)
+    # [BLOCK_R] packed bytes, low nibble = even channel
+    b_byte = b_qe | (b_qo << 4)
+    tl.store(codes + b_slot * s_ct + i_h * s_ch + o_r, b_byte, mask=m_r)
+    p_z = scale_zero + b_slot * s_zt + i_h * s_zh
+    tl.store(p_z, b_scale.to(scale_zero.dtype.element_ty))
+    tl.store(p_z + 1, b_lo.to(scale_zero.dtype.element_ty))

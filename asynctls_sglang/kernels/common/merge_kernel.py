@@ -1,0 +1,27 @@
+"""Merge of the token-axis splits of a decode attention: a log-sum-exp weighted average."""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def merge_splits_kernel(mid_o, mid_lse, out, S,
+                        s_mb, s_mh, s_ms, s_lb, s_lh, s_ob, s_oh,
+                        DV: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Grid (bs, Hq, cdiv(DV, BLOCK_DV)). mid_lse is base 2, -inf for a split with no valid
+    token (its mid_o row is zeros); a head with no valid token at all gets zeros."""
+    i_b, i_q, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_s = tl.arange(0, BLOCK_S)
+    m_s = o_s < S
+    o_v = i_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
+    m_v = o_v < DV
+    # [BLOCK_S]
+    b_lse = tl.load(mid_lse + i_b * s_lb + i_q * s_lh + o_s, mask=m_s, other=float("-inf"))
+    b_max = tl.max(b_lse, axis=0)
+    b_w = tl.exp2(b_lse - tl.where(b_max == float("-inf"), 0.0, b_max))
+    b_sum = tl.sum(b_w, axis=0)
+    # [BLOCK_S, BLOCK_DV]
+    p_o = mid_o + i_b * s_mb + i_q * s_mh + o_s[:, None] * s_ms + o_v[None, :]
+    b_o = tl.load(p_o, mask=m_s[:, None] & m_v[None, :], other=0.0)
+    # [BLOCK_DV]
+    b_out = tl.sum(b_o * b_w[:, None], axis=0) / tl.where(b_sum > 0, b_sum, 1.0)
+    tl.store(out + i_b * s_ob + i_q * s_oh + o_v, b_out, mask=m_v)

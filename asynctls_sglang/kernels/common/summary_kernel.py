@@ -1,0 +1,70 @@
+"""Block summaries (per-channel key min/max of each page), folded in as keys are written.
+
+Three launches, ordered on one stream: `page_claim_kernel` marks every touched page with T,
+`page_owner_kernel` lowers the mark to the smallest token index of the page (an int32
+atomic_min: the only race, and an exact one), and `summary_fold_kernel` lets that owner
+alone reduce all of its page's tokens of this call, so every page is written by exactly one
+program and the result does not depend on scheduling.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def page_claim_kernel(loc, page_flag, T, B: tl.constexpr, BLOCK_T: tl.constexpr):
+    i_t = tl.program_id(0)
+    o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    m_t = o_t < T
+    # [BLOCK_T]
+    b_page = tl.load(loc + o_t, mask=m_t, other=0) // B
+    tl.store(page_flag + b_page, tl.zeros([BLOCK_T], dtype=tl.int32) + T, mask=m_t)
+
+
+@triton.jit
+def page_owner_kernel(loc, page_flag, T, B: tl.constexpr, BLOCK_T: tl.constexpr):
+    i_t = tl.program_id(0)
+    o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    m_t = o_t < T
+    # [BLOCK_T]
+    b_page = tl.load(loc + o_t, mask=m_t, other=0) // B
+    tl.atomic_min(page_flag + b_page, o_t.to(tl.int32), mask=m_t)
+
+
+@triton.jit
+def summary_fold_kernel(kmin, kmax, page_flag, loc, k, T,
+                        s_kt, s_kh, s_sp, s_sh,
+                        B: tl.constexpr, D: tl.constexpr,
+                        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Grid (T, Hk, cdiv(D, BLOCK_D)); programs whose token does not own its page do nothing."""
+    i_t, i_h, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b_page = tl.load(loc + i_t) // B
+    if tl.load(page_flag + b_page) == i_t:
+        o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        m_d = o_d < D
+        # [BLOCK_D]
+        b_min = tl.full([BLOCK_D], float("inf"), dtype=tl.float32)
+        b_max = tl.full([BLOCK_D], float("-inf"), dtype=tl.float32)
+        b_reset = tl.zeros([BLOCK_T], dtype=tl.int32)
+        # the owner is the page's first token in `loc`: the others all come after it
+        for i_t0 in range(0, T, BLOCK_T):
+            o_t = i_t0 + tl.arange(0, BLOCK_T)
+            m_t = (o_t < T) & (o_t >= i_t)
+            # [BLOCK_T]
+            b_loc = tl.load(loc + o_t, mask=m_t, other=0)
+            m_page = m_t & (b_loc // B == b_page)
+            b_reset = tl.maximum(b_reset, tl.where(m_page & (b_loc % B == 0), 1, 0))
+            # [BLOCK_T, BLOCK_D]
+            p_k = k + o_t[:, None].to(tl.int64) * s_kt + i_h * s_kh + o_d[None, :]
+            b_k = tl.load(p_k, mask=m_page[:, None] & m_d[None, :], other=0.0)
+            # rounding to the table's dtype first, as the torch op does (min/max commute with it)
+            b_k = b_k.to(kmin.dtype.element_ty).to(tl.float32)
+            b_min = tl.minimum(b_min, tl.min(tl.where(m_page[:, None], b_k, float("inf")), axis=0))
+            b_max = tl.maximum(b_max, tl.max(tl.where(m_page[:, None], b_k, float("-inf")), axis=0))
+        p_min = kmin + b_page * s_sp + i_h * s_sh + o_d
+        p_max = kmax + b_page * s_sp + i_h * s_sh + o_d
+        # a write at offset 0 starts the page afresh: its stale summary is ignored
+        if tl.max(b_reset, axis=0) == 0:
+            b_min = tl.minimum(b_min, tl.load(p_min, mask=m_d, other=0.0).to(tl.float32))
+            b_max = tl.maximum(b_max, tl.load(p_max, mask=m_d, other=0.0).to(tl.float32))
+        tl.store(p_min, b_min.to(kmin.dtype.element_ty), mask=m_d)
+        tl.store(p_max, b_max.to(kmax.dtype.element_ty), mask=m_d)

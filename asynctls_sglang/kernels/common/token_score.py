@@ -1,0 +1,45 @@
+"""score_tokens: INT4 index-key scores of the candidate tokens of the chosen blocks."""
+from __future__ import annotations
+
+import torch
+
+from asynctls_sglang.kernels.common.launch import FLOATS, cdiv, check, check_out, pow2
+from asynctls_sglang.kernels.common.token_score_kernel import token_score_kernel
+
+
+def score_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor,
+                 channels: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
+                 pos: torch.Tensor, ok: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Same contract as torch_ops.score_tokens (fp32, summed in another order: close, not equal).
+
+    q: [bs, Hq, D] float; codes [slots, Hk, r // 2] uint8; scale_zero [slots, Hk, 2] float;
+    channels [Hk, r] int; req_to_token [rows, ctx] int32; req_pool_indices [bs];
+    pos [bs, Hk, N] int64, ok [bs, Hk, N] bool -> [bs, Hk, N] fp32, -inf where not ok.
+    All with a unit last stride. Not checked at run time: ok positions inside req_to_token,
+    slots and channels in range.
+    """
+    bs, hq, d = q.shape
+    hk, r = channels.shape
+    n = pos.shape[2]
+    check(q.dtype in FLOATS and hq % hk == 0, f"q float, Hq ({hq}) a multiple of Hk ({hk})")
+    check(codes.dim() == 3 and codes.shape[1:] == (hk, r // 2) and codes.dtype == torch.uint8,
+          f"codes must be [slots, {hk}, {r // 2}] uint8")
+    check(scale_zero.dim() == 3 and scale_zero.shape[1:] == (hk, 2), "scale_zero must be [slots, Hk, 2]")
+    check(pos.shape == ok.shape == (bs, hk, n) and pos.dtype == torch.int64 and ok.dtype == torch.bool,
+          f"pos int64 / ok bool must be [{bs}, {hk}, N]")
+    for name, t in (("q", q), ("codes", codes), ("scale_zero", scale_zero), ("channels", channels),
+                    ("req_to_token", req_to_token), ("pos", pos), ("ok", ok)):
+        check(t.stride(-1) == 1, f"{name} needs a unit last stride")
+    out = check_out(out, (bs, hk, n), torch.float32, q.device, "score_tokens")
+    if bs == 0 or n == 0:
+        return out
+    g = hq // hk
+    block_n = 64
+    token_score_kernel[(cdiv(n, block_n), hk, bs)](
+        q, codes, scale_zero, channels, req_to_token, req_pool_indices, pos, ok.view(torch.uint8),
+        out, n,
+        q.stride(0), q.stride(1), codes.stride(0), codes.stride(1), scale_zero.stride(0),
+        scale_zero.stride(1), channels.stride(0), req_to_token.stride(0), pos.stride(0),
+        pos.stride(1), ok.stride(0), ok.stride(1), out.stride(0), out.stride(1),
+        G=g, R2=r // 2, BLOCK_G=pow2(g), BLOCK_R=pow2(r // 2, 2), BLOCK_N=block_n)
+    return out

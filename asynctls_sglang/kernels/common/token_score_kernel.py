@@ -1,0 +1,47 @@
+"""Level 2: approximate q.k of candidate tokens from their INT4 index keys (Double Sparsity)."""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def token_score_kernel(q, codes, scale_zero, channels, req_to_token, req_pool_indices, pos, ok,
+                       scores, N,
+                       s_qb, s_qh, s_ct, s_ch, s_zt, s_zh, s_wh, s_rr, s_pb, s_ph, s_kb, s_kh,
+                       s_ob, s_oh,
+                       G: tl.constexpr, R2: tl.constexpr,
+                       BLOCK_G: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Grid (cdiv(N, BLOCK_N), Hk, bs). score = scale * (codes . q_r) + zero * sum(q_r), with
+    q_r the group-mean query at the head's r channels; -inf where the candidate is not ok."""
+    i_n, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_r = tl.arange(0, BLOCK_R)
+    m_r = o_r < R2
+    o_g = tl.arange(0, BLOCK_G)
+    m_g = o_g < G
+    # [BLOCK_R] channels of the low / high nibble
+    b_ce = tl.load(channels + i_h * s_wh + 2 * o_r, mask=m_r, other=0)
+    b_co = tl.load(channels + i_h * s_wh + 2 * o_r + 1, mask=m_r, other=0)
+    p_q = q + i_b.to(tl.int64) * s_qb + (i_h * G + o_g)[:, None] * s_qh
+    m_q = m_g[:, None] & m_r[None, :]
+    # [BLOCK_R] group mean at the index channels
+    b_qe = tl.sum(tl.load(p_q + b_ce[None, :], mask=m_q, other=0.0).to(tl.float32), axis=0) / G
+    b_qo = tl.sum(tl.load(p_q + b_co[None, :], mask=m_q, other=0.0).to(tl.float32), axis=0) / G
+    b_qsum = tl.sum(b_qe, axis=0) + tl.sum(b_qo, axis=0)
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    # [BLOCK_N]
+    m_ok = tl.load(ok + i_b.to(tl.int64) * s_kb + i_h * s_kh + o_n, mask=m_n, other=0) != 0
+    b_pos = tl.load(pos + i_b.to(tl.int64) * s_pb + i_h * s_ph + o_n, mask=m_ok, other=0)
+    b_row = tl.load(req_pool_indices + i_b).to(tl.int64)
+    b_slot = tl.load(req_to_token + b_row * s_rr + b_pos, mask=m_ok, other=0).to(tl.int64)
+    # [BLOCK_N, BLOCK_R]
+    b_c = tl.load(codes + b_slot[:, None] * s_ct + i_h * s_ch + o_r[None, :],
+                  mask=m_ok[:, None] & m_r[None, :], other=0)
+    b_lo = (b_c & 15).to(tl.float32)
+    b_hi = (b_c >> 4).to(tl.float32)
+    # [BLOCK_N]
+    b_dot = tl.sum(b_lo * b_qe[None, :] + b_hi * b_qo[None, :], axis=1)
+    p_z = scale_zero + b_slot * s_zt + i_h * s_zh
+    b_scale = tl.load(p_z, mask=m_ok, other=0.0).to(tl.float32)
+    b_zero = tl.load(p_z + 1, mask=m_ok, other=0.0).to(tl.float32)
+    b_s = tl.where(m_ok, b_dot * b_scale + b_zero * b_qsum, float("-inf"))
+    tl.store(scores + i_b.to(tl.int64) * s_ob + i_h * s_oh + o_n, b_s, mask=m_n)

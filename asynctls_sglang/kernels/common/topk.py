@@ -1,0 +1,58 @@
+"""select_blocks / select_tokens: fixed-k top-k with the documented tie-break."""
+from __future__ import annotations
+
+import torch
+
+from asynctls_sglang.kernels.common.launch import check, check_out, pow2
+from asynctls_sglang.kernels.common.topk_kernel import topk_kernel
+
+#: k is sorted in registers: larger budgets would spill (and the config never asks for them).
+MAX_K = 8192
+
+
+def topk_indices(scores: torch.Tensor, k: int, pos: torch.Tensor | None = None, *,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """[..., N] fp32 -> [..., k] int64: indices (or pos[..., index]) of the k largest scores.
+
+    Order: higher score first, equal scores by lower index; -inf entries are never chosen and
+    slots past the number of finite scores hold -1 (k may exceed N). scores and pos need a
+    unit last stride and rows that flatten to one stride. Bit-exact with
+    reference.topk_indices for the same scores.
+    """
+    n = scores.shape[-1]
+    lead = scores.shape[:-1]
+    check(scores.dtype == torch.float32, f"scores must be fp32, got {scores.dtype}")
+    check(0 < k <= MAX_K, f"k must be in 1..{MAX_K}, got {k}")
+    check(n < 2 ** 31, "rows of at most 2^31 - 1 entries")
+    rows2d = scores.reshape(-1, n)
+    check(rows2d.stride(1) == 1 or n == 1, "scores need a unit last stride")
+    out = check_out(out, (*lead, k), torch.int64, scores.device, "topk")
+    out2d = out.view(-1, k)
+    rows = rows2d.shape[0]
+    if pos is not None:
+        check(pos.shape == scores.shape and pos.dtype == torch.int64, "pos must match scores, int64")
+        pos2d = pos.reshape(-1, n)
+        check(pos2d.stride(1) == 1 or n == 1, "pos needs a unit last stride")
+    if rows == 0:
+        return out
+    if n == 0:
+        return out.fill_(-1)
+    block_k = pow2(k, 16)
+    topk_kernel[(rows,)](
+        rows2d, pos2d if pos is not None else rows2d, out2d, n, k,
+        rows2d.stride(0), pos2d.stride(0) if pos is not None else 0, out2d.stride(0),
+        HAS_POS=pos is not None, BLOCK_N=min(pow2(n, 256), 2048), BLOCK_K=block_k,
+        num_warps=8 if block_k >= 1024 else 4)
+    return out
+
+
+def select_blocks(scores: torch.Tensor, k: int, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """[bs, Hk, MB] fp32 -> [bs, Hk, k] block ids in rank order, -1 unused."""
+    return topk_indices(scores, k, out=out)
+
+
+def select_tokens(scores: torch.Tensor, pos: torch.Tensor, k: int, *,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """[bs, Hk, N] fp32 candidate scores, [bs, Hk, N] int64 positions -> [bs, Hk, k] positions
+    in rank order (ties: the earlier candidate slot), -1 unused."""
+    return topk_indices(scores, k, pos, out=out)

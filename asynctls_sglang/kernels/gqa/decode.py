@@ -1,0 +1,54 @@
+"""sparse_decode_attention for GQA/MHA layers: split kernel + log-sum-exp merge."""
+from __future__ import annotations
+
+import torch
+
+from asynctls_sglang.kernels.common.launch import FLOATS, check, check_out, pow2
+from asynctls_sglang.kernels.common.merge import SplitWorkspace, merge_splits, plan_splits, split_workspace
+from asynctls_sglang.kernels.gqa.decode_kernel import gqa_decode_split_kernel
+
+BLOCK_N = 32
+
+
+def gqa_sparse_decode(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
+                      req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
+                      positions: torch.Tensor, sm_scale: float, logit_cap: float = 0.0, *,
+                      out: torch.Tensor | None = None,
+                      workspace: SplitWorkspace | None = None) -> torch.Tensor:
+    """Exact attention of each group over its KV head's positions, K/V read in place.
+
+    q: [bs, Hq, D]; k_buffer [slots, Hk, D]; v_buffer [slots, Hk, Dv] (same dtype as q, unit
+    last strides); req_to_token [rows, ctx] int32; req_pool_indices [bs]; positions
+    [bs, Hk, K] int64, -1 unused -> [bs, Hq, Dv] fp32 (zeros for a head with no position).
+    fp32 accumulation; bf16/fp16 probabilities feed the second product in the input dtype.
+    Not checked at run time: positions < ctx, slots in range.
+    """
+    bs, hq, d = q.shape
+    _, hk, dk = k_buffer.shape
+    dv = v_buffer.shape[2]
+    kk = positions.shape[2]
+    check(dk == d and v_buffer.shape[1] == hk and hq % hk == 0,
+          f"q [bs, Hq, {d}], k [slots, Hk, {d}], v [slots, Hk, Dv] with Hq % Hk == 0")
+    check(q.dtype in FLOATS and k_buffer.dtype == v_buffer.dtype == q.dtype, "q, k, v: one float dtype")
+    check(positions.shape[:2] == (bs, hk) and positions.dtype == torch.int64, f"positions [{bs}, {hk}, K] int64")
+    for name, t in (("q", q), ("k_buffer", k_buffer), ("v_buffer", v_buffer), ("positions", positions),
+                    ("req_to_token", req_to_token)):
+        check(t.stride(-1) == 1, f"{name} needs a unit last stride")
+    out = check_out(out, (bs, hq, dv), torch.float32, q.device, "sparse_decode_attention")
+    if bs == 0:
+        return out
+    g = hq // hk
+    splits, per_split = plan_splits(kk, bs * hk, q.device, BLOCK_N, min_tokens=64)
+    ws = split_workspace(bs, hq, splits, dv, q.device, workspace)
+    gqa_decode_split_kernel[(bs, hk, splits)](
+        q, k_buffer, v_buffer, req_to_token, req_pool_indices, positions,
+        ws.mid_o, ws.mid_lse, sm_scale, logit_cap, kk, per_split,
+        q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0),
+        v_buffer.stride(1), req_to_token.stride(0), positions.stride(0), positions.stride(1),
+        ws.mid_o.stride(0), ws.mid_o.stride(1), ws.mid_o.stride(2),
+        ws.mid_lse.stride(0), ws.mid_lse.stride(1),
+        G=g, D=d, DV=dv, BLOCK_G=pow2(g, 16), BLOCK_D=pow2(d, 16), BLOCK_DV=pow2(dv, 16),
+        BLOCK_N=BLOCK_N, HAS_CAP=logit_cap > 0,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=4, num_stages=2)
+    return merge_splits(ws, splits, out)

@@ -1,0 +1,56 @@
+"""sparse_decode_attention for MLA layers (absorbed form): split kernel + log-sum-exp merge."""
+from __future__ import annotations
+
+import torch
+
+from asynctls_sglang.kernels.common.launch import FLOATS, cdiv, check, check_out, pow2
+from asynctls_sglang.kernels.common.merge import SplitWorkspace, merge_splits, plan_splits, split_workspace
+from asynctls_sglang.kernels.mla.decode_kernel import mla_decode_split_kernel
+
+BLOCK_N = 16
+BLOCK_H = 16
+
+
+def is_latent_view(k_buffer: torch.Tensor, v_buffer: torch.Tensor) -> bool:
+    """True when v_buffer is k_buffer[..., :Dv] (MLA's value: the latent part of the same rows)."""
+    return (k_buffer.shape[1] == v_buffer.shape[1] == 1 and v_buffer.shape[0] == k_buffer.shape[0]
+            and v_buffer.shape[2] < k_buffer.shape[2] and v_buffer.data_ptr() == k_buffer.data_ptr()
+            and v_buffer.stride() == k_buffer.stride() and v_buffer.dtype == k_buffer.dtype)
+
+
+def mla_sparse_decode(q: torch.Tensor, kv_buffer: torch.Tensor, dv: int,
+                      req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
+                      positions: torch.Tensor, sm_scale: float, logit_cap: float = 0.0, *,
+                      out: torch.Tensor | None = None,
+                      workspace: SplitWorkspace | None = None) -> torch.Tensor:
+    """Exact MLA decode over chosen positions, each latent row read once for K and V.
+
+    q: [bs, Hq, D] (D = Dv + rope, e.g. 512 + 64); kv_buffer [slots, 1, D] (same dtype, unit
+    last stride); V = kv_buffer[..., :dv]; positions [bs, 1, K] int64, -1 unused ->
+    [bs, Hq, dv] fp32. Not checked at run time: positions < ctx, slots in range.
+    """
+    bs, hq, d = q.shape
+    kk = positions.shape[2]
+    check(kv_buffer.dim() == 3 and kv_buffer.shape[1:] == (1, d) and 0 < dv < d,
+          f"kv_buffer must be [slots, 1, {d}] with 0 < Dv < {d}")
+    check(q.dtype in FLOATS and kv_buffer.dtype == q.dtype, "q and kv_buffer: one float dtype")
+    check(positions.shape[:2] == (bs, 1) and positions.dtype == torch.int64, f"positions [{bs}, 1, K] int64")
+    for name, t in (("q", q), ("kv_buffer", kv_buffer), ("positions", positions), ("req_to_token", req_to_token)):
+        check(t.stride(-1) == 1, f"{name} needs a unit last stride")
+    out = check_out(out, (bs, hq, dv), torch.float32, q.device, "sparse_decode_attention")
+    if bs == 0:
+        return out
+    n_hb = cdiv(hq, BLOCK_H)
+    splits, per_split = plan_splits(kk, bs * n_hb, q.device, BLOCK_N, min_tokens=64)
+    ws = split_workspace(bs, hq, splits, dv, q.device, workspace)
+    mla_decode_split_kernel[(bs, n_hb, splits)](
+        q, kv_buffer, req_to_token, req_pool_indices, positions,
+        ws.mid_o, ws.mid_lse, sm_scale, logit_cap, kk, per_split, hq,
+        q.stride(0), q.stride(1), kv_buffer.stride(0), req_to_token.stride(0), positions.stride(0),
+        ws.mid_o.stride(0), ws.mid_o.stride(1), ws.mid_o.stride(2),
+        ws.mid_lse.stride(0), ws.mid_lse.stride(1),
+        D=d, DV=dv, BLOCK_H=BLOCK_H, BLOCK_DV=pow2(dv, 16), BLOCK_R=pow2(d - dv, 16),
+        BLOCK_N=BLOCK_N, HAS_CAP=logit_cap > 0,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=4, num_stages=2)
+    return merge_splits(ws, splits, out)

@@ -1,0 +1,61 @@
+"""Sparse MLA decode attention (absorbed form), one token-axis split of a head block per program."""
+import triton
+import triton.language as tl
+
+from asynctls_sglang.kernels.common.softmax import LOG2E, cap_logits, online_softmax_step
+
+
+@triton.jit
+def mla_decode_split_kernel(q, kv_buf, req_to_token, req_pool_indices, positions,
+                            mid_o, mid_lse, sm_scale, logit_cap, K, SPLIT, HQ,
+                            s_qb, s_qh, s_kt, s_rr, s_pb,
+                            s_mb, s_mh, s_ms, s_lb, s_lh,
+                            D: tl.constexpr, DV: tl.constexpr,
+                            BLOCK_H: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_R: tl.constexpr,
+                            BLOCK_N: tl.constexpr, HAS_CAP: tl.constexpr, PRECISION: tl.constexpr):
+    """Grid (bs, cdiv(Hq, BLOCK_H), S). Each latent row [D] = [DV latent | D - DV rope] is read
+    once and serves both products: logits = q_latent . row[:DV] + q_rope . row[DV:], and the
+    value is row[:DV]."""
+    i_b, i_hb, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b_row = tl.load(req_pool_indices + i_b).to(tl.int64)
+    o_h = i_hb * BLOCK_H + tl.arange(0, BLOCK_H)
+    m_h = o_h < HQ
+    o_c = tl.arange(0, BLOCK_DV)
+    m_c = o_c < DV
+    o_r = DV + tl.arange(0, BLOCK_R)
+    m_r = o_r < D
+    p_q = q + i_b.to(tl.int64) * s_qb + o_h[:, None] * s_qh
+    # [BLOCK_H, BLOCK_DV], [BLOCK_H, BLOCK_R]
+    b_qc = tl.load(p_q + o_c[None, :], mask=m_h[:, None] & m_c[None, :], other=0.0)
+    b_qr = tl.load(p_q + o_r[None, :], mask=m_h[:, None] & m_r[None, :], other=0.0)
+    # [BLOCK_H]
+    b_m = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    b_l = tl.zeros([BLOCK_H], dtype=tl.float32)
+    # [BLOCK_H, BLOCK_DV]
+    b_acc = tl.zeros([BLOCK_H, BLOCK_DV], dtype=tl.float32)
+    p_pos = positions + i_b.to(tl.int64) * s_pb
+    n_end = tl.minimum(i_s * SPLIT + SPLIT, K)
+    for i_n in range(0, SPLIT, BLOCK_N):
+        o_n = i_s * SPLIT + i_n + tl.arange(0, BLOCK_N)
+        # [BLOCK_N]
+        b_pos = tl.load(p_pos + o_n, mask=o_n < n_end, other=-1)
+        m_n = b_pos >= 0
+        b_slot = tl.load(req_to_token + b_row * s_rr + b_pos, mask=m_n, other=0).to(tl.int64)
+        p_kv = kv_buf + b_slot[:, None] * s_kt
+        # [BLOCK_N, BLOCK_DV], [BLOCK_N, BLOCK_R]
+        b_kc = tl.load(p_kv + o_c[None, :], mask=m_n[:, None] & m_c[None, :], other=0.0)
+        b_kr = tl.load(p_kv + o_r[None, :], mask=m_n[:, None] & m_r[None, :], other=0.0)
+        # [BLOCK_H, BLOCK_N]
+        b_s = tl.dot(b_qc, tl.trans(b_kc), input_precision=PRECISION)
+        b_s += tl.dot(b_qr, tl.trans(b_kr), input_precision=PRECISION)
+        b_s = b_s * sm_scale
+        if HAS_CAP:
+            b_s = cap_logits(b_s, logit_cap)
+        b_s = tl.where(m_n[None, :], b_s * LOG2E, float("-inf"))
+        b_p, b_alpha, b_m, b_l = online_softmax_step(b_s, b_m, b_l)
+        b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_kc.dtype), b_kc, input_precision=PRECISION)
+    b_lse = tl.where(b_l > 0, b_m + tl.log2(b_l), float("-inf"))
+    b_o = b_acc / tl.where(b_l > 0, b_l, 1.0)[:, None]
+    p_mo = mid_o + i_b.to(tl.int64) * s_mb + o_h[:, None] * s_mh + i_s * s_ms + o_c[None, :]
+    tl.store(p_mo, b_o, mask=m_h[:, None] & m_c[None, :])
+    tl.store(mid_lse + i_b.to(tl.int64) * s_lb + o_h * s_lh + i_s, b_lse, mask=m_h)

@@ -1,0 +1,54 @@
+"""The AsyncTLS decode ops on Triton kernels: a drop-in for asynctls_sglang.ops.torch_ops.
+
+Same function names, signatures and semantics (shapes, -1 padding, tie-break "higher score
+first, then lower index", rank order of selections), so ``select_positions(..., ops=triton_ops)``
+and the backend can swap it in. The heavy ops run Triton kernels (and take optional keyword-only
+``out=`` / ``workspace=`` buffers for CUDA graphs); block_table, candidate_positions,
+forced_positions and dense_positions are a few elementwise torch ops of index math and are the
+torch versions. No op syncs with the host.
+
+Exactness: summaries, index keys, top-k indices and truncation are bit-exact with torch_ops;
+scores and attention are fp32 sums in a different order (close, not equal).
+"""
+from __future__ import annotations
+
+import torch
+
+from asynctls_sglang.kernels.common.block_score import score_blocks
+from asynctls_sglang.kernels.common.compact import truncate_candidates
+from asynctls_sglang.kernels.common.index_keys import write_index_keys
+from asynctls_sglang.kernels.common.merge import SplitWorkspace
+from asynctls_sglang.kernels.common.summary import update_block_summaries
+from asynctls_sglang.kernels.common.token_score import score_tokens
+from asynctls_sglang.kernels.common.topk import select_blocks, select_tokens
+from asynctls_sglang.kernels.gqa.decode import gqa_sparse_decode
+from asynctls_sglang.kernels.mla.decode import is_latent_view, mla_sparse_decode
+from asynctls_sglang.ops.torch_ops import (
+    block_table,
+    candidate_positions,
+    dense_positions,
+    forced_positions,
+)
+
+__all__ = [
+    "update_block_summaries", "write_index_keys", "block_table", "score_blocks", "select_blocks",
+    "candidate_positions", "score_tokens", "forced_positions", "select_tokens",
+    "truncate_candidates", "sparse_decode_attention", "dense_positions", "SplitWorkspace",
+]
+
+
+def sparse_decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
+                            req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
+                            positions: torch.Tensor, sm_scale: float, logit_cap: float = 0.0, *,
+                            out: torch.Tensor | None = None,
+                            workspace: SplitWorkspace | None = None) -> torch.Tensor:
+    """Same contract as torch_ops.sparse_decode_attention -> [bs, Hq, Dv] fp32.
+
+    MLA (Hk = 1 and v_buffer a view of the first Dv channels of k_buffer) runs the MLA kernel,
+    which reads each latent row once; everything else runs the GQA kernel.
+    """
+    if is_latent_view(k_buffer, v_buffer):
+        return mla_sparse_decode(q, k_buffer, v_buffer.shape[2], req_to_token, req_pool_indices,
+                                 positions, sm_scale, logit_cap, out=out, workspace=workspace)
+    return gqa_sparse_decode(q, k_buffer, v_buffer, req_to_token, req_pool_indices, positions,
+                             sm_scale, logit_cap, out=out, workspace=workspace)

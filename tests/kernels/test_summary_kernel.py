@@ -1,0 +1,74 @@
+"""update_block_summaries: bit-exact with the torch op and with reference.block_summaries."""
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_testing import DEVICE, by_device, case, gather_tokens, make_pool
+
+from asynctls_sglang.kernels import triton_ops
+from asynctls_sglang.ops import torch_ops
+from asynctls_sglang.reference import block_summaries
+
+BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
+
+# (seq lens already written, new tokens per request, Hk, D, block, key dtype, table dtype)
+CASES = by_device([
+    case([0, 0], [37, 64], 2, 64, 16, FP32, FP32, id="prefill-fresh-fp32"),
+    case([5, 16, 31], [1, 1, 1], 3, 96, 16, BF16, BF16, id="decode-offsets-5-0-15-bf16"),
+    case([20, 7], [9, 40], 1, 100, 8, FP16, FP16, id="chunked-midpage-D100-fp16"),
+    case([64, 3, 17], [1, 30, 1], 2, 128, 32, BF16, FP32, id="mixed-bf16-keys-fp32-table"),
+    case([0], [5], 1, 576, 64, BF16, BF16, id="mla-576-partial-page"),
+], [
+    case([4000, 100, 7000, 0] * 8, [1] * 32, 8, 128, 64, BF16, BF16, id="gpu-decode-bs32"),
+    case([0, 0], [16000, 3000], 8, 128, 64, BF16, BF16, id="gpu-prefill-16k"),
+])
+
+
+def _state(pages, hk, d, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    stale = torch.randn(pages, hk, d, generator=gen).to(dtype).to(DEVICE)  # earlier summaries / garbage
+    return stale.clone(), (stale + 1).clone()
+
+
+@pytest.mark.parametrize("old_lens, new_lens, hk, d, b, kdtype, sdtype", CASES)
+@pytest.mark.parametrize("shuffle", [False, True], ids=["in-order", "shuffled-loc"])
+def test_update_matches_torch_op(old_lens, new_lens, hk, d, b, kdtype, sdtype, shuffle):
+    total = [o + n for o, n in zip(old_lens, new_lens)]
+    pool = make_pool(total, b, seed=len(total) + d)
+    loc = torch.cat([pool.req_to_token[pool.req_pool_indices[i], o:o + n].long()
+                     for i, (o, n) in enumerate(zip(old_lens, new_lens))])
+    if shuffle:
+        loc = loc[torch.randperm(loc.numel(), generator=torch.Generator().manual_seed(1)).to(DEVICE)]
+    k = torch.randn(loc.numel(), hk, d, generator=torch.Generator().manual_seed(2)).to(kdtype).to(DEVICE)
+    pages = pool.n_slots // b
+    want_min, want_max = _state(pages, hk, d, sdtype, seed=3)
+    got_min, got_max = want_min.clone(), want_max.clone()
+    torch_ops.update_block_summaries(want_min, want_max, torch.zeros(pages, dtype=torch.int32, device=DEVICE),
+                                     loc, k, b)
+    flag = torch.full((pages,), -5, dtype=torch.int32, device=DEVICE)
+    triton_ops.update_block_summaries(got_min, got_max, flag, loc, k, b)
+    assert torch.equal(got_min, want_min) and torch.equal(got_max, want_max)
+    # the call must have changed something, or the comparison above proves nothing
+    assert not torch.equal(got_min, _state(pages, hk, d, sdtype, seed=3)[0])
+
+
+@pytest.mark.parametrize("lens, chunk, hk, d, b, dtype", [
+    case([45, 64, 3], 13, 2, 64, 16, FP32, id="chunks-of-13"),
+    case([70, 9], 1, 1, 96, 32, BF16, id="token-by-token-bf16"),
+])
+def test_written_in_chunks_equals_reference(lens, chunk, hk, d, b, dtype):
+    """Prefill in chunks then decode, on reused (stale) pages: the summaries of every request's
+    blocks equal reference.block_summaries of its keys."""
+    pool = make_pool(lens, b, seed=5)
+    keys = torch.randn(pool.n_slots, hk, d, generator=torch.Generator().manual_seed(6)).to(dtype).to(DEVICE)
+    pages = pool.n_slots // b
+    kmin, kmax = _state(pages, hk, d, dtype, seed=7)
+    flag = torch.zeros(pages, dtype=torch.int32, device=DEVICE)
+    for start in range(0, max(lens), chunk):
+        loc = torch.cat([pool.req_to_token[pool.req_pool_indices[i], start:min(start + chunk, n)].long()
+                         for i, n in enumerate(lens)])
+        triton_ops.update_block_summaries(kmin, kmax, flag, loc, keys[loc], b)
+    for i, n in enumerate(lens):
+        want_min, want_max = block_summaries(gather_tokens(pool, keys, i).cpu(), b)
+        blocks = pool.req_to_token[pool.req_pool_indices[i], :n:b].long() // b
+        assert torch.equal(kmin[blocks].cpu(), want_min) and torch.equal(kmax[blocks].cpu(), want_max)
