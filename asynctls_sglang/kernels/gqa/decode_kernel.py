@@ -53,7 +53,7 @@ def gqa_decode_split_kernel(q, k_buf, v_buf, req_to_token, req_pool_indices, pos
         b_v = tl.load(v_buf + b_slot[:, None] * s_vt + i_h * s_vh + o_v[None, :],
                       mask=m_n[:, None] & m_v[None, :], other=0.0)
         b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=PRECISION)
-    b_lse = tl.where(b_l > 0, b_m + tl.log2(b_l), float("-inf"))
+    b_lse = tl.where(b_l > 0, b_m + tl.log2(tl.where(b_l > 0, b_l, 1.0)), float("-inf"))
     b_o = b_acc / tl.where(b_l > 0, b_l, 1.0)[:, None]
     o_q = i_h * G + o_g
     p_mo = mid_o + i_b.to(tl.int64) * s_mb + o_q[:, None] * s_mh + i_s * s_ms + o_v[None, :]

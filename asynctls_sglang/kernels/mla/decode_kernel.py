@@ -54,7 +54,7 @@ def mla_decode_split_kernel(q, kv_buf, req_to_token, req_pool_indices, positions
         b_s = tl.where(m_n[None, :], b_s * LOG2E, float("-inf"))
         b_p, b_alpha, b_m, b_l = online_softmax_step(b_s, b_m, b_l)
         b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_kc.dtype), b_kc, input_precision=PRECISION)
-    b_lse = tl.where(b_l > 0, b_m + tl.log2(b_l), float("-inf"))
+    b_lse = tl.where(b_l > 0, b_m + tl.log2(tl.where(b_l > 0, b_l, 1.0)), float("-inf"))
     b_o = b_acc / tl.where(b_l > 0, b_l, 1.0)[:, None]
     p_mo = mid_o + i_b.to(tl.int64) * s_mb + o_h[:, None] * s_mh + i_s * s_ms + o_c[None, :]
     tl.store(p_mo, b_o, mask=m_h[:, None] & m_c[None, :])

@@ -1,0 +1,173 @@
+"""The `asynctls` attention backend.
+
+Prefill (extend) is dense and runs on SGLang's own kernels (torch_native on CPU, Triton on
+GPU); it also feeds the online calibration of the index channels. Decode runs the two-level
+selection on the index that the pool keeps and attends exactly over the chosen tokens.
+Requests no longer than ``dense_threshold`` decode on the stock kernel (a batch made only of
+such requests is handed to it unchanged).
+
+Per-step metadata (which rows are sparse, the block-table width) is planned once per forward
+in ``init_forward_metadata`` from SGLang's host copy of the lengths; per-layer calls only
+launch ops. NOTE: CUDA graphs are not supported yet for this backend (the launcher disables
+them); the ops themselves have fixed shapes.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from asynctls_sglang.adapter.pools import AsyncTLSPoolMixin
+from asynctls_sglang.adapter.stats import DecodeStats
+from asynctls_sglang.config import AsyncTLSConfig, ConfigError, flag_name
+from asynctls_sglang.ops.dispatch import ops_for_device
+from asynctls_sglang.ops.select import select_positions
+
+
+class DecodePlan(NamedTuple):
+    all_dense: bool
+    sparse_rows: torch.Tensor | None = None  # [n_sparse] int64 on device
+    dense_rows: torch.Tensor | None = None  # [n_dense]
+    max_blocks: int = 0  # block-table width for the sparse rows
+    max_dense_len: int = 0
+
+
+class AsyncTLSBackendMixin:
+    """Mixed into a dense SGLang backend class (see create_backend)."""
+
+    def __init__(self, model_runner, cfg: AsyncTLSConfig) -> None:
+        super().__init__(model_runner)
+        pool = self.token_to_kv_pool
+        if not isinstance(pool, AsyncTLSPoolMixin):
+            raise RuntimeError(f"asynctls: the KV pool is {type(pool).__name__}, not an AsyncTLS pool; "
+                               "the asynctls_sglang plug-in's pool patch did not run in this process")
+        if model_runner.page_size != cfg.block_size:
+            raise ConfigError(f"asynctls needs --page-size equal to {flag_name('block_size')} "
+                              f"({model_runner.page_size} != {cfg.block_size})")
+        if getattr(model_runner, "is_hybrid_swa", False) or getattr(model_runner, "sliding_window_size", None):
+            raise ConfigError("asynctls does not support sliding-window models")
+        self.asynctls_cfg = cfg
+        self.asynctls_index = pool.asynctls_index
+        self.asynctls_ops = ops_for_device(model_runner.device)
+        self.asynctls_stats = DecodeStats(torch.device(model_runner.device))
+        self._plan: DecodePlan | None = None
+
+    # metadata ------------------------------------------------------------------------------------
+    def init_forward_metadata(self, forward_batch) -> None:
+        super().init_forward_metadata(forward_batch)
+        self._plan = self._make_plan(forward_batch) if forward_batch.forward_mode.is_decode() else None
+
+    def _make_plan(self, fb) -> DecodePlan:
+        cfg = self.asynctls_cfg
+        lens = fb.seq_lens_cpu
+        if lens is None:
+            raise RuntimeError("asynctls needs the host copy of seq_lens (seq_lens_cpu)")
+        sparse = lens > cfg.dense_threshold
+        n_sparse = int(sparse.sum())
+        bs = int(lens.shape[0])
+        if n_sparse == 0:
+            self.asynctls_stats.dense_steps += 1
+            self.asynctls_stats.dense_rows += bs
+            return DecodePlan(all_dense=True)
+        self.asynctls_stats.sparse_steps += 1
+        self.asynctls_stats.sparse_rows += n_sparse
+        self.asynctls_stats.dense_rows += bs - n_sparse
+        dev = fb.seq_lens.device
+        rows = torch.arange(bs)
+        longest = int(lens[sparse].max())
+        dense_max = int(lens[~sparse].max()) if n_sparse < bs else 0
+        return DecodePlan(
+            all_dense=False,
+            sparse_rows=rows[sparse].to(dev),
+            dense_rows=rows[~sparse].to(dev) if n_sparse < bs else None,
+            max_blocks=math.ceil(longest / cfg.block_size),
+            max_dense_len=dense_max,
+        )
+
+    # forward -------------------------------------------------------------------------------------
+    def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+        if save_kv_cache and k is not None and not layer.is_cross_attention:
+            pool = self.token_to_kv_pool
+            t = q.shape[0]
+            self.asynctls_index.observe_prefill(
+                layer.layer_id - pool.start_layer,
+                q.reshape(t, layer.tp_q_head_num, layer.qk_head_dim),
+                k.reshape(t, layer.tp_k_head_num, -1)[..., : self.asynctls_index.head_dim],
+                lambda: pool.get_key_buffer(layer.layer_id))
+        return super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
+
+    def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+        plan = self._plan
+        if plan is None or plan.all_dense or layer.is_cross_attention:
+            return super().forward_decode(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
+        pool = self.token_to_kv_pool
+        if save_kv_cache and k is not None:
+            pool.set_kv_buffer(layer, forward_batch.out_cache_loc, k, v)
+        ops = self.asynctls_ops
+        hq, hk = layer.tp_q_head_num, layer.tp_k_head_num
+        bs = forward_batch.batch_size
+        q3 = q.reshape(bs, hq, layer.qk_head_dim)
+        out = q.new_empty(bs, hq, layer.v_head_dim)
+        k_buf = pool.get_key_buffer(layer.layer_id)
+        v_buf = pool.get_value_buffer(layer.layer_id)
+        req_to_token = self.req_to_token_pool.req_to_token
+        cap = float(getattr(layer, "logit_cap", 0.0) or 0.0)
+        for rows, sparse in ((plan.sparse_rows, True), (plan.dense_rows, False)):
+            if rows is None:
+                continue
+            q_rows = q3.index_select(0, rows)
+            req_rows = forward_batch.req_pool_indices.index_select(0, rows)
+            lens = forward_batch.seq_lens.index_select(0, rows)
+            if sparse:
+                index = self.asynctls_index.layer_index(layer.layer_id - pool.start_layer)
+                positions = select_positions(q_rows, index, req_to_token, req_rows, lens,
+                                             plan.max_blocks, self.asynctls_cfg, ops)
+                self.asynctls_stats.record(positions)
+            else:
+                positions = ops.dense_positions(lens, hk, plan.max_dense_len)
+            o = ops.sparse_decode_attention(q_rows, k_buf, v_buf, req_to_token, req_rows, positions,
+                                            layer.scaling, cap)
+            out.index_copy_(0, rows, o.to(out.dtype))
+        return out.view(bs, hq * layer.v_head_dim)
+
+    # introspection -------------------------------------------------------------------------------
+    def asynctls_snapshot(self) -> dict:
+        index = self.asynctls_index
+        snap = self.asynctls_stats.snapshot()
+        snap.update({
+            "config": self.asynctls_cfg.to_json(),
+            "ops": self.asynctls_ops.__name__.rsplit(".", 1)[-1],
+            "index_channels": index.r,
+            "calibrated_tokens_layer0": index.calibrated_tokens[0],
+            "index_requantisations": index.requantisations,
+            "index_bytes": index.nbytes,
+        })
+        return snap
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def _dense_base(model_runner, cfg: AsyncTLSConfig) -> type:
+    name = cfg.dense_backend
+    if name == "auto":
+        name = "torch_native" if str(model_runner.device).startswith("cpu") else "triton"
+    if name == "torch_native":
+        from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
+
+        return TorchNativeAttnBackend
+    from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
+
+    return TritonAttnBackend
+
+
+def create_backend(model_runner):
+    """Factory registered with SGLang as the `asynctls` attention backend."""
+    cfg = AsyncTLSConfig.from_env()
+    base = _dense_base(model_runner, cfg)
+    cls = _CLASSES.get(base)
+    if cls is None:
+        cls = type(f"AsyncTLS{base.__name__}", (AsyncTLSBackendMixin, base), {})
+        _CLASSES[base] = cls
+    return cls(model_runner, cfg)

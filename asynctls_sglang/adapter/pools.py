@@ -1,0 +1,78 @@
+"""KV pools that keep the AsyncTLS index (block summaries, INT4 index keys) as K/V are written.
+
+Every write path of SGLang's MHA and MLA pools ends in ``set_kv_buffer`` or
+``set_mla_kv_buffer``; both are wrapped here, so prefill, decode and the DeepSeek MHA prefill
+path (which writes the latent cache itself) all keep the index current.
+"""
+from __future__ import annotations
+
+import torch
+from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, MLATokenToKVPool, unwrap_write_loc
+
+from asynctls_sglang.config import AsyncTLSConfig
+from asynctls_sglang.memory.index_store import SparseIndexStore
+
+
+def _ops_for(device: torch.device):
+    from asynctls_sglang.ops.dispatch import ops_for_device
+
+    return ops_for_device(device)
+
+
+class AsyncTLSPoolMixin:
+    """Adds ``asynctls_index`` (a SparseIndexStore) to a SGLang KV pool."""
+
+    asynctls_index: SparseIndexStore
+    _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
+
+    def _init_asynctls(self, *, kv_heads: int, head_dim: int, is_mla: bool) -> None:
+        cfg = AsyncTLSConfig.from_env()
+        if self.dtype not in self._SUPPORTED:
+            raise ValueError(f"asynctls: KV cache dtype {self.dtype} is not supported (use "
+                             f"--kv-cache-dtype auto: bf16/fp16/fp32)")
+        if self.page_size != cfg.block_size:
+            raise ValueError(f"asynctls needs SGLang's page size equal to the block size: "
+                             f"--page-size {self.page_size} vs --asynctls-block-size {cfg.block_size}")
+        device = torch.device(self.device)
+        self.asynctls_index = SparseIndexStore(
+            cfg, num_layers=self.layer_num, num_slots=self.size + self.page_size, kv_heads=kv_heads,
+            head_dim=head_dim, is_mla=is_mla, dtype=self.dtype, device=device, ops=_ops_for(device))
+
+    def _layer_slot(self, layer_id: int) -> int:
+        return layer_id - self.start_layer
+
+
+class AsyncTLSMHAPool(AsyncTLSPoolMixin, MHATokenToKVPool):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_asynctls(kv_heads=self.head_num, head_dim=self.head_dim, is_mla=False)
+
+    def set_kv_buffer(self, layer, loc_info, cache_k, cache_v, k_scale=None, v_scale=None,
+                      layer_id_override=None, dcp_kv_mask=None):
+        super().set_kv_buffer(layer, loc_info, cache_k, cache_v, k_scale, v_scale,
+                              layer_id_override, dcp_kv_mask)
+        loc, _, _ = unwrap_write_loc(loc_info)
+        layer_id = layer_id_override if layer_id_override is not None else layer.layer_id
+        self.asynctls_index.on_write(self._layer_slot(layer_id), loc, cache_k)
+
+    def move_kv_cache(self, tgt_loc, src_loc):
+        raise NotImplementedError("asynctls does not support KV moves (speculative decoding)")
+
+
+class AsyncTLSMLAPool(AsyncTLSPoolMixin, MLATokenToKVPool):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_asynctls(kv_heads=1, head_dim=self.kv_lora_rank + self.qk_rope_head_dim, is_mla=True)
+
+    def set_kv_buffer(self, layer, loc_info, cache_k, cache_v, *args, **kwargs):
+        super().set_kv_buffer(layer, loc_info, cache_k, cache_v, *args, **kwargs)
+        loc, _, _ = unwrap_write_loc(loc_info)
+        self.asynctls_index.on_write(self._layer_slot(layer.layer_id), loc, cache_k)
+
+    def set_mla_kv_buffer(self, layer, loc, cache_k_nope, cache_k_rope):
+        super().set_mla_kv_buffer(layer, loc, cache_k_nope, cache_k_rope)
+        k = torch.cat([cache_k_nope.reshape(loc.shape[0], 1, -1), cache_k_rope.reshape(loc.shape[0], 1, -1)], -1)
+        self.asynctls_index.on_write(self._layer_slot(layer.layer_id), loc, k)
+
+    def move_kv_cache(self, tgt_loc, src_loc):
+        raise NotImplementedError("asynctls does not support KV moves (speculative decoding)")

@@ -1,0 +1,17 @@
+"""Every change to SGLang's behaviour, applied through SGLang's plug-in hooks (no SGLang file
+is edited). One module per hook; each function says why it exists; ``apply_all`` is run by
+asynctls_sglang.plugin.register() in every SGLang process."""
+from __future__ import annotations
+
+from asynctls_sglang.patches import backend_registry, cpu_engine, kv_pool, mla_dispatch, page_size, server_info
+from asynctls_sglang.patches.version import check_sglang_version
+
+
+def apply_all() -> None:
+    check_sglang_version()
+    backend_registry.apply()
+    mla_dispatch.apply()
+    kv_pool.apply()
+    page_size.apply()
+    server_info.apply()
+    cpu_engine.apply()

@@ -1,0 +1,83 @@
+"""Tiny models with real-scale random weights, written as HF folders for SGLang to load.
+
+Shapes are small (fast on 2 CPU cores) but the attention geometry is the real one: GQA
+(Qwen3, 8 query / 2 KV heads, head dim 64) and MLA (DeepSeek-V2 and GLM-4.7-Flash: latent
+kv_lora_rank 128? no: 512 + rope 64, the real latent width, so the 576-dim path is exercised).
+Weights are drawn with std 0.1 (HF's 0.02 init makes attention nearly uniform) so that which
+tokens are attended changes the output.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+VOCAB = 512
+
+
+def _common(layers: int) -> dict:
+    return {"vocab_size": VOCAB, "num_hidden_layers": layers, "max_position_embeddings": 8192,
+            "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "torch_dtype": "float32",
+            "bos_token_id": 1, "eos_token_id": 2, "initializer_range": 0.1}
+
+
+def qwen3_config() -> dict:
+    return {**_common(2), "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+            "hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 8,
+            "num_key_value_heads": 2, "head_dim": 64, "hidden_act": "silu", "rope_theta": 10000.0,
+            "attention_bias": False, "use_sliding_window": False, "sliding_window": None,
+            "max_window_layers": 2, "rope_scaling": None}
+
+
+def _mla(arch: str, model_type: str) -> dict:
+    return {**_common(2), "architectures": [arch], "model_type": model_type, "hidden_size": 256,
+            "intermediate_size": 512, "moe_intermediate_size": 128, "num_attention_heads": 4,
+            "num_key_value_heads": 4, "kv_lora_rank": 512, "q_lora_rank": None,
+            "qk_nope_head_dim": 64, "qk_rope_head_dim": 64, "v_head_dim": 64, "hidden_act": "silu",
+            "rope_theta": 10000.0, "attention_bias": False, "first_k_dense_replace": 1,
+            "n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1,
+            "n_group": 1, "topk_group": 1, "norm_topk_prob": True, "routed_scaling_factor": 1.0,
+            "moe_layer_freq": 1, "scoring_func": "softmax", "topk_method": "greedy",
+            "aux_loss_alpha": 0.0, "seq_aux": False}
+
+
+def deepseek_v2_config() -> dict:
+    cfg = _mla("DeepseekV2ForCausalLM", "deepseek_v2")
+    # DeepseekV2 on SGLang's CPU path needs yarn rope; factor 1.0 is plain RoPE.
+    cfg["rope_scaling"] = {"type": "yarn", "factor": 1.0, "original_max_position_embeddings": 8192,
+                           "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}
+    return cfg
+
+
+def glm4_moe_lite_config() -> dict:
+    cfg = _mla("Glm4MoeLiteForCausalLM", "glm4_moe_lite")
+    cfg.update({"rope_scaling": None, "topk_method": "noaux_tc", "scoring_func": "sigmoid",
+                "partial_rotary_factor": 1.0})
+    return cfg
+
+
+CONFIGS = {"qwen3": qwen3_config, "deepseek_v2": deepseek_v2_config, "glm4_moe_lite": glm4_moe_lite_config}
+
+
+def write_tiny_model(kind: str, path: str, seed: int = 0) -> str:
+    """Write (once) an HF folder for a tiny model of the given kind; returns the path."""
+    if os.path.exists(os.path.join(path, "model.safetensors")):
+        return path
+    import transformers
+    from safetensors.torch import save_file
+
+    os.makedirs(path, exist_ok=True)
+    cfg_dict = CONFIGS[kind]()
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(cfg_dict, f, indent=1)
+    config = transformers.AutoConfig.from_pretrained(path)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for name, tensor in state.items():
+            if tensor.dim() >= 2 and "norm" not in name:
+                tensor.normal_(0.0, 0.1)
+    save_file(state, os.path.join(path, "model.safetensors"))
+    return path
