@@ -24,3 +24,21 @@ if os.environ.get("TRITON_INTERPRET") == "1":
         scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0].item()))
 
     _interpreter._patch_lang_tensor = _patch_with_item
+
+    # The interpreter keeps bf16 tensors as raw uint16 bits and its tl.dot multiplies those bits
+    # (it converts only fp8 operands). Widen bf16 operands to fp32 first, as the GPU's bf16 MMA
+    # (exact products, fp32 accumulation) does.
+    import numpy as _np
+    import triton.language as _tl
+
+    _create_dot = _interpreter.InterpreterBuilder.create_dot
+
+    def _create_dot_bf16(self, a, b, d, input_precision, max_num_imprecise_acc):
+        def widen(x):
+            if x.dtype.scalar == _tl.bfloat16:
+                data = _interpreter._convert_float(x.data, _tl.bfloat16, _tl.float32, None).view(_np.float32)
+                return _interpreter.TensorHandle(data, _tl.float32)
+            return x
+        return _create_dot(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
+
+    _interpreter.InterpreterBuilder.create_dot = _create_dot_bf16

@@ -1,0 +1,119 @@
+"""sparse_decode_attention (GQA and MLA kernels) against the torch op and the reference."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from kernel_testing import DEVICE, DTYPE_IDS, assert_close, by_device, case, gather_tokens, make_pool, poison
+
+from asynctls_sglang.kernels import triton_ops
+from asynctls_sglang.kernels.common.merge import SplitWorkspace
+from asynctls_sglang.ops import torch_ops
+from asynctls_sglang.reference import dense_attention
+
+BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
+DTYPES = [pytest.param(t, id=DTYPE_IDS[t]) for t in (FP32, BF16, FP16)]
+
+
+def _positions(lens, hk, budget, seed, empty_head=False):
+    """[bs, Hk, budget]: a random subset of each request's positions (all of them when the budget
+    exceeds the length), shuffled, -1 padded; optionally one head with no position at all."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for n in lens:
+        heads = []
+        for _ in range(hk):
+            chosen = torch.randperm(n, generator=gen)[:budget]
+            heads.append(torch.cat([chosen, torch.full((budget - chosen.numel(),), -1)]))
+        rows.append(torch.stack(heads))
+    pos = torch.stack(rows)
+    pos = pos[..., torch.randperm(budget, generator=gen)]  # -1 scattered among valid entries
+    if empty_head:
+        pos[0, -1] = -1
+    return pos.to(DEVICE)
+
+
+# (seq lens, Hq, Hk, D, Dv, budget, logit cap)
+GQA = by_device([
+    case([50, 130], 4, 4, 64, 64, 40, 0.0, id="mha-D64"),
+    case([200, 7, 61], 9, 3, 96, 96, 80, 0.0, id="g3-D96-budget>len"),
+    case([300], 8, 2, 128, 128, 160, 0.0, id="g4-D128"),
+    case([97, 150], 8, 1, 128, 128, 100, 30.0, id="g8-D128-logit-cap"),
+    case([64], 4, 2, 64, 32, 70, 0.0, id="Dv<D"),
+], [
+    case([131072] * 4, 32, 8, 128, 128, 2048, 0.0, id="gpu-qwen3-2048"),
+    case([32768] * 32, 32, 8, 128, 128, 512, 0.0, id="gpu-qwen3-bs32-512"),
+])
+
+MLA = by_device([
+    case([90, 40], 20, 1, 576, 512, 64, 0.0, id="mla-h20"),
+    case([130], 5, 1, 576, 512, 150, 20.0, id="mla-h5-cap-budget>len"),
+], [
+    case([131072] * 2, 128, 1, 576, 512, 2048, 0.0, id="gpu-mla-h128-2048"),
+    case([65536] * 8, 20, 1, 576, 512, 2048, 0.0, id="gpu-mla-h20-bs8"),
+])
+
+
+def _run(lens, hq, hk, d, dv, budget, cap, dtype, mla, empty_head=False):
+    pool = make_pool(lens, 16, seed=hq + d)
+    gen = torch.Generator().manual_seed(budget)
+    bs = len(lens)
+    k_buffer = torch.randn(pool.n_slots, hk, d, generator=gen).to(dtype).to(DEVICE)
+    v_buffer = k_buffer[..., :dv] if mla else torch.randn(pool.n_slots, hk, dv, generator=gen).to(dtype).to(DEVICE)
+    q = torch.randn(bs, hq, d, generator=gen).to(dtype).to(DEVICE)
+    pos = _positions(lens, hk, budget, seed=bs, empty_head=empty_head)
+    args = (q, k_buffer, v_buffer, pool.req_to_token, pool.req_pool_indices, pos, 1 / math.sqrt(d), cap)
+    out = poison(torch.empty(bs, hq, dv, device=DEVICE))
+    got = triton_ops.sparse_decode_attention(*args, out=out)
+    return got, torch_ops.sparse_decode_attention(*args), (pool, q, k_buffer, v_buffer)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lens, hq, hk, d, dv, budget, cap", GQA)
+def test_gqa_matches_torch_op(lens, hq, hk, d, dv, budget, cap, dtype):
+    got, want, _ = _run(lens, hq, hk, d, dv, budget, cap, dtype, mla=False, empty_head=True)
+    assert_close(got, want, dtype, "gqa attention")
+    assert (got[0, -(hq // hk):] == 0).all(), "a head with no position must give zeros"
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(BF16, id="bf16"), pytest.param(FP32, id="fp32")])
+@pytest.mark.parametrize("lens, hq, hk, d, dv, budget, cap", MLA)
+def test_mla_matches_torch_op(lens, hq, hk, d, dv, budget, cap, dtype):
+    got, want, _ = _run(lens, hq, hk, d, dv, budget, cap, dtype, mla=True)
+    assert_close(got, want, dtype, "mla attention")
+
+
+@pytest.mark.parametrize("mla", [False, True], ids=["gqa-g4", "mla"])
+def test_budget_beyond_context_is_dense(mla):
+    """Sparse attention over dense_positions equals reference.dense_attention of each request."""
+    lens = [45, 100]
+    hq, hk, d, dv = (8, 1, 576, 512) if mla else (8, 2, 128, 128)
+    pool = make_pool(lens, 16, seed=9)
+    gen = torch.Generator().manual_seed(9)
+    k_buffer = torch.randn(pool.n_slots, hk, d, generator=gen).to(DEVICE)
+    v_buffer = k_buffer[..., :dv] if mla else torch.randn(pool.n_slots, hk, dv, generator=gen).to(DEVICE)
+    q = torch.randn(len(lens), hq, d, generator=gen).to(DEVICE)
+    pos = triton_ops.dense_positions(pool.seq_lens, hk, 128)
+    got = triton_ops.sparse_decode_attention(q, k_buffer, v_buffer, pool.req_to_token,
+                                             pool.req_pool_indices, pos, 1 / math.sqrt(d))
+    for i in range(len(lens)):
+        want = dense_attention(q[i].cpu(), gather_tokens(pool, k_buffer, i).cpu(),
+                               gather_tokens(pool, v_buffer, i).cpu(), 1 / math.sqrt(d))
+        assert_close(got[i], want, FP32, f"request {i}")
+
+
+def test_workspace_is_reused_and_results_repeat():
+    lens, hq, hk, d = [80, 33], 8, 2, 64
+    pool = make_pool(lens, 16, seed=4)
+    gen = torch.Generator().manual_seed(4)
+    kv = torch.randn(2, pool.n_slots, hk, d, generator=gen).to(DEVICE)
+    q = torch.randn(2, hq, d, generator=gen).to(DEVICE)
+    pos = _positions(lens, hk, 64, seed=4)
+    ws = SplitWorkspace(poison(torch.empty(2, hq, 64, d, device=DEVICE)), poison(torch.empty(2, hq, 64, device=DEVICE)))
+    out = poison(torch.empty(2, hq, d, device=DEVICE))
+    args = (q, kv[0], kv[1], pool.req_to_token, pool.req_pool_indices, pos, 0.125)
+    first = triton_ops.sparse_decode_attention(*args, out=out, workspace=ws).clone()
+    again = triton_ops.sparse_decode_attention(*args, out=out, workspace=ws)
+    assert again.data_ptr() == out.data_ptr() and torch.equal(first, again)
+    assert_close(first, torch_ops.sparse_decode_attention(*args), FP32, "with workspace")

@@ -1,0 +1,82 @@
+"""score_blocks and score_tokens against the torch ops (fp32 sums: a tolerance, same -inf)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_testing import DEVICE, DTYPE_IDS, assert_close, by_device, case, make_pool, poison
+
+from asynctls_sglang.kernels import triton_ops
+from asynctls_sglang.ops import torch_ops
+
+BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
+DTYPES = [pytest.param(t, id=DTYPE_IDS[t]) for t in (FP32, BF16, FP16)]
+
+# (seq lens, Hq, Hk, D, block, sink, local, extra table blocks)
+SHAPES = by_device([
+    case([37, 100, 5], 4, 4, 64, 8, 4, 8, 2, id="mha-g1-D64-ragged"),
+    case([130, 61], 9, 3, 96, 16, 16, 16, 0, id="g3-D96"),
+    case([200], 8, 2, 128, 16, 0, 0, 3, id="g4-D128-no-sink-no-local"),
+    case([90, 33], 8, 1, 128, 8, 4, 16, 1, id="g8-D128"),
+    case([150], 5, 1, 576, 16, 8, 16, 0, id="mla-576-h5"),
+    case([20, 3], 4, 2, 64, 8, 16, 64, 0, id="all-sink-or-local"),
+], [
+    case([131072, 70001], 32, 8, 128, 64, 16, 64, 0, id="gpu-qwen3-128k"),
+    case([131072], 20, 1, 576, 64, 16, 64, 0, id="gpu-mla-128k"),
+])
+
+
+def _summaries(pages, hk, d, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    mid, half = torch.randn(pages, hk, d, generator=gen), torch.rand(pages, hk, d, generator=gen)
+    return (mid - half).to(dtype).to(DEVICE), (mid + half).to(dtype).to(DEVICE)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lens, hq, hk, d, b, sink, local, extra", SHAPES)
+def test_score_blocks(lens, hq, hk, d, b, sink, local, extra, dtype):
+    pool = make_pool(lens, b, seed=d + hq, ctx=max(lens) + extra * b + 3)
+    mb = -(-max(lens) // b) + extra
+    kmin, kmax = _summaries(pool.n_slots // b, hk, d, dtype, seed=hk)
+    q = torch.randn(len(lens), hq, d, generator=torch.Generator().manual_seed(1)).to(dtype).to(DEVICE)
+    pages = triton_ops.block_table(pool.req_to_token, pool.req_pool_indices, mb, b)
+    want = torch_ops.score_blocks(q, kmin, kmax, pages, pool.seq_lens, b, sink, local)
+    out = poison(torch.empty(len(lens), hk, mb, device=DEVICE))
+    got = triton_ops.score_blocks(q, kmin, kmax, pages, pool.seq_lens, b, sink, local, out=out)
+    # fp32 sums of ~2D products of unit-size terms: error grows like sqrt(D * G)
+    assert_close(got, want, FP32, "block scores", scale=(d * hq // hk) ** 0.5)
+
+
+# (seq lens, Hq, Hk, D, r, block, k_b, sink, local)
+TOKEN_SHAPES = by_device([
+    case([100, 45], 4, 4, 64, 16, 8, 5, 4, 8, id="mha-D64-r16"),
+    case([77], 9, 3, 96, 22, 16, 3, 16, 8, id="g3-D96-r22"),
+    case([120, 64, 9], 8, 2, 128, 32, 16, 6, 4, 16, id="g4-D128-r32-ragged"),
+    case([90], 20, 1, 576, 128, 16, 4, 8, 16, id="mla-576-r128-h20"),
+], [
+    case([131072] * 4, 32, 8, 128, 32, 64, 128, 16, 64, id="gpu-qwen3-kb128"),
+    case([131072] * 2, 20, 1, 576, 128, 64, 128, 16, 64, id="gpu-mla-kb128"),
+])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lens, hq, hk, d, r, b, kb, sink, local", TOKEN_SHAPES)
+def test_score_tokens(lens, hq, hk, d, r, b, kb, sink, local, dtype):
+    bs = len(lens)
+    pool = make_pool(lens, b, seed=r)
+    gen = torch.Generator().manual_seed(d)
+    codes = torch.randint(0, 256, (pool.n_slots, hk, r // 2), generator=gen, dtype=torch.uint8).to(DEVICE)
+    scale_zero = torch.stack([torch.rand(pool.n_slots, hk, generator=gen) * 0.3,
+                              torch.randn(pool.n_slots, hk, generator=gen)], dim=-1).to(DEVICE)
+    channels = torch.stack([torch.randperm(d, generator=gen)[:r].sort().values for _ in range(hk)]).to(DEVICE)
+    q = torch.randn(bs, hq, d, generator=gen).to(dtype).to(DEVICE)
+    nb = [-(-n // b) for n in lens]
+    blocks = torch.stack([torch.stack([torch.randperm(max(nb), generator=gen)[:kb] for _ in range(hk)])
+                          for _ in range(bs)]).to(DEVICE)
+    blocks = torch.where(blocks < torch.tensor(nb, device=DEVICE).view(bs, 1, 1), blocks, -1)
+    pos, ok = triton_ops.candidate_positions(blocks, pool.seq_lens, b, sink, local)
+    args = (q, codes, scale_zero, channels, pool.req_to_token, pool.req_pool_indices, pos, ok)
+    want = torch_ops.score_tokens(*args)
+    out = poison(torch.empty(pos.shape, device=DEVICE))
+    got = triton_ops.score_tokens(*args, out=out)
+    assert want.isinf().any() and want.isfinite().any(), "the case must mix candidates and non-candidates"
+    assert_close(got, want, FP32, "token scores", scale=r ** 0.5 * 10)
