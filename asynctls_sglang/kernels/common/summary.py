@@ -16,7 +16,7 @@ def update_block_summaries(kmin: torch.Tensor, kmax: torch.Tensor, page_flag: to
     """Same contract as torch_ops.update_block_summaries.
 
     kmin, kmax: [pages, Hk, D] float (same strides, unit stride on D); page_flag: [pages] int32
-    scratch (left holding owner token indices); loc: [T] int64 KV slots; k: [T, Hk, D] float,
+    scratch (left holding owner token indices); loc: [T] int64 distinct KV slots; k: [T, Hk, D] float,
     unit stride on D. A page written at offset 0 in this call is reset (its old summary is
     ignored); several tokens of one page are reduced together. Results are bit-exact with the
     torch op. Not checked at run time: loc values in range.

@@ -45,10 +45,13 @@ def summary_fold_kernel(kmin, kmax, page_flag, loc, k, T,
         b_min = tl.full([BLOCK_D], float("inf"), dtype=tl.float32)
         b_max = tl.full([BLOCK_D], float("-inf"), dtype=tl.float32)
         b_reset = tl.zeros([BLOCK_T], dtype=tl.int32)
-        # the owner is the page's first token in `loc`: the others all come after it
-        for i_t0 in range(0, T, BLOCK_T):
+        # the owner is the page's first token in `loc`: the others all come after it, and a page
+        # has at most B of them (loc holds distinct slots), so the scan stops once B are seen
+        i_t0 = i_t
+        b_seen = 0
+        while (i_t0 < T) & (b_seen < B):
             o_t = i_t0 + tl.arange(0, BLOCK_T)
-            m_t = (o_t < T) & (o_t >= i_t)
+            m_t = o_t < T
             # [BLOCK_T]
             b_loc = tl.load(loc + o_t, mask=m_t, other=0)
             m_page = m_t & (b_loc // B == b_page)
@@ -60,6 +63,8 @@ def summary_fold_kernel(kmin, kmax, page_flag, loc, k, T,
             b_k = b_k.to(kmin.dtype.element_ty).to(tl.float32)
             b_min = tl.minimum(b_min, tl.min(tl.where(m_page[:, None], b_k, float("inf")), axis=0))
             b_max = tl.maximum(b_max, tl.max(tl.where(m_page[:, None], b_k, float("-inf")), axis=0))
+            b_seen += tl.sum(m_page.to(tl.int32), axis=0)
+            i_t0 += BLOCK_T
         p_min = kmin + b_page * s_sp + i_h * s_sh + o_d
         p_max = kmax + b_page * s_sp + i_h * s_sh + o_d
         # a write at offset 0 starts the page afresh: its stale summary is ignored
