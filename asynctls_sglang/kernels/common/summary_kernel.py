@@ -48,7 +48,7 @@ def summary_fold_kernel(kmin, kmax, page_flag, loc, k, T,
         # the owner is the page's first token in `loc`: the others all come after it, and a page
         # has at most B of them (loc holds distinct slots), so the scan stops once B are seen
         i_t0 = i_t
-        b_seen = 0
+        b_seen = tl.zeros([], dtype=tl.int32)
         while (i_t0 < T) & (b_seen < B):
             o_t = i_t0 + tl.arange(0, BLOCK_T)
             m_t = o_t < T
