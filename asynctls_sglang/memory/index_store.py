@@ -6,9 +6,10 @@ index keys by KV slot. Updated as K/V are written (``on_write``), prefill and de
 
 Index channels (Double Sparsity's r "heavy" channels) are calibrated online, per layer, from
 the prefills' own queries and keys (``observe_prefill``): statistics accumulate until
-``calibration_tokens`` prefill tokens have been seen, then the channel set is frozen. Whenever
-the set changes, every slot's index key is re-quantised from the K buffer, so index keys are
-always consistent with the channels in use (this happens only during the first prefills).
+``calibration_tokens`` prefill tokens have been seen, then the channel set is frozen. The set
+is recomputed at the first prefill and each time the tokens seen double (so at most
+log2(calibration_tokens) + 1 times per layer); whenever it changes, every slot's index key is
+re-quantised from the K buffer, so index keys always match the channels in use.
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ class SparseIndexStore:
         self._qmag = torch.zeros(num_layers, kv_heads, head_dim, dtype=torch.float64, device=dev)
         self._kmag = torch.zeros(num_layers, kv_heads, head_dim, dtype=torch.float64, device=dev)
         self.calibrated_tokens = [0] * num_layers
+        self._next_check = [0] * num_layers
         self.requantisations = 0
 
     # sizing -------------------------------------------------------------------------------------
@@ -90,6 +92,10 @@ class SparseIndexStore:
         self._qmag[layer] += qmag.double()
         self._kmag[layer] += kmag.double()
         self.calibrated_tokens[layer] += t
+        seen = self.calibrated_tokens[layer]
+        if seen < self._next_check[layer]:
+            return
+        self._next_check[layer] = min(2 * seen, self.cfg.calibration_tokens)
         weight = self._qmag[layer] * self._kmag[layer]
         order = torch.sort(weight, dim=-1, descending=True, stable=True).indices[:, :self.r]
         channels = order.sort(dim=-1).values

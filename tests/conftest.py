@@ -1,0 +1,19 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # torch.compile of MoE layers costs 8-18 s on CPU
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from tiny_models import write_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny_models")
+
+    def get(kind: str) -> str:
+        return write_tiny_model(kind, str(root / kind))
+
+    return get

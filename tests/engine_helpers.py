@@ -1,0 +1,57 @@
+"""Run SGLang's real engine in-process for the tests (one engine at a time, module-scoped)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+from typing import Iterator
+
+BASE_ENGINE_ARGS = dict(skip_tokenizer_init=True, disable_cuda_graph=True, dtype="float32",
+                        log_level="error", mem_fraction_static=0.5, max_running_requests=8,
+                        device="cpu")
+
+
+def sigquit_handler(signum, frame):  # module-level: a scheduler crash must fail the test, not kill pytest
+    print("engine child process failed (SIGQUIT)", flush=True)
+
+
+@contextlib.contextmanager
+def engine(model_path: str, backend: str, asynctls: dict | None = None, **kwargs) -> Iterator[object]:
+    """An sglang.Engine with ``backend``; ``asynctls`` fields go to ASYNCTLS_CONFIG."""
+    import sglang as sgl
+
+    from asynctls_sglang.plugin import register
+
+    register()
+    saved = os.environ.get("ASYNCTLS_CONFIG")
+    os.environ["ASYNCTLS_CONFIG"] = json.dumps(asynctls or {})
+    args = {**BASE_ENGINE_ARGS, "max_total_tokens": 8192, **kwargs}
+    if backend == "asynctls":
+        args.setdefault("page_size", (asynctls or {}).get("block_size", 64))
+    eng = sgl.Engine(model_path=model_path, attention_backend=backend,
+                     custom_sigquit_handler=sigquit_handler, **args)
+    try:
+        yield eng
+    finally:
+        eng.shutdown()
+        if saved is None:
+            os.environ.pop("ASYNCTLS_CONFIG", None)
+        else:
+            os.environ["ASYNCTLS_CONFIG"] = saved
+
+
+def random_prompts(lengths, vocab: int = 500, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(3, vocab) for _ in range(n)] for n in lengths]
+
+
+def greedy(eng, prompts, max_new_tokens: int = 12) -> list[list[int]]:
+    out = eng.generate(input_ids=prompts, sampling_params={"temperature": 0, "max_new_tokens": max_new_tokens,
+                                                           "ignore_eos": True})
+    return [o["output_ids"] for o in out]
+
+
+def asynctls_stats(eng) -> dict:
+    return eng.get_server_info()["internal_states"][0]["asynctls"]
