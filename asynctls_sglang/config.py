@@ -55,6 +55,22 @@ class AsyncTLSConfig:
     calibration_tokens: int = 256
     #: Dense kernel set for prefill and short decodes: "auto" = torch_native on CPU, triton on GPU.
     dense_backend: str = "auto"
+    #: Keep the full KV of every layer in pinned host memory and only a resident cache of
+    #: blocks on the GPU (the asynchronous offloading engine; docs/offload.md).
+    offload: bool = False
+    #: Resident blocks per request, layer and KV head on the GPU (the cache the selected blocks are
+    #: copied into). None: 2 * block_budget + the pinned sink/local blocks.
+    resident_blocks: int | None = None
+    #: Host pool size in tokens (every layer's K/V of that many tokens, pinned). None: sized at
+    #: start-up from the device pool (the next engineer decides the ratio; docs/offload.md).
+    host_pool_tokens: int | None = None
+    #: Steps by which the coarse block selection runs ahead of the attention that reads its
+    #: blocks: 1 = the paper's pipeline (late blocks are replaced by resident ones and counted),
+    #: 0 = fetch the misses before the attention of the same step (never late, not overlapped).
+    prefetch_depth: int = 1
+    #: Host->device block copies per request, layer and KV head per step at most; misses past it
+    #: are counted as overflow and fetched at a later step.
+    max_miss_blocks_per_step: int = 32
 
     def __post_init__(self) -> None:
         for name in ("block_size", "block_budget", "token_budget", "index_bits", "calibration_tokens"):
@@ -87,6 +103,29 @@ class AsyncTLSConfig:
                   f"({self.block_size}), got {self.token_budget}")
         if self.dense_backend not in ("auto", "torch_native", "triton"):
             _fail("dense_backend", f"must be auto, torch_native or triton, got {self.dense_backend!r}")
+        self._validate_offload()
+
+    def _validate_offload(self) -> None:
+        if not isinstance(self.offload, bool):
+            _fail("offload", f"must be true or false, got {self.offload!r}")
+        for name in ("resident_blocks", "host_pool_tokens"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                _fail(name, f"must be a positive integer or None (auto), got {value!r}")
+        value = self.max_miss_blocks_per_step
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            _fail("max_miss_blocks_per_step", f"must be a positive integer, got {value!r}")
+        if self.prefetch_depth not in (0, 1) or isinstance(self.prefetch_depth, bool):
+            _fail("prefetch_depth", f"only 0 (fetch before attention) and 1 (one step ahead) are "
+                  f"implemented, got {self.prefetch_depth!r}")
+        need = self.needed_blocks
+        if self.resident_blocks is not None and self.resident_blocks < need:
+            _fail("resident_blocks", f"must hold the selected blocks plus the pinned sink/local blocks "
+                  f"({self.selected_blocks} + {self.pinned_blocks} = {need}), got {self.resident_blocks}; "
+                  f"raise it or lower {flag_name('block_budget')}")
+        if self.host_pool_tokens is not None and self.host_pool_tokens % self.block_size:
+            _fail("host_pool_tokens", f"must be a multiple of block_size ({self.block_size}), got "
+                  f"{self.host_pool_tokens}")
 
     # derived values ---------------------------------------------------------------------------
     @property
@@ -97,6 +136,29 @@ class AsyncTLSConfig:
     @property
     def quest_blocks(self) -> int:
         return self.token_budget // self.block_size
+
+    @property
+    def selected_blocks(self) -> int:
+        """Blocks the coarse selection picks per request and KV head (k_b, or Quest's count)."""
+        return self.quest_blocks if self.selection == "quest" else self.block_budget
+
+    @property
+    def pinned_blocks(self) -> int:
+        """Blocks that can hold sink or local-window tokens (kept resident, never evicted)."""
+        b = self.block_size
+        return -(-self.sink_tokens // b) + (-(-self.local_window // b) + 1 if self.local_window else 0)
+
+    @property
+    def needed_blocks(self) -> int:
+        """Blocks one step may need resident per request and KV head: selected + pinned."""
+        return self.selected_blocks + self.pinned_blocks
+
+    @property
+    def resident_capacity(self) -> int:
+        """Resident block slots per request, layer and KV head (resident_blocks or its default)."""
+        if self.resident_blocks is not None:
+            return self.resident_blocks
+        return 2 * self.selected_blocks + self.pinned_blocks
 
     def channels_for(self, head_dim: int, is_mla: bool) -> int:
         """r for a model whose (latent) key has head_dim channels; raises if impossible."""
