@@ -27,3 +27,12 @@ def cache_dir() -> str:
 
 def force_torch_ops() -> bool:
     return os.environ.get(ASYNCTLS_FORCE_TORCH_OPS, "0") == "1"
+
+
+#: "1" makes the backend use its fixed-shape (CUDA-graph) decode path in eager mode too, so the
+#: graph path's selection logic runs (and is tested) on the CPU.
+ASYNCTLS_FIXED_SHAPES = "ASYNCTLS_FIXED_SHAPES"
+
+
+def fixed_shapes() -> bool:
+    return os.environ.get(ASYNCTLS_FIXED_SHAPES, "0") == "1"

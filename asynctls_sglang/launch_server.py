@@ -60,8 +60,6 @@ def build_argv(argv: Sequence[str], cfg: AsyncTLSConfig, *, gpu: bool) -> list[s
         kv_dtype = _value(out, "--kv-cache-dtype")
         if kv_dtype not in (None, "auto", "bfloat16", "float16", "float32"):
             raise ConfigError(f"--kv-cache-dtype {kv_dtype} is not supported by {BACKEND_NAME} (use auto)")
-        if gpu and not _has(out, "--disable-cuda-graph"):
-            out += ["--disable-cuda-graph"]  # NOTE: decode graphs for asynctls are future work
     if not gpu:
         if not _has(out, "--device"):
             out += ["--device", "cpu"]
@@ -71,6 +69,8 @@ def build_argv(argv: Sequence[str], cfg: AsyncTLSConfig, *, gpu: bool) -> list[s
             out += ["--disable-cuda-graph"]
         if not _has(out, "--max-total-tokens"):
             out += ["--max-total-tokens", "65536"]  # else SGLang sizes the pool from free RAM
+    if not _has(out, "--enable-cache-report"):
+        out += ["--enable-cache-report"]  # usage.prompt_tokens_details.cached_tokens in replies
     return out
 
 

@@ -63,3 +63,18 @@ def test_shared_prefix_reuses_summaries(asynctls_engine):
     alone = [greedy(asynctls_engine, [a], 8)[0], greedy(asynctls_engine, [b], 8)[0]]
     together = greedy(asynctls_engine, [a, b], 8)
     assert together == alone
+
+
+def test_fixed_shape_path_matches_planned_path(model, monkeypatch):
+    """The CUDA-graph decode path (fixed shapes, device-side dense/sparse choice) gives the same
+    tokens as the eager plan, for a batch mixing dense and sparse rows."""
+    cfg = {**CFG, "dense_threshold": 300}
+    prompts = SHORT + LONG
+    with engine(model, "asynctls", cfg) as eng:
+        planned = greedy(eng, prompts, 12)
+    monkeypatch.setenv("ASYNCTLS_FIXED_SHAPES", "1")
+    with engine(model, "asynctls", cfg) as eng:
+        fixed = greedy(eng, prompts, 12)
+        stats = asynctls_stats(eng)
+    assert fixed == planned
+    assert stats["attended_tokens_max"] == CFG["token_budget"]

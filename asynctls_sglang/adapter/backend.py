@@ -6,10 +6,14 @@ selection on the index that the pool keeps and attends exactly over the chosen t
 Requests no longer than ``dense_threshold`` decode on the stock kernel (a batch made only of
 such requests is handed to it unchanged).
 
-Per-step metadata (which rows are sparse, the block-table width) is planned once per forward
-in ``init_forward_metadata`` from SGLang's host copy of the lengths; per-layer calls only
-launch ops. NOTE: CUDA graphs are not supported yet for this backend (the launcher disables
-them); the ops themselves have fixed shapes.
+Per-step metadata is planned once per forward; per-layer calls only launch ops.
+- Eager (``init_forward_metadata``): the plan splits the batch into sparse and dense rows from
+  SGLang's host copy of the lengths; an all-dense batch goes to the stock kernel untouched.
+- CUDA graphs (``init_forward_metadata_out_graph``, before capture and every replay): shapes
+  are fixed, so every row runs the selection over a block table as wide as the model's
+  context, and the rows at or below ``dense_threshold`` replace their selection with all of
+  their positions on the device (``torch.where``), then one attention launch serves both.
+  NOTE: nothing in the graph path reads a device value on the host.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from typing import NamedTuple
 
 import torch
 
+from asynctls_sglang import env
 from asynctls_sglang.adapter.pools import AsyncTLSPoolMixin
 from asynctls_sglang.adapter.stats import DecodeStats
 from asynctls_sglang.config import AsyncTLSConfig, ConfigError, flag_name
@@ -31,6 +36,7 @@ class DecodePlan(NamedTuple):
     dense_rows: torch.Tensor | None = None  # [n_dense]
     max_blocks: int = 0  # block-table width for the sparse rows
     max_dense_len: int = 0
+    graph: bool = False  # fixed-shape path (CUDA-graph capture/replay)
 
 
 class AsyncTLSBackendMixin:
@@ -56,7 +62,12 @@ class AsyncTLSBackendMixin:
     # metadata ------------------------------------------------------------------------------------
     def init_forward_metadata(self, forward_batch) -> None:
         super().init_forward_metadata(forward_batch)
-        self._plan = self._make_plan(forward_batch) if forward_batch.forward_mode.is_decode() else None
+        if not forward_batch.forward_mode.is_decode():
+            self._plan = None
+        elif env.fixed_shapes():
+            self._plan = DecodePlan(all_dense=False, graph=True, max_blocks=self._graph_blocks())
+        else:
+            self._plan = self._make_plan(forward_batch)
 
     def _make_plan(self, fb) -> DecodePlan:
         cfg = self.asynctls_cfg
@@ -84,6 +95,25 @@ class AsyncTLSBackendMixin:
             max_blocks=math.ceil(longest / cfg.block_size),
             max_dense_len=dense_max,
         )
+
+    def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False) -> None:
+        super().init_forward_metadata_out_graph(forward_batch, in_capture)
+        if not forward_batch.forward_mode.is_decode():
+            self._plan = None
+            return
+        lens = forward_batch.seq_lens_cpu
+        if not in_capture and lens is not None:
+            n_sparse = int((lens > self.asynctls_cfg.dense_threshold).sum())
+            stats = self.asynctls_stats
+            stats.sparse_steps += int(n_sparse > 0)
+            stats.dense_steps += int(n_sparse == 0)
+            stats.sparse_rows += n_sparse
+            stats.dense_rows += int(lens.shape[0]) - n_sparse
+        self._plan = DecodePlan(all_dense=False, graph=True, max_blocks=self._graph_blocks())
+
+    def _graph_blocks(self) -> int:
+        context = self.req_to_token_pool.req_to_token.shape[1]
+        return math.ceil(context / self.asynctls_cfg.block_size)
 
     # forward -------------------------------------------------------------------------------------
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
@@ -113,6 +143,11 @@ class AsyncTLSBackendMixin:
         v_buf = pool.get_value_buffer(layer.layer_id)
         req_to_token = self.req_to_token_pool.req_to_token
         cap = float(getattr(layer, "logit_cap", 0.0) or 0.0)
+        if plan.graph:
+            positions = self._graph_positions(q3, layer, forward_batch, plan)
+            o = ops.sparse_decode_attention(q3, k_buf, v_buf, req_to_token, forward_batch.req_pool_indices,
+                                            positions, layer.scaling, cap)
+            return o.to(q.dtype).reshape(bs, hq * layer.v_head_dim)
         for rows, sparse in ((plan.sparse_rows, True), (plan.dense_rows, False)):
             if rows is None:
                 continue
@@ -130,6 +165,24 @@ class AsyncTLSBackendMixin:
                                             layer.scaling, cap)
             out.index_copy_(0, rows, o.to(out.dtype))
         return out.view(bs, hq * layer.v_head_dim)
+
+    def _graph_positions(self, q3, layer, fb, plan: DecodePlan) -> torch.Tensor:
+        """Fixed-shape selection for every row; dense rows take all their positions."""
+        cfg = self.asynctls_cfg
+        pool = self.token_to_kv_pool
+        ops = self.asynctls_ops
+        hk = layer.tp_k_head_num
+        index = self.asynctls_index.layer_index(layer.layer_id - pool.start_layer)
+        req_to_token = self.req_to_token_pool.req_to_token
+        sparse = select_positions(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens,
+                                  plan.max_blocks, cfg, ops)  # [bs, Hk, K]
+        width = max(cfg.token_budget, cfg.dense_threshold)
+        if width > sparse.shape[2]:
+            sparse = torch.nn.functional.pad(sparse, (0, width - sparse.shape[2]), value=-1)
+        dense = ops.dense_positions(fb.seq_lens, hk, width)
+        is_dense = (fb.seq_lens <= cfg.dense_threshold).view(-1, 1, 1)
+        self.asynctls_stats.record(sparse, rows=~is_dense.view(-1))
+        return torch.where(is_dense, dense, sparse)
 
     # introspection -------------------------------------------------------------------------------
     def asynctls_snapshot(self) -> dict:

@@ -23,14 +23,19 @@ class DecodeStats:
         self._count = torch.zeros((), dtype=torch.int64, device=device)
         self._last = torch.zeros((), dtype=torch.int64, device=device)
 
-    def record(self, positions: torch.Tensor) -> None:
-        """positions: [n, Hk, K] chosen positions of one layer (-1 = unused)."""
-        attended = (positions >= 0).sum(-1)
-        torch.minimum(self._min, attended.min(), out=self._min)
-        torch.maximum(self._max, attended.max(), out=self._max)
-        self._sum += attended.sum()
-        self._count += attended.numel()
-        self._last.copy_(attended.max())
+    def record(self, positions: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """positions: [n, Hk, K] chosen positions of one layer (-1 = unused); rows: [n] bool,
+        the rows to count (all when None). Device ops only."""
+        attended = (positions >= 0).sum(-1)  # [n, Hk]
+        if rows is None:
+            rows = torch.ones(attended.shape[0], dtype=torch.bool, device=attended.device)
+        mask = rows.view(-1, 1).expand_as(attended)
+        big = torch.full_like(attended, 2**62)
+        torch.minimum(self._min, torch.where(mask, attended, big).min(), out=self._min)
+        torch.maximum(self._max, torch.where(mask, attended, 0).max(), out=self._max)
+        self._sum += torch.where(mask, attended, 0).sum()
+        self._count += mask.sum()
+        self._last.copy_(torch.where(mask, attended, 0).max())
 
     def snapshot(self) -> dict:
         count = int(self._count)
