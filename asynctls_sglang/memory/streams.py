@@ -1,0 +1,73 @@
+"""Named side streams and per-layer events that degrade to ordered no-ops off the GPU.
+
+On the CPU every op runs inline in program order, which is the strongest ordering the GPU code
+relies on, so the same engine code is exact (and testable) on both.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+
+def _on_cuda(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_available()
+
+
+class SideStream:
+    """A named CUDA stream for copies (None off the GPU)."""
+
+    def __init__(self, name: str, device: torch.device | str) -> None:
+        self.name = name
+        self.device = torch.device(device)
+        self.stream = torch.cuda.Stream(self.device) if _on_cuda(self.device) else None
+
+    def fork(self) -> None:
+        """Order everything issued next on this stream after what the caller's stream has issued.
+
+        NOTE: implemented as wait_stream (an event recorded on the current stream, waited here);
+        also valid inside CUDA-graph capture, where it forks this stream into the graph.
+        """
+        if self.stream is not None:
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        if self.stream is None:
+            yield
+            return
+        with torch.cuda.stream(self.stream):
+            yield
+
+    def join_into_current(self) -> None:
+        """The caller's stream waits for everything issued on this stream (e.g. before capture
+        ends, every forked stream must be joined back)."""
+        if self.stream is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
+
+    def __repr__(self) -> str:
+        return f"SideStream({self.name!r}, {self.device})"
+
+
+class LayerEvents:
+    """One CUDA event per layer: recorded on a side stream, waited on by the compute stream."""
+
+    def __init__(self, num_layers: int, device: torch.device | str, timing: bool = False) -> None:
+        self.device = torch.device(device)
+        on = _on_cuda(self.device)
+        self.events = [torch.cuda.Event(enable_timing=timing) if on else None for _ in range(num_layers)]
+        self.recorded = [False] * num_layers
+
+    def record(self, layer: int, stream: SideStream | None = None) -> None:
+        event = self.events[layer]
+        if event is not None:
+            event.record(stream.stream if stream is not None and stream.stream is not None
+                         else torch.cuda.current_stream(self.device))
+        self.recorded[layer] = True
+
+    def wait(self, layer: int) -> None:
+        """The current stream waits for the event of `layer` (no-op if never recorded / CPU)."""
+        event = self.events[layer]
+        if event is not None and self.recorded[layer]:
+            torch.cuda.current_stream(self.device).wait_event(event)

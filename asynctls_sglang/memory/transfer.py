@@ -1,0 +1,129 @@
+"""TransferEngine: the resident block cache's device buffers and the copies that fill them.
+
+Per layer the engine owns resident K/V buffers [rows * C * B, Hk, D] (MLA: one latent buffer),
+laid out like SGLang's pools so resident block r*C + s holds rows (r*C + s)*B .. +B; a plan entry
+(host block h, resident block d, head j) copies head j of host rows h*B .. +B there.
+
+Streams (GPU; on the CPU every call runs inline, in order):
+  compute stream  ... attention(l) -> plan(l) -> issue(l) ... wait(l) -> attention(l) ...
+  h2d_copy stream               fork -> wait host writes -> gather(l) -> record done[l]
+The compute stream waits only done[l], right before it reads layer l's resident blocks.
+"""
+from __future__ import annotations
+
+import collections
+from typing import Sequence
+
+import torch
+
+from asynctls_sglang.memory.block_copy import copy_blocks
+from asynctls_sglang.memory.host_tier import HostKVTier
+from asynctls_sglang.memory.residency import ResidentBlockCache, TransferPlan
+from asynctls_sglang.memory.streams import LayerEvents, SideStream
+
+
+class TransferEngine:
+    def __init__(self, host: HostKVTier, cache: ResidentBlockCache, *, prefetch_depth: int = 1,
+                 timing: bool = False, timing_window: int = 4096) -> None:
+        """timing: record CUDA timing events around copies and waits (eager runs only: it creates
+        events per call; off under CUDA graphs)."""
+        if host.block_size != cache.block_size or host.num_layers != cache.num_layers \
+                or host.kv_heads != cache.kv_heads:
+            raise ValueError("TransferEngine: host tier and resident cache disagree on block size, layers or heads")
+        self.host, self.cache, self.prefetch_depth = host, cache, prefetch_depth
+        dev = cache.device
+        slots = cache.num_rows * cache.capacity * cache.block_size
+        self.k = [torch.zeros(slots, host.kv_heads, host.head_dim, dtype=host.dtype, device=dev)
+                  for _ in range(host.num_layers)]
+        self.v = None if host.v is None else [
+            torch.zeros(slots, host.kv_heads, host.v_head_dim, dtype=host.dtype, device=dev)
+            for _ in range(host.num_layers)]
+        self.copy_stream = SideStream("h2d_copy", dev)
+        self.done = LayerEvents(host.num_layers, dev)
+        self.timing = timing and self.copy_stream.stream is not None
+        self._copy_times: collections.deque = collections.deque(maxlen=timing_window)
+        self._wait_times: collections.deque = collections.deque(maxlen=timing_window)
+
+    @property
+    def entry_bytes(self) -> int:
+        """Bytes one plan entry moves: one block of one KV head, K and V."""
+        return self.host.block_bytes // self.host.kv_heads
+
+    @property
+    def nbytes(self) -> int:
+        tensors = self.k + (self.v or [])
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def issue(self, layer: int, plan: TransferPlan,
+              source: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor] | None] | None = None) -> None:
+        """Start the copies of `layer`'s plan on the copy stream; returns at once on a GPU.
+
+        source: per-layer (k, v) buffers to copy from instead of the host tier (e.g. the device
+        pool right after prefill, with device page ids in the plan's src_block).
+        """
+        k_src = self.host.k if source is None else source[0]
+        v_src = self.host.v if source is None else source[1]
+        # NOTE: fork = the copy stream waits for all the compute stream issued so far: plan() wrote
+        # the plan buffers and tables, and the attention of this layer already read the old
+        # contents of the victim slots, so overwriting them is safe.
+        self.copy_stream.fork()
+        with self.copy_stream.active():
+            # NOTE: blocks are read from the host only after their write-through has landed.
+            self.host.wait_written()
+            start = self._event()
+            copy_blocks(k_src[layer], self.k[layer], plan.src_block, plan.dst_block, plan.count,
+                        self.host.block_size, plan.head)
+            if self.v is not None and v_src is not None:
+                copy_blocks(v_src[layer], self.v[layer], plan.src_block, plan.dst_block, plan.count,
+                            self.host.block_size, plan.head)
+            end = self._event()
+        if start is not None:
+            self._copy_times.append((start, end))
+        self.done.record(layer, self.copy_stream)
+
+    def wait(self, layer: int) -> None:
+        """The compute stream waits for the copies of `layer` (and nothing else).
+
+        NOTE: call before reading layer `layer`'s resident buffers and before the next plan() of
+        that layer (which rewrites the plan buffers the copy kernel reads).
+        """
+        before = self._event()
+        self.done.wait(layer)
+        after = self._event()
+        if before is not None:
+            self._wait_times.append((before, after))
+
+    def fetch_now(self, layer: int, plan: TransferPlan) -> None:
+        """prefetch_depth 0: copy and wait before this step's attention (never late, not hidden)."""
+        self.issue(layer, plan)
+        self.wait(layer)
+
+    def _event(self) -> torch.cuda.Event | None:
+        if not self.timing:
+            return None
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def snapshot(self) -> dict[str, float | int]:
+        """Metrics (host sync: call off the decode path). A step is one plan of layer 0."""
+        counts = self.cache.snapshot()
+        steps = int(self.cache.counters[0, 0])
+        moved, hits, misses = counts["moved"], counts["hits"], counts["misses"]
+        late = misses if self.prefetch_depth >= 1 else counts["overflow"]
+        snap: dict[str, float | int] = {
+            "offload_steps": steps, "blocks_needed": counts["needed"], "blocks_hit": hits,
+            "blocks_missed": misses, "blocks_moved": moved, "blocks_overflow": counts["overflow"],
+            "blocks_evicted": counts["evicted"], "blocks_late": late,
+            "bytes_moved": moved * self.entry_bytes,
+            "bytes_per_step": moved * self.entry_bytes / steps if steps else 0.0,
+            "hit_rate": hits / (hits + misses) if hits + misses else 1.0,
+        }
+        if self.timing:
+            torch.cuda.synchronize(self.cache.device)
+            copy_ms = sum(s.elapsed_time(e) for s, e in self._copy_times)
+            exposed_ms = sum(s.elapsed_time(e) for s, e in self._wait_times)
+            snap.update({"transfer_ms": copy_ms, "exposed_ms": exposed_ms,
+                         "hidden_ms": max(0.0, copy_ms - exposed_ms),
+                         "hidden_fraction": max(0.0, 1.0 - exposed_ms / copy_ms) if copy_ms else 1.0})
+        return snap
