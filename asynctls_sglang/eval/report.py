@@ -1,0 +1,151 @@
+"""Turn per-sample results into one table (task x method x budget), a JSON file and a PNG plot.
+
+Scores are fractions in [0, 1]. A method with budget None (full attention, or one server given
+by --url) does not depend on the budget: it is shown in every budget's column group.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from statistics import mean
+from typing import Any, NamedTuple
+
+AVERAGE = "average"
+
+
+class SampleResult(NamedTuple):
+    task: str
+    method: str
+    budget: int | None
+    index: int
+    prediction: str
+    references: list[str]
+    score: float
+    elapsed_s: float
+    prompt_tokens: int  # RULER's length count (prompt + tokens_to_generate)
+
+
+class Column(NamedTuple):
+    method: str
+    budget: int | None  # the budget group this column is shown under
+
+    @property
+    def label(self) -> str:
+        return self.method if self.budget is None else f"{self.method}@{self.budget}"
+
+
+class Table(NamedTuple):
+    columns: list[Column]
+    rows: list[tuple[str, list[float | None]]]  # (task or AVERAGE, one score per column)
+
+
+#: (task, method, budget); budget None means budget-independent.
+ScoreKey = tuple[str, str, int | None]
+
+
+def task_scores(results: Sequence[SampleResult]) -> dict[ScoreKey, float]:
+    """Mean sample score per (task, method, budget)."""
+    grouped: dict[ScoreKey, list[float]] = {}
+    for result in results:
+        grouped.setdefault((result.task, result.method, result.budget), []).append(result.score)
+    return {key: mean(values) for key, values in grouped.items()}
+
+
+def build_table(scores: Mapping[ScoreKey, float], tasks: Sequence[str],
+                methods: Sequence[str], budgets: Sequence[int | None]) -> Table:
+    """One row per task plus the average; columns are budgets x methods.
+
+    A score stored with budget None fills that method's column under every budget.
+    """
+    columns = [Column(method, budget) for budget in budgets for method in methods]
+    rows: list[tuple[str, list[float | None]]] = []
+    for task in tasks:
+        rows.append((task, [_lookup(scores, task, column) for column in columns]))
+    averages: list[float | None] = []
+    for i in range(len(columns)):
+        values = [row[1][i] for row in rows if row[1][i] is not None]
+        averages.append(mean(v for v in values if v is not None) if values else None)
+    rows.append((AVERAGE, averages))
+    return Table(columns, rows)
+
+
+def _lookup(scores: Mapping[ScoreKey, float], task: str,
+            column: Column) -> float | None:
+    for key in ((task, column.method, column.budget), (task, column.method, None)):
+        if key in scores:
+            return scores[key]
+    return None
+
+
+def format_table(table: Table) -> str:
+    header = ["task", *[column.label for column in table.columns]]
+    body = [[name, *["-" if v is None else f"{v:.3f}" for v in values]] for name, values in table.rows]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i])
+                         for i, cell in enumerate(cells))
+
+    rule = "-" * len(line(header))
+    return "\n".join([line(header), rule, *[line(r) for r in body[:-1]], rule, line(body[-1])])
+
+
+def table_json(table: Table) -> list[dict[str, Any]]:
+    return [{"task": name, "method": column.method, "budget": column.budget, "score": value}
+            for name, values in table.rows for column, value in zip(table.columns, values)]
+
+
+def write_json(path: str, config: Mapping[str, Any], table: Table,
+               results: Sequence[SampleResult], timings: Mapping[str, Any]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    payload = {
+        "config": dict(config),
+        "table": table_json(table),
+        "table_text": format_table(table),
+        "timings": dict(timings),
+        "samples": [result._asdict() for result in results],
+    }
+    with open(path, "w") as handle:
+        json.dump(payload, handle, indent=1)
+
+
+def plot(path: str, table: Table, title: str) -> None:
+    """Left: average score against budget, one line per method. Right: per-task bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [name for name, _ in table.rows]
+    methods = list(dict.fromkeys(column.method for column in table.columns))
+    budgets = list(dict.fromkeys(column.budget for column in table.columns))
+    average = dict(zip(table.columns, table.rows[-1][1]))
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(15, 5), gridspec_kw={"width_ratios": [1, 2.4]})
+    positions = list(range(len(budgets)))
+    for method in methods:
+        values = [average.get(Column(method, budget)) for budget in budgets]
+        left.plot(positions, [float("nan") if v is None else v for v in values], marker="o", label=method)
+    left.set_xticks(positions, [str(b) if b is not None else "-" for b in budgets])
+    left.set_xlabel("token budget")
+    left.set_ylabel(f"{AVERAGE} score")
+    left.set_ylim(-0.02, 1.02)
+    left.grid(alpha=0.3)
+    left.legend()
+
+    width = 0.8 / max(len(table.columns), 1)
+    for i, column in enumerate(table.columns):
+        values = [row[1][i] for row in table.rows]
+        xs = [x + (i - (len(table.columns) - 1) / 2) * width for x in range(len(names))]
+        right.bar(xs, [0.0 if v is None else v for v in values], width, label=column.label)
+    right.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    right.set_ylim(0, 1.05)
+    right.set_ylabel("score")
+    right.grid(axis="y", alpha=0.3)
+    right.legend(fontsize="small", ncol=max(1, len(budgets)))
+    figure.suptitle(title)
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,186 @@
+"""RULER accuracy of dense, AsyncTLS and Quest attention, served by SGLang, in one table.
+
+    python -m asynctls_sglang.eval.ruler --context 8192 --samples 10 \
+        --methods full,asynctls,quest --budgets 256,512 --out results/ruler_8k
+
+For each (method, budget) the harness starts `python -m <launcher> --model-path M ...`, waits
+for /health, sends every sample to /v1/completions (greedy, RULER's max_tokens per task),
+scores it with RULER's metric, and stops the server. `full` runs once and appears under every
+budget. `--url` evaluates one server that is already running instead (labelled by --label).
+Writes <out>/ruler.json, <out>/ruler.png, <out>/table.txt and <out>/logs/<run>.log.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from asynctls_sglang import env
+from asynctls_sglang.eval import client, report
+from asynctls_sglang.eval.datagen import Sample, load_or_generate
+from asynctls_sglang.eval.methods import METHODS, Run, detect_device, device_args, plan_runs
+from asynctls_sglang.eval.prompts import PROMPT_FORMATS, ChatWrapper, chat_wrapper, render
+from asynctls_sglang.eval.scoring import score
+from asynctls_sglang.eval.server import Server, ServerError
+from asynctls_sglang.eval.tasks import DEFAULT_TASKS, RulerTask, ruler_task
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m asynctls_sglang.eval.ruler", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="HF model folder (default: the embedded SmolLM2)")
+    p.add_argument("--context", type=int, default=8192,
+                   help="RULER max_seq_length: prompt + generated tokens")
+    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
+    p.add_argument("--samples", type=int, default=5, help="samples per task")
+    p.add_argument("--methods", default="full,asynctls,quest", help=f"from {', '.join(METHODS)}")
+    p.add_argument("--budgets", default="256,512", help="token budgets for asynctls and quest")
+    p.add_argument("--out", default=None, help="output folder (default results/ruler_<time>)")
+    p.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="chat",
+                   help="chat: task in a user turn of the chat template, answer prefix starts the "
+                        "assistant turn; base: RULER's plain template")
+    p.add_argument("--launcher", default="asynctls_sglang.launch_server",
+                   help="module run as `python -m LAUNCHER` (e.g. sglang.launch_server)")
+    p.add_argument("--full-backend", default=None, help="dense backend for `full` "
+                   "(default torch_native on CPU, flashinfer on GPU)")
+    p.add_argument("--dense-threshold", type=int, default=None,
+                   help="pass --asynctls-dense-threshold to sparse runs (default: launcher's)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--mem-fraction-static", type=float, default=None)
+    p.add_argument("--server-args", default="", help="extra launcher arguments, one string")
+    p.add_argument("--server-timeout", type=float, default=900.0, help="seconds to wait for /health")
+    p.add_argument("--url", default=None, help="evaluate this running server instead of launching")
+    p.add_argument("--label", default="server", help="method name shown for --url")
+    p.add_argument("--data-cache", default=None, help="generated RULER data (default <cache>/ruler)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    out = args.out or os.path.join("results", time.strftime("ruler_%Y%m%d_%H%M%S"))
+    model = args.model or _default_model()
+    tasks = [ruler_task(name) for name in _split(args.tasks)]
+    wrapper = chat_wrapper(model) if args.prompt_format == "chat" else None
+    # The chat wrapping adds tokens RULER's generator does not see: generate shorter prompts.
+    gen_length = args.context - (wrapper.overhead_tokens if wrapper else 0)
+    data_cache = args.data_cache or os.path.join(env.cache_dir(), "ruler")
+
+    if args.url:
+        runs = [Run(args.label, None, [])]
+    else:
+        device = detect_device() if args.device == "auto" else args.device
+        if importlib.util.find_spec(args.launcher) is None:
+            raise SystemExit(f"launcher module {args.launcher!r} not found; "
+                             "pass e.g. --launcher sglang.launch_server")
+        runs = plan_runs(_split(args.methods), [int(b) for b in _split(args.budgets)], device,
+                         args.full_backend, args.dense_threshold)
+        common = device_args(device, args.context, args.mem_fraction_static) + shlex.split(args.server_args)
+    config: dict[str, Any] = {k: v for k, v in vars(args).items()}
+    config.update(model=model, out=out, generated_length=gen_length)
+    log(f"[ruler] model {model}, context {args.context}, {len(tasks)} tasks x {args.samples} "
+        f"samples, runs: {', '.join(run.label for run in runs)} -> {out}")
+
+    data: dict[str, list[Sample]] = {}
+    results: list[report.SampleResult] = []
+    timings: dict[str, Any] = {}
+    failed: list[str] = []
+    for run in runs:
+        server = None
+        if not args.url:
+            server = Server(args.launcher, model, [*common, *run.server_args],
+                            os.path.join(out, "logs", f"{run.label}.log")).start()
+            log(f"[{run.label}] starting server: {' '.join(server.command)}")
+        try:
+            if not data:  # generated while the first server boots
+                data = _load_data(tasks, model, gen_length, args.samples, data_cache)
+            url = args.url or ""
+            if server is not None:
+                ready_s = server.wait_ready(args.server_timeout)
+                log(f"[{run.label}] server ready in {ready_s:.1f} s")
+                url = server.url
+                timings[f"{run.label}.server_ready_s"] = round(ready_s, 1)
+            run_start = time.monotonic()
+            results += _evaluate(run, url.rstrip("/"), tasks, data, args.prompt_format, wrapper)
+            timings[f"{run.label}.eval_s"] = round(time.monotonic() - run_start, 1)
+        except ServerError as error:
+            log(f"[{run.label}] FAILED: {error}")
+            failed.append(run.label)
+            timings[f"{run.label}.error"] = str(error).splitlines()[0]
+        finally:
+            if server is not None:
+                server.stop()
+        _write(out, config, tasks, runs, results, timings)
+
+    timings["total_s"] = round(time.monotonic() - started, 1)
+    table = _write(out, config, tasks, runs, results, timings)
+    log("\n" + report.format_table(table))
+    log(f"\n[ruler] wrote {out}/ruler.json, {out}/ruler.png, {out}/table.txt "
+        f"in {timings['total_s']:.0f} s")
+    if failed:
+        log(f"[ruler] runs that failed: {', '.join(failed)} (server logs in {out}/logs)")
+        return 1
+    return 0
+
+
+def _default_model() -> str:
+    from asynctls_sglang.models.smollm2 import ensure_smollm2
+
+    return ensure_smollm2()
+
+
+def _split(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _load_data(tasks: Sequence[RulerTask], model: str, length: int, samples: int,
+               cache: str) -> dict[str, list[Sample]]:
+    return {task.name: load_or_generate(task, model, length, samples, cache, progress=log)
+            for task in tasks}
+
+
+def _evaluate(run: Run, url: str, tasks: Sequence[RulerTask], data: dict[str, list[Sample]],
+              prompt_format: str, wrapper: ChatWrapper | None) -> list[report.SampleResult]:
+    model = client.served_model(url)
+    results: list[report.SampleResult] = []
+    for task in tasks:
+        samples = data[task.name]
+        for i, sample in enumerate(samples):
+            start = time.monotonic()
+            prediction = client.complete(url, model, render(sample, prompt_format, wrapper),
+                                         max_tokens=task.tokens_to_generate)
+            elapsed = time.monotonic() - start
+            value = score(task.metric, prediction, sample.references)
+            results.append(report.SampleResult(task.name, run.method, run.budget, sample.index,
+                                               prediction, sample.references, value, elapsed,
+                                               sample.length))
+            log(f"[{run.label}] {task.name} {i + 1}/{len(samples)} score {value:.2f} "
+                f"{elapsed:5.1f} s  {prediction.strip()[:60]!r}")
+    return results
+
+
+def _write(out: str, config: dict[str, Any], tasks: Sequence[RulerTask], runs: Sequence[Run],
+           results: Sequence[report.SampleResult], timings: dict[str, Any]) -> report.Table:
+    methods = list(dict.fromkeys(run.method for run in runs))
+    budgets: list[int | None] = list(dict.fromkeys(run.budget for run in runs if run.budget is not None))
+    table = report.build_table(report.task_scores(results), [t.name for t in tasks], methods,
+                               budgets or [None])
+    report.write_json(os.path.join(out, "ruler.json"), config, table, results, timings)
+    with open(os.path.join(out, "table.txt"), "w") as handle:
+        handle.write(report.format_table(table) + "\n")
+    report.plot(os.path.join(out, "ruler.png"), table,
+                f"RULER {config['context']} tokens, {os.path.basename(str(config['model']))}")
+    return table
+
+
+if __name__ == "__main__":
+    sys.exit(main())
