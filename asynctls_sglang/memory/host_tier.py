@@ -91,7 +91,7 @@ class HostKVTier:
     def block_bytes(self) -> int:
         """Bytes of one block of one layer (K and V, all KV heads)."""
         channels = self.head_dim + (self.v_head_dim or 0)
-        return self.block_size * self.kv_heads * channels * torch.empty((), dtype=self.dtype).element_size()
+        return self.block_size * self.kv_heads * channels * self.dtype.itemsize
 
     @property
     def nbytes(self) -> int:
@@ -114,7 +114,7 @@ class HostKVTier:
         except RuntimeError as exc:
             raise HostMemoryError(
                 f"asynctls offload: could not {'pin' if self.pinned else 'allocate'} a host KV buffer of "
-                f"{torch.Size(shape).numel() * torch.empty((), dtype=self.dtype).element_size() / GIB:.2f} GiB "
+                f"{torch.Size(shape).numel() * self.dtype.itemsize / GIB:.2f} GiB "
                 f"(pool total {self.nbytes / GIB:.2f} GiB; locked-memory limit: ulimit -l, container "
                 f"memory: cgroup); lower {flag_name('host_pool_tokens')}. Cause: {exc}") from exc
 

@@ -1,0 +1,71 @@
+"""HostKVTier: bit-exact write-through round trips (GQA and MLA), skipped entries, size errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+from offload_testing import bits
+
+from asynctls_sglang.memory import host_tier
+from asynctls_sglang.memory.host_tier import HostKVTier, HostMemoryError
+
+SHAPES = [
+    pytest.param(2, 4, 64, 64, torch.bfloat16, id="gqa-hk4-bf16"),
+    pytest.param(3, 3, 100, 36, torch.float16, id="gqa-hk3-d100-fp16"),
+    pytest.param(2, 1, 576, None, torch.bfloat16, id="mla-576-bf16"),
+    pytest.param(1, 2, 8, 8, torch.float32, id="gqa-fp32"),
+]
+
+
+def _device_pool(layers, pages, b, hk, d, dv, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    raw = lambda dim: torch.randint(-(1 << 15), 1 << 15, (pages * b, hk, dim), generator=gen,  # noqa: E731
+                                    dtype=torch.int32).to(bits(torch.empty(0, dtype=dtype)).dtype).view(dtype)
+    k = [raw(d) for _ in range(layers)]  # random bit patterns: NaNs, infs, denormals included
+    v = None if dv is None else [raw(dv) for _ in range(layers)]
+    return k, v
+
+
+@pytest.mark.parametrize("layers, hk, d, dv, dtype", SHAPES)
+def test_write_through_round_trip_bit_exact(layers, hk, d, dv, dtype):
+    b, pages, blocks = 8, 6, 7
+    dev_k, dev_v = _device_pool(layers, pages, b, hk, d, dv, dtype, seed=d)
+    tier = HostKVTier(num_layers=layers, num_blocks=blocks, block_size=b, kv_heads=hk, head_dim=d,
+                      v_head_dim=dv, dtype=dtype)
+    assert not tier.pinned and tier.is_mla == (dv is None)
+    poison = 0x7BCD if dtype.itemsize == 2 else 0x7BCDEF01
+    for t in tier.k + (tier.v or []):
+        bits(t).fill_(poison)
+    src = torch.tensor([4, 0, 2, 5, 1, 3])  # device pages
+    dst = torch.tensor([6, 1, 0, -1, 3, 2])  # host blocks; -1 skipped; entry 5 past the count
+    tier.write_through(dev_k, dev_v, src, dst, torch.tensor([5]))
+    for layer in range(layers):
+        hk_blocks, hv_blocks = tier.blocks(layer)
+        want_k = dev_k[layer].view(pages, b, hk, d)
+        for s, h in ((4, 6), (0, 1), (2, 0), (1, 3)):
+            assert torch.equal(bits(hk_blocks[h]), bits(want_k[s])), f"layer {layer} K block {h}"
+            if dv is not None:
+                assert torch.equal(bits(hv_blocks[h]), bits(dev_v[layer].view(pages, b, hk, dv)[s]))
+        for h in (2, 4, 5):  # never written
+            assert (bits(hk_blocks[h]) == poison).all(), f"block {h} was written"
+
+
+def test_size_checked_before_allocating(monkeypatch):
+    monkeypatch.setattr(host_tier, "available_host_bytes", lambda: 1 << 20)
+    with pytest.raises(HostMemoryError, match="--asynctls-host-pool-tokens"):
+        HostKVTier(num_layers=4, num_blocks=64, block_size=64, kv_heads=8, head_dim=128, v_head_dim=128,
+                   dtype=torch.bfloat16)
+
+
+def test_allocation_failure_is_explained(monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("cudaHostAlloc failed")
+
+    monkeypatch.setattr(host_tier.torch, "empty", fail)
+    with pytest.raises(HostMemoryError, match="could not pin.*cudaHostAlloc failed"):
+        HostKVTier(num_layers=1, num_blocks=2, block_size=4, kv_heads=1, head_dim=4, v_head_dim=4,
+                   dtype=torch.float32, pin=True)
+
+
+def test_available_memory_is_read():
+    avail = host_tier.available_host_bytes()
+    assert avail is None or avail > 0
