@@ -1,0 +1,57 @@
+"""The block-copy Triton kernel against the torch path: exact, poisoned outputs, fixed grid with a
+device-side count. On the CPU it runs under TRITON_INTERPRET=1 (set before the kernel is defined)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from offload_testing import bits  # noqa: E402
+
+from asynctls_sglang.kernels.common import gather_host  # noqa: E402
+from asynctls_sglang.kernels.common.gather_host_kernel import copy_blocks_kernel  # noqa: E402
+from asynctls_sglang.memory.block_copy import copy_blocks_torch  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+CASES = [
+    pytest.param(16, 3, 10, True, torch.bfloat16, id="per-head-hk3-d10-bf16"),
+    pytest.param(8, 8, 16, False, torch.float16, id="whole-block-hk8-fp16"),
+    pytest.param(4, 1, 576, False, torch.bfloat16, id="mla-576"),
+    pytest.param(4, 2, 100, True, torch.float32, id="per-head-d100-fp32"),
+]
+
+
+@pytest.mark.parametrize("b, hk, d, per_head, dtype", CASES)
+def test_kernel_equals_torch_path(b, hk, d, per_head, dtype):
+    if DEVICE.type == "cpu" and type(copy_blocks_kernel).__name__ != "InterpretedFunction":
+        pytest.skip("the kernel was defined before TRITON_INTERPRET was set in this process")
+    gen = torch.Generator().manual_seed(b * d)
+    n_src, n_dst, p = 9, 7, 6
+    src = torch.randint(-30000, 30000, (n_src * b, hk, d), generator=gen, dtype=torch.int32)
+    src = src.to(bits(torch.empty(0, dtype=dtype)).dtype).view(dtype)
+    src_block = torch.tensor([3, 8, -1, 0, 5, 2])
+    dst_block = torch.tensor([6, 0, 2, 4, 1, 3])  # entry 5 lies past the count: must not move
+    head = torch.tensor([h % hk for h in (2, 0, 1, 1, 0, 2)])
+    count = torch.tensor([5])
+    want = torch.full((n_dst * b, hk, d), float("nan"), dtype=dtype)
+    got = want.clone().to(DEVICE)
+    copy_blocks_torch(src, want, src_block, dst_block, count, b, head if per_head else None)
+    host_src = src.pin_memory() if DEVICE.type == "cuda" else src  # UVA read on a GPU
+    gather_host.copy_blocks(host_src, got, src_block.to(DEVICE), dst_block.to(DEVICE), count.to(DEVICE), b,
+                            head.to(DEVICE) if per_head else None)
+    assert torch.equal(bits(got.cpu()), bits(want))
+    moved = (~want.isnan()).view(n_dst, b, hk, d).any(-1).any(1).sum()
+    assert moved == (4 if per_head else 4 * hk)  # 4 live entries, entry 2 (-1) and 5 skipped
+    assert p == src_block.shape[0]
+
+
+def test_rejects_mismatched_buffers():
+    a = torch.zeros(8, 2, 4)
+    with pytest.raises(ValueError, match="copy_blocks"):
+        gather_host.copy_blocks(a, torch.zeros(8, 2, 5), torch.zeros(1, dtype=torch.int64),
+                                torch.zeros(1, dtype=torch.int64), torch.ones(1, dtype=torch.int64), 4)
