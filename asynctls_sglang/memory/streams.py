@@ -50,24 +50,40 @@ class SideStream:
         return f"SideStream({self.name!r}, {self.device})"
 
 
+def capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 class LayerEvents:
-    """One CUDA event per layer: recorded on a side stream, waited on by the compute stream."""
+    """One CUDA event per layer: recorded on a side stream, waited on by the compute stream.
+
+    Each event remembers whether it was recorded in the current step (see new_step) or in an
+    earlier one. NOTE: while a CUDA graph is being captured, only events recorded in the same
+    step (hence in the same capture) are waited on: a replay ends only after every stream it
+    forked has joined back, and replays on one stream run one after the other, so copies of an
+    earlier replay are complete. Eager work that precedes a replay must be joined by the caller
+    (TransferEngine.before_replay).
+    """
 
     def __init__(self, num_layers: int, device: torch.device | str, timing: bool = False) -> None:
         self.device = torch.device(device)
         on = _on_cuda(self.device)
         self.events = [torch.cuda.Event(enable_timing=timing) if on else None for _ in range(num_layers)]
-        self.recorded = [False] * num_layers
+        self.state: list[str | None] = [None] * num_layers  # None, "earlier" or "this" step
+
+    def new_step(self) -> None:
+        self.state = [None if s is None else "earlier" for s in self.state]
 
     def record(self, layer: int, stream: SideStream | None = None) -> None:
         event = self.events[layer]
         if event is not None:
             event.record(stream.stream if stream is not None and stream.stream is not None
                          else torch.cuda.current_stream(self.device))
-        self.recorded[layer] = True
+        self.state[layer] = "this"
 
     def wait(self, layer: int) -> None:
         """The current stream waits for the event of `layer` (no-op if never recorded / CPU)."""
-        event = self.events[layer]
-        if event is not None and self.recorded[layer]:
-            torch.cuda.current_stream(self.device).wait_event(event)
+        event, state = self.events[layer], self.state[layer]
+        if event is None or state is None or (state == "earlier" and capturing()):
+            return
+        torch.cuda.current_stream(self.device).wait_event(event)

@@ -54,6 +54,24 @@ class TransferEngine:
         tensors = self.k + (self.v or [])
         return sum(t.numel() * t.element_size() for t in tensors)
 
+    # step boundaries -------------------------------------------------------------------------
+    def begin_step(self) -> None:
+        """Call at the start of every forward: eagerly, or first thing inside a captured graph."""
+        self.done.new_step()
+        self.host.written.new_step()
+
+    def before_replay(self) -> None:
+        """Call eagerly before each CUDA-graph replay: the compute stream waits for all copies and
+        write-throughs issued outside the graph (a replay only orders after its own stream)."""
+        self.copy_stream.join_into_current()
+        self.host.write_stream.join_into_current()
+
+    def end_capture(self) -> None:
+        """Call last inside a capture: every forked side stream must join the capture stream."""
+        self.copy_stream.join_into_current()
+        self.host.write_stream.join_into_current()
+
+    # copies ------------------------------------------------------------------------------------
     def issue(self, layer: int, plan: TransferPlan,
               source: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor] | None] | None = None) -> None:
         """Start the copies of `layer`'s plan on the copy stream; returns at once on a GPU.

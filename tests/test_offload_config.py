@@ -1,0 +1,37 @@
+"""The offload settings of AsyncTLSConfig: defaults, derived sizes, and the error messages."""
+from __future__ import annotations
+
+import pytest
+
+from asynctls_sglang.cli_config import split_asynctls_flags
+from asynctls_sglang.config import AsyncTLSConfig, ConfigError
+
+
+def test_defaults_and_derived_sizes():
+    cfg = AsyncTLSConfig()
+    assert cfg.offload is False and cfg.prefetch_depth == 1 and cfg.host_pool_tokens is None
+    assert cfg.pinned_blocks == 1 + 2  # sink 16 -> 1 block; local 64 -> up to 2 blocks
+    assert cfg.needed_blocks == 131 and cfg.resident_capacity == 2 * 128 + 3
+    assert AsyncTLSConfig(selection="quest").selected_blocks == 2048 // 64
+    assert AsyncTLSConfig(resident_blocks=131).resident_capacity == 131
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(resident_blocks=130), "'resident_blocks' .*--asynctls-resident-blocks.*128 \\+ 3 = 131"),
+    (dict(resident_blocks=0), "positive integer or None"),
+    (dict(host_pool_tokens=1000), "multiple of block_size"),
+    (dict(prefetch_depth=2), "--asynctls-prefetch-depth.*only 0"),
+    (dict(max_miss_blocks_per_step=0), "--asynctls-max-miss-blocks-per-step"),
+    (dict(offload=1), "--asynctls-offload.*true or false"),
+], ids=["resident-too-small", "resident-zero", "host-pool-unaligned", "depth-2", "miss-zero", "offload-int"])
+def test_offload_validation(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        AsyncTLSConfig(**changes)
+
+
+def test_flags_reach_the_fields():
+    values, rest = split_asynctls_flags(["--asynctls-offload", "--asynctls-host-pool-tokens", "auto",
+                                         "--asynctls-resident-blocks=300", "--port", "1"])
+    assert values == {"offload": True, "host_pool_tokens": None, "resident_blocks": 300}
+    assert rest == ["--port", "1"]
+    assert AsyncTLSConfig.from_dict(values).resident_capacity == 300
