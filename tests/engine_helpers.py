@@ -47,10 +47,14 @@ def random_prompts(lengths, vocab: int = 500, seed: int = 0) -> list[list[int]]:
     return [[rng.randrange(3, vocab) for _ in range(n)] for n in lengths]
 
 
-def greedy(eng, prompts, max_new_tokens: int = 12) -> list[list[int]]:
-    out = eng.generate(input_ids=prompts, sampling_params={"temperature": 0, "max_new_tokens": max_new_tokens,
-                                                           "ignore_eos": True})
-    return [o["output_ids"] for o in out]
+def greedy(eng, prompts, max_new_tokens: int = 12, batched: bool = False) -> list[list[int]]:
+    """Greedy continuations. One request at a time unless ``batched``: batch composition
+    changes fp32 rounding in the dense layers, which can flip near-tied argmaxes of a random
+    model, so token-identity comparisons run requests alone."""
+    params = {"temperature": 0, "max_new_tokens": max_new_tokens, "ignore_eos": True}
+    if batched:
+        return [o["output_ids"] for o in eng.generate(input_ids=prompts, sampling_params=params)]
+    return [eng.generate(input_ids=p, sampling_params=params)["output_ids"] for p in prompts]
 
 
 def asynctls_stats(eng) -> dict:

@@ -1,0 +1,37 @@
+#!/bin/bash
+# Runs on the lent H200 from the repository root (see benchmarks/README.md):
+#   bash benchmarks/device.sh STAGE...      stages: setup ktest gtest kbench e2e ruler
+# Needs the SGLang site carry (.carry/c1/site.tar.xz, built by ../shared/gpu/build_site.sh) and
+# ../shared/gpu copied to .gpu/ (both git-ignored). Logs and JSON/PNG land in $OUT.
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+T0=$(date +%s)
+el() { echo "[$(($(date +%s) - T0))s] $*"; }
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 SGLANG_DISABLE_REQUEST_LOGGING=1
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TORCHDYNAMO_DISABLE=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export FLASHINFER_WORKSPACE_BASE=$PWD/.carry/jit TVM_FFI_CACHE_DIR=$PWD/.carry/jit/tvm-ffi TRITON_CACHE_DIR=$PWD/.carry/jit/triton
+DEADLINE=${DEADLINE:-580}
+run() {  # run NAME TIMEOUT CMD...
+  local name=$1 tmo=$2; shift 2
+  local left=$(( DEADLINE - ($(date +%s) - T0) )); [ "$tmo" -gt "$left" ] && tmo=$left
+  [ "$tmo" -lt 20 ] && { el "skip $name (${left}s left)"; return 0; }
+  el "=== $name (timeout ${tmo}s)"
+  timeout -k 10 "$tmo" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
+  el "=== $name rc=$rc"; tail -${TAIL:-25} "$OUT/$name.log"
+}
+for stage in "$@"; do
+  case $stage in
+    setup) bash .gpu/device_run.sh setup 2>&1 | tail -8
+           # the entry point (sglang.srt.plugins) needs an installed distribution
+           python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -2
+           python3 -c "import asynctls_sglang.plugin as p; p.register(); print('plugin ok')" 2>&1 | tail -1 ;;
+    ktest) run ktest 300 python3 -m pytest tests/kernels -x -q -p no:cacheprovider ;;
+    gtest) run gtest 300 python3 -m pytest tests/gpu tests/test_offload_gpu.py tests/kernels/test_gpu_graph.py -x -q -s -p no:cacheprovider ;;
+    kbench) run kbench 400 python3 benchmarks/kernel_bench.py ${KB_ARGS:---quick} --out "$OUT/kbench.json" ;;
+    e2e) run e2e 560 python3 benchmarks/e2e_bench.py ${E2E_ARGS:-} --out "$OUT/e2e.json" ;;
+    ruler) run ruler 560 python3 -m asynctls_sglang.eval.ruler ${RULER_ARGS:-} ;;
+    *) el "unknown stage $stage" ;;
+  esac
+done
+el done
