@@ -29,10 +29,11 @@ class SampleResult(NamedTuple):
 class Column(NamedTuple):
     method: str
     budget: int | None  # the budget group this column is shown under
+    shared: bool = False  # the method's score is budget-independent (repeated in every group)
 
     @property
     def label(self) -> str:
-        return self.method if self.budget is None else f"{self.method}@{self.budget}"
+        return self.method if self.budget is None or self.shared else f"{self.method}@{self.budget}"
 
 
 class Table(NamedTuple):
@@ -56,44 +57,50 @@ def build_table(scores: Mapping[ScoreKey, float], tasks: Sequence[str],
                 methods: Sequence[str], budgets: Sequence[int | None]) -> Table:
     """One row per task plus the average; columns are budgets x methods.
 
-    A score stored with budget None fills that method's column under every budget.
+    A method whose scores are stored with budget None fills its column in every budget group.
+    A column's average is None unless every task has a score (a failed run is not averaged).
     """
-    columns = [Column(method, budget) for budget in budgets for method in methods]
+    shared = {method for (_, method, budget) in scores if budget is None}
+    columns = [Column(method, budget, method in shared) for budget in budgets for method in methods]
     rows: list[tuple[str, list[float | None]]] = []
     for task in tasks:
-        rows.append((task, [_lookup(scores, task, column) for column in columns]))
+        rows.append((task, [scores.get((task, c.method, None if c.shared else c.budget))
+                            for c in columns]))
     averages: list[float | None] = []
     for i in range(len(columns)):
-        values = [row[1][i] for row in rows if row[1][i] is not None]
-        averages.append(mean(v for v in values if v is not None) if values else None)
+        values = [row[i] for _, row in rows]
+        complete = [v for v in values if v is not None]
+        averages.append(mean(complete) if complete and len(complete) == len(values) else None)
     rows.append((AVERAGE, averages))
     return Table(columns, rows)
 
 
-def _lookup(scores: Mapping[ScoreKey, float], task: str,
-            column: Column) -> float | None:
-    for key in ((task, column.method, column.budget), (task, column.method, None)):
-        if key in scores:
-            return scores[key]
-    return None
-
-
 def format_table(table: Table) -> str:
-    header = ["task", *[column.label for column in table.columns]]
+    """Fixed-width text: a budget header row, a method header row, tasks, then the average."""
+    budgets = ["budget", *["-" if c.budget is None else str(c.budget) for c in table.columns]]
+    methods = ["task", *[c.method for c in table.columns]]
     body = [[name, *["-" if v is None else f"{v:.3f}" for v in values]] for name, values in table.rows]
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = [budgets, methods, *body]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(methods))]
 
-    def line(cells: Sequence[str]) -> str:
+    def render(cells: Sequence[str]) -> str:
         return "  ".join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i])
                          for i, cell in enumerate(cells))
 
-    rule = "-" * len(line(header))
-    return "\n".join([line(header), rule, *[line(r) for r in body[:-1]], rule, line(body[-1])])
+    rule = "-" * len(render(methods))
+    return "\n".join([render(budgets), render(methods), rule, *[render(r) for r in body[:-1]],
+                      rule, render(body[-1])])
 
 
 def table_json(table: Table) -> list[dict[str, Any]]:
-    return [{"task": name, "method": column.method, "budget": column.budget, "score": value}
-            for name, values in table.rows for column, value in zip(table.columns, values)]
+    """One entry per (task, method, budget); a shared (budget-independent) score once, budget None."""
+    entries: dict[tuple[str, str, int | None], dict[str, Any]] = {}
+    for name, values in table.rows:
+        for column, value in zip(table.columns, values):
+            budget = None if column.shared else column.budget
+            entries[(name, column.method, budget)] = {
+                "task": name, "method": column.method, "budget": budget, "score": value}
+    return list(entries.values())
 
 
 def write_json(path: str, config: Mapping[str, Any], table: Table,
@@ -111,22 +118,26 @@ def write_json(path: str, config: Mapping[str, Any], table: Table,
 
 
 def plot(path: str, table: Table, title: str) -> None:
-    """Left: average score against budget, one line per method. Right: per-task bars."""
+    """Left: average score against budget (shared methods as dashed lines). Right: per-task bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [name for name, _ in table.rows]
-    methods = list(dict.fromkeys(column.method for column in table.columns))
-    budgets = list(dict.fromkeys(column.budget for column in table.columns))
-    average = dict(zip(table.columns, table.rows[-1][1]))
+    average = table.rows[-1][1]
+    budgets = list(dict.fromkeys(c.budget for c in table.columns))
+    positions = list(range(len(budgets)))
+    bars = _first_per_label(table)
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(15, 5), gridspec_kw={"width_ratios": [1, 2.4]})
-    positions = list(range(len(budgets)))
-    for method in methods:
-        values = [average.get(Column(method, budget)) for budget in budgets]
-        left.plot(positions, [float("nan") if v is None else v for v in values], marker="o", label=method)
+    for method in dict.fromkeys(c.method for c in table.columns):
+        values = [average[i] for i, c in enumerate(table.columns) if c.method == method]
+        ys = [float("nan") if v is None else v for v in values]
+        if any(c.shared for c in table.columns if c.method == method):
+            left.axhline(ys[0], linestyle="--", color="gray", label=method)
+        else:
+            left.plot(positions[: len(ys)], ys, marker="o", label=method)
     left.set_xticks(positions, [str(b) if b is not None else "-" for b in budgets])
     left.set_xlabel("token budget")
     left.set_ylabel(f"{AVERAGE} score")
@@ -134,11 +145,11 @@ def plot(path: str, table: Table, title: str) -> None:
     left.grid(alpha=0.3)
     left.legend()
 
-    width = 0.8 / max(len(table.columns), 1)
-    for i, column in enumerate(table.columns):
+    width = 0.8 / max(len(bars), 1)
+    for k, i in enumerate(bars):
         values = [row[1][i] for row in table.rows]
-        xs = [x + (i - (len(table.columns) - 1) / 2) * width for x in range(len(names))]
-        right.bar(xs, [0.0 if v is None else v for v in values], width, label=column.label)
+        xs = [x + (k - (len(bars) - 1) / 2) * width for x in range(len(names))]
+        right.bar(xs, [0.0 if v is None else v for v in values], width, label=table.columns[i].label)
     right.set_xticks(range(len(names)), names, rotation=30, ha="right")
     right.set_ylim(0, 1.05)
     right.set_ylabel("score")
@@ -149,3 +160,11 @@ def plot(path: str, table: Table, title: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _first_per_label(table: Table) -> list[int]:
+    """Column indices with each label once (a shared method appears in every budget group)."""
+    seen: dict[str, int] = {}
+    for i, column in enumerate(table.columns):
+        seen.setdefault(column.label, i)
+    return list(seen.values())

@@ -1,0 +1,136 @@
+"""RULER scoring, run planning, prompt rendering and the result table: pure Python, no server."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from asynctls_sglang.eval import report
+from asynctls_sglang.eval.datagen import SPLIT, Sample, _parse
+from asynctls_sglang.eval.methods import plan_runs
+from asynctls_sglang.eval.prompts import ChatWrapper, render
+from asynctls_sglang.eval.scoring import clean_prediction, score, string_match_all, string_match_part
+
+SCORE_CASES = [
+    # (id, metric, prediction, references, expected)
+    ("all-one-found", "string_match_all", " 3608513.", ["3608513"], 1.0),
+    ("all-none-found", "string_match_all", " 3608518.", ["3608513"], 0.0),
+    ("all-partial", "string_match_all", "8038374, 4698379 and more", ["8038374", "4698379", "8536477", "5667265"], 0.5),
+    ("all-case-insensitive", "string_match_all", "3B8FAA18-37f8", ["3b8faa18-37F8"], 1.0),
+    ("all-empty-prediction", "string_match_all", "", ["x"], 0.0),
+    ("part-any-found", "string_match_part", "Paris, France", ["London", "paris"], 1.0),
+    ("part-none-found", "string_match_part", "Rome", ["London", "Paris"], 0.0),
+    # A reference split by a control character does not match (RULER turns it into a newline).
+    ("control-char-breaks-match", "string_match_all", "ab\tcd", ["ab cd"], 0.0),
+]
+
+
+@pytest.mark.parametrize("metric,prediction,references,expected",
+                         [case[1:] for case in SCORE_CASES], ids=[case[0] for case in SCORE_CASES])
+def test_score(metric: str, prediction: str, references: list[str], expected: float) -> None:
+    assert score(metric, prediction, references) == pytest.approx(expected)
+
+
+def test_clean_prediction_strips_and_replaces_control_characters() -> None:
+    assert clean_prediction("  a\tb\x00c \n") == "a\nb\nc"
+    assert clean_prediction(None) == ""
+
+
+def test_scoring_needs_references() -> None:
+    with pytest.raises(ValueError):
+        string_match_all("x", [])
+    with pytest.raises(ValueError):
+        string_match_part("x", [])
+
+
+def test_full_runs_once_and_sparse_methods_per_budget() -> None:
+    runs = plan_runs(["full", "asynctls", "quest"], [256, 512], device="cpu")
+    assert [run.label for run in runs] == ["full", "asynctls@256", "quest@256", "asynctls@512", "quest@512"]
+    assert runs[0].server_args == ["--attention-backend", "torch_native"]
+    assert runs[1].server_args == ["--asynctls-token-budget", "256"]
+    assert runs[2].server_args == ["--asynctls-selection", "quest", "--asynctls-token-budget", "256"]
+
+
+def test_plan_options_backend_and_threshold() -> None:
+    runs = plan_runs(["full", "asynctls"], [128], device="cuda", dense_threshold=0)
+    assert runs[0].server_args == ["--attention-backend", "flashinfer"]
+    assert runs[1].server_args[-2:] == ["--asynctls-dense-threshold", "0"]
+    assert plan_runs(["full"], [1], "cpu", full_backend="triton")[0].server_args[-1] == "triton"
+    with pytest.raises(ValueError, match="unknown method"):
+        plan_runs(["dense"], [256], device="cpu")
+
+
+def test_parse_splits_prompt_and_answer_prefix() -> None:
+    record = {"index": 3, "input": f"Find it.{SPLIT} The answer is", "outputs": ["42"], "length": 99}
+    assert _parse(record) == Sample(3, "Find it.", " The answer is", ["42"], 99)
+
+
+def test_render_base_and_chat() -> None:
+    sample = Sample(0, "Context.\nQuestion?", " The answer is", ["1"], 10)
+    wrapper = ChatWrapper(head="<u>", tail="</u><a>", overhead_tokens=4)
+    assert render(sample, "base") == "Context.\nQuestion? The answer is"
+    assert render(sample, "chat", wrapper) == "<u>Context.\nQuestion?</u><a>The answer is"
+    with pytest.raises(ValueError):
+        render(sample, "chat")
+
+
+def _result(task: str, method: str, budget: int | None, value: float, index: int = 0) -> report.SampleResult:
+    return report.SampleResult(task, method, budget, index, "pred", ["ref"], value, 1.0, 100)
+
+
+@pytest.fixture
+def table() -> report.Table:
+    results = [
+        _result("niah", "full", None, 1.0, 0), _result("niah", "full", None, 0.0, 1),
+        _result("vt", "full", None, 0.8),
+        _result("niah", "asynctls", 256, 0.25), _result("vt", "asynctls", 256, 0.75),
+        _result("niah", "asynctls", 512, 1.0),  # vt@512 missing: a failed run
+    ]
+    return report.build_table(report.task_scores(results), ["niah", "vt"], ["full", "asynctls"], [256, 512])
+
+
+def test_table_repeats_the_shared_method_under_every_budget(table: report.Table) -> None:
+    assert [(c.method, c.budget, c.shared) for c in table.columns] == [
+        ("full", 256, True), ("asynctls", 256, False), ("full", 512, True), ("asynctls", 512, False)]
+    rows = dict(table.rows)
+    assert rows["niah"] == [0.5, 0.25, 0.5, 1.0]
+    assert rows["vt"] == [0.8, 0.75, 0.8, None]
+
+
+def test_average_row_is_none_for_incomplete_columns(table: report.Table) -> None:
+    assert table.rows[-1][0] == report.AVERAGE
+    averages = table.rows[-1][1]
+    assert averages[:3] == pytest.approx([0.65, 0.5, 0.65])
+    assert averages[3] is None
+
+
+def test_format_table(table: report.Table) -> None:
+    lines = report.format_table(table).splitlines()
+    assert lines[0].split() == ["budget", "256", "256", "512", "512"]
+    assert lines[1].split() == ["task", "full", "asynctls", "full", "asynctls"]
+    assert lines[3].split() == ["niah", "0.500", "0.250", "0.500", "1.000"]
+    assert lines[4].split() == ["vt", "0.800", "0.750", "0.800", "-"]
+    assert lines[-1].split() == ["average", "0.650", "0.500", "0.650", "-"]
+
+
+def test_table_json_lists_shared_scores_once(table: report.Table) -> None:
+    entries = report.table_json(table)
+    full = [e for e in entries if e["method"] == "full"]
+    assert [(e["task"], e["budget"]) for e in full] == [("niah", None), ("vt", None), ("average", None)]
+    assert len(entries) == 3 * 3  # 3 rows x (full, asynctls@256, asynctls@512)
+
+
+def test_json_and_png_are_written(table: report.Table, tmp_path: str) -> None:
+    results = [_result("niah", "full", None, 1.0)]
+    json_path = os.path.join(tmp_path, "out", "ruler.json")
+    png_path = os.path.join(tmp_path, "out", "ruler.png")
+    report.write_json(json_path, {"context": 1024}, table, results, {"total_s": 1.0})
+    report.plot(png_path, table, "test")
+    with open(json_path) as handle:
+        payload = json.load(handle)
+    assert payload["config"] == {"context": 1024}
+    assert payload["samples"][0]["task"] == "niah"
+    assert "average" in payload["table_text"]
+    with open(png_path, "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
