@@ -26,8 +26,8 @@ for stage in "$@"; do
            # the entry point (sglang.srt.plugins) needs an installed distribution
            python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -2
            python3 -c "import asynctls_sglang.plugin as p; p.register(); print('plugin ok')" 2>&1 | tail -1 ;;
-    ktest) run ktest 300 python3 -m pytest tests/kernels -x -q -p no:cacheprovider ;;
-    gtest) run gtest 300 python3 -m pytest tests/gpu tests/test_offload_gpu.py tests/kernels/test_gpu_graph.py -x -q -s -p no:cacheprovider ;;
+    ktest) run ktest 300 python3 -m pytest tests/kernels -q -p no:cacheprovider ;;
+    gtest) run gtest 300 python3 -m pytest tests/gpu tests/test_offload_gpu.py tests/kernels/test_gpu_graph.py -q -s -p no:cacheprovider ;;
     kbench) run kbench 400 python3 benchmarks/kernel_bench.py ${KB_ARGS:---quick} --out "$OUT/kbench.json" ;;
     e2e) run e2e 560 python3 benchmarks/e2e_bench.py ${E2E_ARGS:-} --out "$OUT/e2e.json" ;;
     ruler) run ruler 560 python3 -m asynctls_sglang.eval.ruler ${RULER_ARGS:-} ;;

@@ -11,7 +11,7 @@ from engine_helpers import asynctls_stats, engine, greedy, random_prompts
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
-GPU_ARGS = dict(device="cuda", disable_cuda_graph=False, cuda_graph_max_bs_decode=8, mem_fraction_static=0.3)
+GPU_ARGS = dict(device="cuda", dtype="bfloat16", disable_cuda_graph=False, cuda_graph_max_bs_decode=8, mem_fraction_static=0.3)
 CFG = dict(block_size=16, block_budget=16, token_budget=256, sink_tokens=4, local_window=16,
            dense_threshold=0, calibration_tokens=64)
 SHORT = random_prompts([37, 120, 230], seed=1)
