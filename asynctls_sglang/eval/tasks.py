@@ -40,6 +40,10 @@ class RulerTask:
         return os.path.join(ruler_package_dir(), "data", "synthetic", f"{self.kind}.py")
 
 
+def ruler_available() -> bool:
+    return importlib.util.find_spec("long_context_eval") is not None
+
+
 def ruler_package_dir() -> str:
     spec = importlib.util.find_spec("long_context_eval")
     if spec is None or not spec.submodule_search_locations:
