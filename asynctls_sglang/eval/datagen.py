@@ -32,7 +32,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 
 
 class Sample(NamedTuple):
-    index: int
+    sample_index: int
     task_prompt: str  # the task text (context, question)
     answer_prefix: str  # what the answer starts with; the model continues from here
     references: list[str]

@@ -29,6 +29,7 @@ def chat_wrapper(tokenizer_path: str) -> ChatWrapper:
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": _CONTENT}], tokenize=False, add_generation_prompt=True
     )
+    assert isinstance(text, str)
     head, tail = text.split(_CONTENT)
     overhead = len(tokenizer(head + tail, add_special_tokens=False)["input_ids"])
     return ChatWrapper(head, tail, overhead)

@@ -18,7 +18,7 @@ class SampleResult(NamedTuple):
     task: str
     method: str
     budget: int | None
-    index: int
+    sample_index: int
     prediction: str
     references: list[str]
     score: float

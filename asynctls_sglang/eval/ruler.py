@@ -166,7 +166,7 @@ def _evaluate(run: Run, url: str, data: dict[str, tuple[RulerTask, list[Sample]]
                                          max_tokens=task.tokens_to_generate)
             elapsed = time.monotonic() - start
             value = score(task.metric, prediction, sample.references)
-            results.append(report.SampleResult(task.name, run.method, run.budget, sample.index,
+            results.append(report.SampleResult(task.name, run.method, run.budget, sample.sample_index,
                                                prediction, sample.references, value, elapsed,
                                                sample.length))
             log(f"[{run.label}] {task.name} {i + 1}/{len(samples)} score {value:.2f} "

@@ -90,7 +90,7 @@ def _convert(gguf_dir: str, out_dir: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_FILE, dtype=torch.float32)
     # Without the quantizer and its config, save_pretrained writes plain float32 safetensors.
-    model.hf_quantizer = None
+    setattr(model, "hf_quantizer", None)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     # The GGUF metadata names <|im_start|> as the tokenizer's eos; the model's config (and the
