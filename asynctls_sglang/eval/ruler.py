@@ -119,8 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_start = time.monotonic()
             results += _evaluate(run, url.rstrip("/"), data, args.prompt_format, wrapper)
             timings[f"{run.label}.eval_s"] = round(time.monotonic() - run_start, 1)
-        except ServerError as error:
-            log(f"[{run.label}] FAILED: {error}")
+        except (ServerError, RuntimeError, OSError) as error:  # OSError: URLError, refused, timeout
+            # One failed run (server crash, bad flag) must not lose the sweep's other runs;
+            # data that cannot be generated fails them all.
+            if not data:
+                raise
+            detail = "" if server is None or isinstance(error, ServerError) else "\n" + server.log_tail()
+            log(f"[{run.label}] FAILED: {error}{detail}")
             failed.append(run.label)
             timings[f"{run.label}.error"] = str(error).splitlines()[0]
         finally:
