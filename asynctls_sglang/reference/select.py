@@ -56,9 +56,11 @@ def select_tokens(q: torch.Tensor, keys: torch.Tensor, channels: torch.Tensor,
     ok &= (cand >= cfg.sink_tokens) & (cand < t - cfg.local_window)
     n_pick = cfg.selected_tokens
     if cfg.selection == "quest":
-        chosen = torch.where(ok, cand, -1)
-        pad = chosen.new_full((hk, max(0, n_pick - chosen.shape[1])), -1)
-        chosen = torch.cat([chosen, pad], dim=1)[:, :n_pick]
+        # every token of the chosen blocks, in block-rank order, up to the same token count
+        rows = [cand[h][ok[h]][:n_pick] for h in range(hk)]
+        chosen = torch.full((hk, n_pick), -1, dtype=torch.long)
+        for h, row in enumerate(rows):
+            chosen[h, :row.numel()] = row
     else:
         codes, sz = quantize_index_keys(keys, channels)
         tok = token_scores(q, codes, sz, channels)  # [Hk, T]
