@@ -17,6 +17,7 @@ import os
 import shlex
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from typing import Any
 
@@ -156,8 +157,12 @@ def _split(text: str) -> list[str]:
 
 def _load_data(task_names: Sequence[str], model: str, length: int, samples: int,
                cache: str) -> dict[str, tuple[RulerTask, list[Sample]]]:
-    return {name: load_or_generate(name, model, length, samples, cache, progress=log)
-            for name in task_names}
+    """Tasks are generated in parallel (one subprocess each, mostly single-threaded tokenising)."""
+    workers = max(1, min(len(task_names), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        loaded = pool.map(lambda name: load_or_generate(name, model, length, samples, cache, log),
+                          task_names)
+        return dict(zip(task_names, loaded))
 
 
 def _evaluate(run: Run, url: str, data: dict[str, tuple[RulerTask, list[Sample]]],
