@@ -49,3 +49,32 @@ def test_second_call_reuses_the_cache(model_dir: str) -> None:
     assert ensure_smollm2(progress=lines.append) == model_dir
     assert time.monotonic() - start < 1.0
     assert lines == []
+
+
+def test_waits_for_a_concurrent_conversion(tmp_path: str) -> None:
+    """A second process blocks on the lock and reuses what the first one published."""
+    import fcntl
+    import threading
+
+    from asynctls_sglang.models import smollm2
+
+    target = os.path.join(tmp_path, smollm2.SMOLLM2_NAME)
+    lock = open(os.path.join(tmp_path, f".{smollm2.SMOLLM2_NAME}.lock"), "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # "another process" is converting
+
+    def publish_then_unlock() -> None:
+        time.sleep(0.5)
+        os.makedirs(target)
+        open(os.path.join(target, smollm2._DONE_MARKER), "w").close()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+
+    thread = threading.Thread(target=publish_then_unlock)
+    thread.start()
+    lines: list[str] = []
+    try:
+        assert ensure_smollm2(cache_dir=str(tmp_path), progress=lines.append) == target
+    finally:
+        thread.join()
+        lock.close()
+    assert any("waiting for another process" in line for line in lines)
+    assert not any("converting SmolLM2" in line for line in lines)

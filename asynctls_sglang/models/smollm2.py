@@ -39,10 +39,15 @@ def ensure_smollm2(cache_dir: str | None = None, progress: Callable[[str], None]
         return target
     gguf_dir = _gguf_dir()
     os.makedirs(root, exist_ok=True)
-    with _file_lock(os.path.join(root, f".{SMOLLM2_NAME}.lock")):
+    lock = os.path.join(root, f".{SMOLLM2_NAME}.lock")
+
+    def on_wait() -> None:
+        progress(f"[smollm2] waiting for another process converting into {root}")
+
+    with _file_lock(lock, on_wait):
         if _is_complete(target):  # another process converted it while we waited
             return target
-        if os.path.exists(target):  # left over by an older, interrupted layout
+        if os.path.exists(target):  # no marker: not written by this function, or damaged
             shutil.rmtree(target)
         tmp = tempfile.mkdtemp(prefix=f".{SMOLLM2_NAME}.tmp-", dir=root)
         try:
@@ -103,9 +108,13 @@ def _convert(gguf_dir: str, out_dir: str) -> None:
 
 
 @contextmanager
-def _file_lock(path: str) -> Iterator[None]:
+def _file_lock(path: str, on_wait: Callable[[], None]) -> Iterator[None]:
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
