@@ -19,18 +19,27 @@ def calibrate_channels(q: torch.Tensor, k: torch.Tensor, r: int) -> torch.Tensor
     return order.sort(dim=-1).values
 
 
+#: 1/15 rounded to fp32 (0x1.111112p-4, held exactly as a Python float); the INT4 step is
+#: (hi - lo) * INV_15 everywhere.
+INV_15 = float.fromhex("0x1.111112p-4")
+
+
 def quantize_index_keys(k: torch.Tensor, channels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """INT4 index keys: the r channels of each key, asymmetric 4-bit per (token, head).
 
     k: [T, Hk, D]; channels: [Hk, r] -> (codes [T, Hk, r // 2] uint8, two codes per byte, low
     nibble = even channel; scale_zero [T, Hk, 2] fp32 = (scale, zero)). Value = code*scale+zero.
     Round half away from zero (torch.round is half-to-even: floor(x + 0.5) is used instead).
+    scale = (hi - lo) * fp32(1/15), a multiplication by the rounded reciprocal rather than a
+    division by 15: torch on CUDA evaluates `tensor / python_scalar` that way, on the CPU as an
+    IEEE division, so only the multiplication gives the same bits on every device (and in the
+    Triton kernel). The codes use an IEEE division by the (tensor) scale on every device.
     """
     t, hk, _ = k.shape
     sub = torch.gather(k.float(), 2, channels.unsqueeze(0).expand(t, -1, -1))  # [T, Hk, r]
     lo = sub.amin(-1, keepdim=True)
     hi = sub.amax(-1, keepdim=True)
-    scale = (hi - lo) / 15.0
+    scale = (hi - lo) * INV_15
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     codes = torch.floor((sub - lo) / safe + 0.5).clamp(0, 15).to(torch.uint8)
     packed = codes[..., 0::2] | (codes[..., 1::2] << 4)

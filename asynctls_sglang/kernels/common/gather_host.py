@@ -44,6 +44,8 @@ def copy_blocks(src: torch.Tensor, dst: torch.Tensor, src_block: torch.Tensor, d
     check(src_block.shape == dst_block.shape and src_block.dim() == 1, "copy_blocks: [P] block lists")
     check(head is None or head.shape == src_block.shape, "copy_blocks: head must be [P] like the blocks")
     check(count.numel() == 1, "copy_blocks: count must hold one element")
+    check(block_size > 0 and block_size & (block_size - 1) == 0,
+          f"copy_blocks: block_size must be a power of two (tl.arange), got {block_size}")
     p = src_block.shape[0]
     if p == 0:
         return

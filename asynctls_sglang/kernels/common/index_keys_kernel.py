@@ -2,14 +2,21 @@
 import triton
 import triton.language as tl
 
+#: fp32(1/15) as reference.index_keys.INV_15 (a constexpr instance: the compiler rejects plain
+#: module-level globals).
+INV_15 = tl.constexpr(float.fromhex("0x1.111112p-4"))
+
 
 @triton.jit
 def index_key_write_kernel(codes, scale_zero, loc, k, channels,
                            s_kt, s_kh, s_ct, s_ch, s_zt, s_zh, s_wh,
                            R2: tl.constexpr, BLOCK_R: tl.constexpr):
-    """Grid (T, Hk). code = floor((x - lo) / scale + 0.5) clamped to 0..15, scale = (hi - lo) / 15,
-    byte = code(even channel) | code(odd channel) << 4. Divisions are IEEE (div_rn), so the codes
-    are bit-exact with reference.quantize_index_keys."""
+    """Grid (T, Hk). code = floor((x - lo) / scale + 0.5) clamped to 0..15, scale = (hi - lo) * INV_15
+    (fp32(1/15), see reference.quantize_index_keys: torch evaluates `/ 15.0` on CUDA as that
+    multiplication, on the CPU as a division), byte = code(even channel) | code(odd channel) << 4.
+    The division by the scale is IEEE (div_rn: the compiled `/` is the approximate div.full.f32),
+    and no step can be fused into an FMA, so codes and (scale, zero) are bit-exact with the
+    reference on every device."""
     i_t, i_h = tl.program_id(0), tl.program_id(1)
     b_slot = tl.load(loc + i_t).to(tl.int64)
     o_r = tl.arange(0, BLOCK_R)
@@ -24,7 +31,7 @@ def index_key_write_kernel(codes, scale_zero, loc, k, channels,
                       tl.min(tl.where(m_r, b_xo, float("inf")), axis=0))
     b_hi = tl.maximum(tl.max(tl.where(m_r, b_xe, float("-inf")), axis=0),
                       tl.max(tl.where(m_r, b_xo, float("-inf")), axis=0))
-    b_scale = tl.math.div_rn(b_hi - b_lo, 15.0)
+    b_scale = (b_hi - b_lo) * INV_15
     b_safe = tl.where(b_scale > 0, b_scale, 1.0)
     b_qe = tl.floor(tl.math.div_rn(b_xe - b_lo, b_safe) + 0.5)
     b_qo = tl.floor(tl.math.div_rn(b_xo - b_lo, b_safe) + 0.5)

@@ -10,6 +10,8 @@ def merge_splits_kernel(mid_o, mid_lse, out, S,
     """Grid (bs, Hq, cdiv(DV, BLOCK_DV)). mid_lse is base 2, -inf for a split with no valid
     token (its mid_o row is zeros); a head with no valid token at all gets zeros."""
     i_b, i_q, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    # 64-bit row offsets: bs * Hq * S * Dv can pass 2^31 (e.g. 512 x 128 heads x 64 splits x 512)
+    i_b = i_b.to(tl.int64)
     o_s = tl.arange(0, BLOCK_S)
     m_s = o_s < S
     o_v = i_v * BLOCK_DV + tl.arange(0, BLOCK_DV)

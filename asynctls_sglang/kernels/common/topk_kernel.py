@@ -35,7 +35,10 @@ def topk_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
     b_prefix = tl.zeros([], dtype=tl.int64)
     b_need = tl.zeros([], dtype=tl.int32) + K
     for i_p in tl.static_range(4):
-        SHIFT: tl.constexpr = 24 - 8 * i_p
+        # NOTE: a plain name, not `SHIFT: tl.constexpr = ...`: the compiler unrolls static_range
+        # in one scope and refuses to re-assign an annotated constexpr (the interpreter allows it);
+        # i_p is a constexpr, so SHIFT is one too.
+        SHIFT = 24 - 8 * i_p
         b_hist = tl.zeros([256], dtype=tl.int32)
         for i_n in range(0, N, BLOCK_N):
             o_n = i_n + tl.arange(0, BLOCK_N)

@@ -1,0 +1,224 @@
+"""Compile every Triton kernel of asynctls_sglang.kernels for a real GPU target, on any machine.
+
+The Triton interpreter (TRITON_INTERPRET=1, what the kernel tests use without a GPU) accepts
+code that the compiler rejects (e.g. a constexpr reassigned in a static_range loop) or lowers
+differently. Triton's whole compiler (AST -> TTIR -> TTGIR -> LLVM IR -> PTX -> cubin with the
+bundled ptxas) runs on the host and needs no GPU: only the launch does. This script installs a
+stand-in driver that reports an sm_90 (H200) target, turns every launch into a compile-only
+warmup, and calls each kernel *wrapper* (so the signatures, constexprs and integer/pointer
+specialisations are the ones the wrappers really pass) with CPU tensors at the test shapes and
+the real model shapes.
+
+Run it without TRITON_INTERPRET in the environment (tests/kernels/test_compile_ttir.py runs it
+in a subprocess):  python tests/kernels/compile_sm90.py [--arch 90] [--stage ttir|cubin]
+Prints one line per compiled variant and exits 1 if any failed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    sys.exit("compile_sm90.py: unset TRITON_INTERPRET (the kernels must be @triton.jit JITFunctions)")
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.runtime import driver as _driver  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+
+class _HostOnlyDriver:
+    """Enough of a driver for JITFunction.run to specialise and compile (never to launch)."""
+
+    def __init__(self, target: GPUTarget) -> None:
+        self.target = target
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: int | None = None) -> int:
+        return 0
+
+    def get_current_target(self) -> GPUTarget:
+        return self.target
+
+    def get_active_torch_device(self) -> torch.device:
+        return torch.device("cpu")
+
+
+COMPILED: list[str] = []
+
+
+def _install(arch: int, stage: str) -> None:
+    _driver.set_active(_HostOnlyDriver(GPUTarget("cuda", arch, 32)))
+    run = JITFunction.run
+
+    def compile_only(self, *args, grid, warmup, **kwargs):
+        kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
+        COMPILED.append(f"{self.fn.__name__}: {stage}")
+        return kernel
+
+    JITFunction.run = compile_only
+    if stage == "ttir":
+        # stop after the frontend + TTIR passes (fast; catches every code_generator error)
+        from triton import knobs
+        from triton.backends.nvidia.compiler import CUDABackend
+
+        # the cache key does not cover the stages: keep these truncated results apart
+        knobs.cache.dir = os.path.join(knobs.cache.dir, "ttir-only")
+
+        add_stages = CUDABackend.add_stages
+
+        def ttir_only(self, stages, options, language):
+            add_stages(self, stages, options, language)
+            make_ttir = stages["ttir"]
+
+            def ttir(src, metadata):
+                mod = make_ttir(src, metadata)
+                # what CompiledKernel reads; the later stages would set these
+                metadata.update(shared=0, name=src.get_entry_func_name() if hasattr(src, "get_entry_func_name")
+                                else "kernel")
+                return mod
+
+            stages.clear()
+            stages["ttir"] = ttir
+            # CompiledKernel wants a binary: hand it the TTIR text
+            stages["cubin"] = lambda src, metadata: str(src).encode()
+
+        CUDABackend.add_stages = ttir_only
+
+
+def _pool(lens: list[int], b: int, mb: int | None = None):
+    """req_to_token [rows, ctx] int32, req_pool_indices [bs], seq_lens [bs], pages [bs, MB]."""
+    bs = len(lens)
+    mb = mb or max(-(-n // b) for n in lens)
+    ctx = mb * b
+    req_to_token = torch.arange((bs + 1) * ctx, dtype=torch.int32).view(bs + 1, ctx)
+    return (req_to_token, torch.arange(1, bs + 1), torch.tensor(lens),
+            torch.arange(bs * mb).view(bs, mb))
+
+
+def cases():
+    """(name, thunk) for each wrapper configuration; small test shapes and real model shapes.
+    Tensors are torch.empty: only their dtype, shape, strides and alignment matter."""
+    from asynctls_sglang.kernels import triton_ops
+    from asynctls_sglang.kernels.common.gather_host import copy_blocks
+
+    dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    out = []
+
+    # update_block_summaries (3 kernels); t = 1 (decode) and a prefill
+    for dt in dtypes:
+        for t, hk, d, b in ((1, 8, 128, 64), (37, 2, 96, 16), (4096, 8, 128, 64), (4, 1, 576, 64)):
+            def f(t=t, hk=hk, d=d, b=b, dt=dt):
+                pages = 4 * (t // b + 2)
+                kmin = torch.empty(pages, hk, d, dtype=dt)
+                triton_ops.update_block_summaries(kmin, torch.empty_like(kmin), torch.empty(pages, dtype=torch.int32),
+                                                  torch.arange(t), torch.empty(t, hk, d, dtype=dt), b)
+            out.append((f"summaries t{t} hk{hk} d{d} b{b} {dt}", f))
+    # write_index_keys
+    for dt in dtypes:
+        for t, hk, d, r in ((1, 8, 128, 32), (13, 3, 96, 22), (4, 2, 64, 2), (3, 1, 576, 128)):
+            def f(t=t, hk=hk, d=d, r=r, dt=dt):
+                ch = torch.stack([torch.arange(r) for _ in range(hk)])
+                triton_ops.write_index_keys(torch.empty(t + 5, hk, r // 2, dtype=torch.uint8),
+                                            torch.empty(t + 5, hk, 2), torch.arange(t),
+                                            torch.empty(t, hk, d, dtype=dt), ch)
+            out.append((f"index_keys t{t} hk{hk} d{d} r{r} {dt}", f))
+    # score_blocks
+    for dt in dtypes:
+        for lens, hq, hk, d, b in (([150, 61], 8, 2, 64, 16), ([131072] * 2, 32, 8, 128, 64),
+                                   ([4096], 20, 1, 576, 64), ([300], 9, 3, 96, 16)):
+            def f(lens=lens, hq=hq, hk=hk, d=d, b=b, dt=dt):
+                r2t, rows, sl, pages = _pool(lens, b)
+                n_pages = pages.numel()
+                km = torch.empty(n_pages, hk, d, dtype=dt)
+                triton_ops.score_blocks(torch.empty(len(lens), hq, d, dtype=dt), km, torch.empty_like(km), pages, sl,
+                                        b, 4, 64)
+            out.append((f"score_blocks {lens[0]}x{len(lens)} hq{hq} hk{hk} d{d} {dt}", f))
+    # score_tokens
+    for dt in dtypes:
+        for lens, hq, hk, d, r, n in (([150, 61], 8, 2, 64, 16, 96), ([131072] * 2, 32, 8, 128, 32, 8192),
+                                      ([131072] * 2, 20, 1, 576, 128, 8192), ([300], 9, 3, 96, 22, 50)):
+            def f(lens=lens, hq=hq, hk=hk, d=d, r=r, n=n, dt=dt):
+                r2t, rows, sl, _ = _pool(lens, 64)
+                bs, slots = len(lens), r2t.numel()
+                triton_ops.score_tokens(torch.empty(bs, hq, d, dtype=dt),
+                                        torch.empty(slots, hk, r // 2, dtype=torch.uint8), torch.empty(slots, hk, 2),
+                                        torch.stack([torch.arange(r) for _ in range(hk)]), r2t, rows,
+                                        torch.empty(bs, hk, n, dtype=torch.int64),
+                                        torch.empty(bs, hk, n, dtype=torch.bool))
+            out.append((f"score_tokens hq{hq} hk{hk} d{d} r{r} n{n} {dt}", f))
+    # top-k (blocks: no pos; tokens: pos), truncate
+    for rows, n, k in ((6, 50, 7), (2, 2500, 300), (256, 2048, 128), (32, 8192, 1968), (1, 100000, 128),
+                       (2, 20, 32), (1, 1, 1)):
+        def f(rows=rows, n=n, k=k):
+            s = torch.empty(rows, 1, n)
+            triton_ops.select_blocks(s, k)
+            triton_ops.select_tokens(s, torch.empty(rows, 1, n, dtype=torch.int64), k)
+            triton_ops.truncate_candidates(torch.empty(rows, 1, n, dtype=torch.int64),
+                                           torch.empty(rows, 1, n, dtype=torch.bool), k)
+        out.append((f"topk/truncate rows{rows} n{n} k{k}", f))
+    # sparse decode attention: GQA and MLA (+ merge)
+    for dt in dtypes:
+        for lens, hq, hk, d, dv, kk, cap in (([50, 130], 4, 4, 64, 64, 40, 0.0), ([200, 7, 61], 9, 3, 96, 96, 80, 0.0),
+                                             ([97, 150], 8, 1, 128, 128, 100, 30.0), ([64], 4, 2, 64, 32, 70, 0.0),
+                                             ([131072] * 4, 32, 8, 128, 128, 2048, 0.0),
+                                             ([32768] * 32, 32, 8, 128, 128, 512, 0.0)):
+            def f(lens=lens, hq=hq, hk=hk, d=d, dv=dv, kk=kk, cap=cap, dt=dt):
+                r2t, rows, _, _ = _pool(lens, 64)
+                bs, slots = len(lens), r2t.numel()
+                triton_ops.sparse_decode_attention(torch.empty(bs, hq, d, dtype=dt),
+                                                   torch.empty(slots, hk, d, dtype=dt),
+                                                   torch.empty(slots, hk, dv, dtype=dt), r2t, rows,
+                                                   torch.empty(bs, hk, kk, dtype=torch.int64), 0.1, cap)
+            out.append((f"gqa_decode {lens[0]}x{len(lens)} hq{hq} hk{hk} d{d} dv{dv} k{kk} cap{cap} {dt}", f))
+        for lens, hq, kk, cap in (([90, 40], 20, 64, 0.0), ([130], 5, 150, 20.0), ([131072] * 2, 128, 2048, 0.0),
+                                  ([65536] * 8, 20, 2048, 0.0)):
+            def f(lens=lens, hq=hq, kk=kk, cap=cap, dt=dt):
+                r2t, rows, _, _ = _pool(lens, 64)
+                bs, slots = len(lens), r2t.numel()
+                kv = torch.empty(slots, 1, 576, dtype=dt)
+                triton_ops.sparse_decode_attention(torch.empty(bs, hq, 576, dtype=dt), kv, kv[..., :512], r2t, rows,
+                                                   torch.empty(bs, 1, kk, dtype=torch.int64), 0.1, cap)
+            out.append((f"mla_decode {lens[0]}x{len(lens)} hq{hq} k{kk} cap{cap} {dt}", f))
+    # copy_blocks (offload gather / write-through), per head and whole blocks
+    for dt in (torch.bfloat16, torch.float32, torch.float16):
+        for b, hk, d, per_head in ((64, 8, 128, True), (64, 8, 128, False), (64, 1, 576, False), (16, 2, 64, True)):
+            def f(b=b, hk=hk, d=d, per_head=per_head, dt=dt):
+                src = torch.empty(8 * b, hk, d, dtype=dt)
+                blocks = torch.empty(33, dtype=torch.int64)
+                copy_blocks(src, torch.empty_like(src), blocks, blocks.clone(), torch.zeros(1, dtype=torch.int64), b,
+                            blocks.clone() if per_head else None)
+            out.append((f"copy_blocks b{b} hk{hk} d{d} per_head={per_head} {dt}", f))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--stage", choices=("ttir", "cubin"), default="cubin")
+    ap.add_argument("-k", default="", help="only cases whose name contains this")
+    args = ap.parse_args()
+    _install(args.arch, args.stage)
+    failed = 0
+    for name, thunk in cases():
+        if args.k not in name:
+            continue
+        n0 = len(COMPILED)
+        try:
+            thunk()
+            print(f"ok    {name}: {', '.join(COMPILED[n0:])}", flush=True)
+        except Exception as e:  # noqa: BLE001 - report every failing variant
+            failed += 1
+            msg = "".join(traceback.format_exception_only(type(e), e)).strip()
+            print(f"FAIL  {name}:\n{msg}\n", flush=True)
+    print(f"{failed} failed, {len(COMPILED)} kernel launches compiled for sm_{args.arch} ({args.stage})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
