@@ -61,11 +61,13 @@ def test_uva_gather_no_sync():
     rows = torch.arange(1, BS + 1, device="cuda")
     pages = (torch.arange(BS * MB).view(BS, MB)).cuda()
     _step(cache, engine, rows, _need(0).cuda(), pages)  # compile
+    # the needs go to the GPU first: a copy from pageable host memory is itself a sync
+    needs = [_need(step).cuda() for step in range(1, 4)]
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for step in range(1, 4):
-            _step(cache, engine, rows, _need(step).cuda(), pages)
+        for need in needs:
+            _step(cache, engine, rows, need, pages)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     torch.cuda.synchronize()

@@ -73,9 +73,9 @@ class ResidentBlockCache:
         """Clear rows [n] (device int64) in every layer. NOTE: copies still in flight into these
         rows' slots are harmless: the tables no longer point at them, and the copy stream runs
         in order, so a later owner's copies into the same slots land after them."""
-        self.blk2slot[:, rows] = -1
-        self.slot2blk[:, rows] = -1
-        self.last_used[:, rows] = -1
+        rows = rows.to(self.device)
+        for table in (self.blk2slot, self.slot2blk, self.last_used):
+            table.index_fill_(1, rows, -1)  # not `table[:, rows] = -1`: that copies a CPU scalar over
 
     # per step ------------------------------------------------------------------------------------
     def plan_buffers(self, layer: int, bs: int) -> TransferPlan:
@@ -122,7 +122,7 @@ class ResidentBlockCache:
         used.scatter_(2, hit_slot, now.expand(hit_slot.shape))
         keep = torch.zeros(bs, hk, c + 1, dtype=torch.bool, device=dev)
         keep.scatter_(2, hit_slot, True)
-        keep[..., c] = True
+        keep[..., c].fill_(True)
         order = torch.sort(torch.where(keep, _BIG, used)[..., :c], dim=2, stable=True).indices  # victims first
         evictable = (~keep[..., :c]).sum(2, keepdim=True)  # [bs, Hk, 1]
         rank = torch.cumsum(miss.long(), 2) - 1
@@ -134,7 +134,11 @@ class ResidentBlockCache:
         b2s.scatter_(2, torch.where(admit, blk, mb), victim.to(b2s.dtype))
         s2b.scatter_(2, victim, torch.where(admit, blk, -1))
         used.scatter_(2, victim, now.expand(victim.shape))
-        b2s[..., mb], s2b[..., c], used[..., c] = -1, -1, -1  # scratch columns stay -1
+        # scratch columns stay -1 (fill_: a kernel with the scalar as an argument, never a copy
+        # from the host, so it is also safe while a CUDA graph is captured)
+        b2s[..., mb].fill_(-1)
+        s2b[..., c].fill_(-1)
+        used[..., c].fill_(-1)
         # NOTE: rows are distinct apart from padding row 0, whose entries are all invalid, so
         # these row writes never race on a real row.
         self.blk2slot[layer, rows] = b2s
@@ -164,7 +168,9 @@ class ResidentBlockCache:
         for buf, val in ((plan.src_block, host), (plan.dst_block, dst), (plan.head, heads)):
             buf.fill_(-1)
             buf.scatter_(0, at, torch.where(flat, val, -1))
-            buf[p] = -1
+            # NOTE: not `buf[p] = -1`: assigning a Python scalar to a 0-dim view copies a CPU
+            # scalar tensor to the GPU (a host sync, and an error under CUDA-graph capture)
+            buf[p:].fill_(-1)
         plan.count.copy_(flat.sum().view(1))
         return TransferPlan(plan.src_block[:p], plan.dst_block[:p], plan.head[:p], plan.count)
 

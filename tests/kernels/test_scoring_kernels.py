@@ -73,6 +73,9 @@ def test_score_tokens(lens, hq, hk, d, r, b, kb, sink, local, dtype):
     blocks = torch.stack([torch.stack([torch.randperm(max(nb), generator=gen)[:kb] for _ in range(hk)])
                           for _ in range(bs)]).to(DEVICE)
     blocks = torch.where(blocks < torch.tensor(nb, device=DEVICE).view(bs, 1, 1), blocks, -1)
+    # every (request, head) ends with an unused slot (-1, as a selection shorter than k_b): the
+    # random blocks alone may all be candidates (k_b = 128 of 2048 blocks rarely hits sink/local)
+    blocks[..., -1] = -1
     pos, ok = triton_ops.candidate_positions(blocks, pool.seq_lens, b, sink, local)
     args = (q, codes, scale_zero, channels, pool.req_to_token, pool.req_pool_indices, pos, ok)
     want = torch_ops.score_tokens(*args)
