@@ -7,9 +7,9 @@ index keys by KV slot. Updated as K/V are written (``on_write``), prefill and de
 Index channels (Double Sparsity's r "heavy" channels) are calibrated online, per layer, from
 the prefills' own queries and keys (``observe_prefill``): statistics accumulate until
 ``calibration_tokens`` prefill tokens have been seen, then the channel set is frozen. The set
-is recomputed at the first prefill and each time the tokens seen double (so at most
-log2(calibration_tokens) + 1 times per layer); whenever it changes, every slot's index key is
-re-quantised from the K buffer, so index keys always match the channels in use.
+is computed at the first prefill and recomputed once when calibration_tokens have been seen
+(so at most twice per layer); whenever it changes, every slot's index key is re-quantised
+from the K buffer, so index keys always match the channels in use.
 """
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ class SparseIndexStore:
         seen = self.calibrated_tokens[layer]
         if seen < self._next_check[layer]:
             return
-        self._next_check[layer] = min(2 * seen, self.cfg.calibration_tokens)
+        self._next_check[layer] = self.cfg.calibration_tokens
         weight = self._qmag[layer] * self._kmag[layer]
         order = torch.sort(weight, dim=-1, descending=True, stable=True).indices[:, :self.r]
         channels = order.sort(dim=-1).values

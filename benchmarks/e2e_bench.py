@@ -1,0 +1,164 @@
+"""End-to-end decode benchmark: SGLang's engine, same model, same GPU, one backend after another.
+
+Starts ``sglang.Engine`` in-process (real scheduler, KV pool, CUDA-graph decode) on random
+weights of a real architecture (benchmarks/models/<name>/config.json), sends ``bs`` concurrent
+streaming requests of ``ctx`` random tokens, and measures per point: time to first token,
+decode throughput while every request decodes, inter-token latency (median and p99).
+Backends are run one after another in the same process, so the baseline shares the run.
+Usage (GPU): python benchmarks/e2e_bench.py --model qwen3_8b --backends flashinfer,asynctls \
+    --points 8x65536 --out e2e.json         (prints one table; JSON + PNG beside --out)
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def parse_points(text: str) -> list[tuple[int, int]]:
+    return [tuple(int(x) for x in p.lower().split("x")) for p in text.split(",")]  # type: ignore[misc]
+
+
+async def _request(engine, ids, params):
+    marks = []
+    t0 = time.perf_counter()
+    stream = await engine.async_generate(input_ids=ids, sampling_params=params, stream=True)
+    async for chunk in stream:
+        marks.append((time.perf_counter(), chunk["meta_info"]["completion_tokens"]))
+    return t0, marks
+
+
+async def run_point(engine, bs: int, ctx: int, out_len: int, vocab: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(1000, vocab - 1000) for _ in range(ctx)] for _ in range(bs)]
+    params = {"max_new_tokens": out_len, "ignore_eos": True, "temperature": 0.0}
+    t_submit = time.perf_counter()
+    results = await asyncio.gather(*[_request(engine, p, params) for p in prompts])
+    firsts = [m[0][0] for _, m in results]
+    lasts = [m[-1][0] for _, m in results]
+    step_ms = []
+    for _, marks in results:
+        for (ta, na), (tb, nb) in zip(marks, marks[1:]):
+            if nb > na:
+                step_ms.append(1000 * (tb - ta) / (nb - na))
+    t_a, t_b = max(firsts), min(lasts)  # window where every request decodes
+    tokens = 0
+    for _, marks in results:
+        tokens += max([n for t, n in marks if t <= t_b] or [0]) - max([n for t, n in marks if t <= t_a] or [0])
+    window = t_b - t_a
+    step_ms.sort()
+    return {"bs": bs, "ctx": ctx, "ttft_s": round(max(firsts) - t_submit, 3),
+            "decode_tok_s": round(tokens / window, 1) if window > 0.05 else None,
+            "itl_ms_median": round(statistics.median(step_ms), 3) if step_ms else None,
+            "itl_ms_p99": round(step_ms[min(len(step_ms) - 1, int(0.99 * len(step_ms)))], 3) if step_ms else None}
+
+
+def run_backend(args, backend: str, asynctls: dict) -> list[dict]:
+    import sglang as sgl
+
+    from asynctls_sglang.plugin import register
+
+    register()
+    os.environ["ASYNCTLS_CONFIG"] = json.dumps(asynctls)
+    model_dir = os.path.join(HERE, "models", args.model)
+    vocab = json.load(open(os.path.join(model_dir, "config.json")))["vocab_size"]
+    points = parse_points(args.points)
+    max_bs = max(b for b, _ in points)
+    kw = dict(model_path=model_dir, load_format="dummy", skip_tokenizer_init=True, attention_backend=backend,
+              dtype="bfloat16", mem_fraction_static=args.mem_frac, context_length=args.context_length,
+              max_running_requests=max(16, 2 * max_bs), chunked_prefill_size=args.chunked_prefill,
+              disable_radix_cache=True, cuda_graph_max_bs_decode=max_bs, disable_prefill_cuda_graph=True,
+              random_seed=0, log_level="warning")
+    if backend == "asynctls":
+        kw["page_size"] = asynctls.get("block_size", 64)
+    kw.update(json.loads(args.extra))
+    t0 = time.perf_counter()
+    engine = sgl.Engine(**kw)
+    print(f"[e2e] {backend} up in {time.perf_counter() - t0:.0f} s", flush=True)
+    rows = []
+    try:
+        engine.loop.run_until_complete(run_point(engine, 1, 4096, 8, vocab, 1))  # warm-up
+        for i, (bs, ctx) in enumerate(points):
+            r = engine.loop.run_until_complete(run_point(engine, bs, ctx, args.out_len, vocab, 100 + i))
+            r.update(backend=backend + (f"(K={asynctls.get('token_budget', 2048)})" if backend == "asynctls" else ""))
+            if backend == "asynctls":
+                info = engine.get_server_info()["internal_states"][0].get("asynctls", {})
+                r["attended_tokens_last"] = info.get("attended_tokens_last")
+            print("[e2e] " + json.dumps(r), flush=True)
+            rows.append(r)
+    finally:
+        engine.shutdown()
+    return rows
+
+
+def table(rows: list[dict], baseline: str) -> str:
+    base = {(r["bs"], r["ctx"]): r for r in rows if r["backend"] == baseline}
+    out = ["| backend | bs | ctx | TTFT s | decode tok/s | ITL ms (median / p99) | x baseline |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        b = base.get((r["bs"], r["ctx"]))
+        ratio = (f"{r['decode_tok_s'] / b['decode_tok_s']:.2f}" if b and b.get("decode_tok_s") and r.get("decode_tok_s")
+                 else "-")
+        out.append(f"| {r['backend']} | {r['bs']} | {r['ctx']} | {r['ttft_s']} | {r['decode_tok_s']} | "
+                   f"{r['itl_ms_median']} / {r['itl_ms_p99']} | {ratio} |")
+    return "\n".join(out)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = sorted({f"{r['bs']}x{r['ctx'] // 1024}k" for r in rows})
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(1, len(backends))
+    for i, b in enumerate(backends):
+        vals = []
+        for lab in labels:
+            match = [r for r in rows if r["backend"] == b and f"{r['bs']}x{r['ctx'] // 1024}k" == lab]
+            vals.append(match[0]["decode_tok_s"] or 0 if match else 0)
+        ax.bar([x + i * width for x in range(len(labels))], vals, width, label=b)
+    ax.set_xticks([x + width * (len(backends) - 1) / 2 for x in range(len(labels))], labels)
+    ax.set_ylabel("decode tokens/s")
+    ax.set_title("SGLang decode throughput (H200, same run)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="qwen3_8b")
+    ap.add_argument("--backends", default="flashinfer,asynctls")
+    ap.add_argument("--budgets", default="2048", help="asynctls token budgets (one engine each)")
+    ap.add_argument("--points", default="1x32768,8x32768,8x65536")
+    ap.add_argument("--out-len", type=int, default=64)
+    ap.add_argument("--context-length", type=int, default=140000)
+    ap.add_argument("--chunked-prefill", type=int, default=16384)
+    ap.add_argument("--mem-frac", type=float, default=0.85)
+    ap.add_argument("--asynctls", default="{}", help="extra AsyncTLS fields (JSON)")
+    ap.add_argument("--extra", default="{}", help="extra sglang.Engine arguments (JSON)")
+    ap.add_argument("--out", default="e2e.json")
+    args = ap.parse_args(argv)
+    rows: list[dict] = []
+    for backend in args.backends.split(","):
+        budgets = [int(b) for b in args.budgets.split(",")] if backend == "asynctls" else [0]
+        for k in budgets:
+            cfg = {**json.loads(args.asynctls), **({"token_budget": k} if k else {})}
+            rows += run_backend(args, backend, cfg)
+            json.dump({"model": args.model, "rows": rows}, open(args.out, "w"), indent=1)
+    print(table(rows, args.backends.split(",")[0]))
+    plot(rows, os.path.splitext(args.out)[0] + ".png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The product as a user meets it: `python -m asynctls_sglang.launch_server` on SmolLM2,
+the OpenAI-compatible API, multi-turn chat through the radix cache, an SGLang frontend
+program, and the backend's stats on /get_server_info. One server for the module."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
+
+BUDGET, THRESHOLD = 256, 512
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from asynctls_sglang.eval.server import Server
+    from asynctls_sglang.models.smollm2 import ensure_smollm2
+
+    log = str(tmp_path_factory.mktemp("server") / "server.log")
+    srv = Server("asynctls_sglang.launch_server", ensure_smollm2(),
+                 ["--asynctls-token-budget", str(BUDGET), "--asynctls-block-budget", "16",
+                  "--asynctls-dense-threshold", str(THRESHOLD), "--max-total-tokens", "16384"], log)
+    srv.start()
+    try:
+        srv.wait_ready(600)
+        yield srv
+    finally:
+        srv.stop()
+
+
+def stats(srv) -> dict:
+    from asynctls_sglang.eval.client import get_json
+
+    return get_json(srv.url + "/get_server_info", timeout_s=60)["internal_states"][0]["asynctls"]
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    import openai
+
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="none")
+
+
+def test_multi_turn_chat_reuses_the_prefix(server, client):
+    before = stats(server)
+    messages = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+    first = client.chat.completions.create(model="default", messages=messages, max_tokens=24, temperature=0)
+    answer = first.choices[0].message.content
+    assert "Paris" in answer
+    messages += [{"role": "assistant", "content": answer},
+                 {"role": "user", "content": "And what is the capital of Italy? One sentence."}]
+    second = client.chat.completions.create(model="default", messages=messages, max_tokens=24, temperature=0)
+    assert "Rome" in second.choices[0].message.content
+    assert second.usage.prompt_tokens_details.cached_tokens > 0
+    after = stats(server)
+    # short chats stay below the dense threshold: stock kernel, no sparse step
+    assert after["sparse_request_steps"] == before["sparse_request_steps"]
+    assert after["dense_request_steps"] > before["dense_request_steps"]
+
+
+def test_long_prompt_decodes_on_the_budget(server, client):
+    before = stats(server)
+    words = " ".join(f"item{i}" for i in range(700))
+    reply = client.completions.create(model="default", prompt="List: " + words + "\nThe first item is", max_tokens=8,
+                                      temperature=0)
+    assert reply.usage.prompt_tokens > THRESHOLD
+    assert isinstance(reply.choices[0].text, str) and reply.usage.completion_tokens == 8
+    after = stats(server)
+    assert after["sparse_request_steps"] - before["sparse_request_steps"] >= 7
+    assert after["attended_tokens_last"] == BUDGET and after["attended_tokens_min"] == BUDGET
+
+
+def test_sglang_frontend_program(server):
+    import sglang as sgl
+
+    @sgl.function
+    def capital_then_country(s, city):
+        s += sgl.user(f"Which country is {city} the capital of? One word.")
+        s += sgl.assistant(sgl.gen("country", max_tokens=8, temperature=0))
+        s += sgl.user("Repeat the city name.")
+        s += sgl.assistant(sgl.gen("city", max_tokens=8, temperature=0))
+
+    backend = sgl.RuntimeEndpoint(server.url)
+    state = capital_then_country.run(city="Paris", backend=backend)
+    assert "France" in state["country"]
+    assert "Paris" in state["city"]
