@@ -69,6 +69,8 @@ def build_argv(argv: Sequence[str], cfg: AsyncTLSConfig, *, gpu: bool) -> list[s
             out += ["--disable-cuda-graph"]
         if not _has(out, "--max-total-tokens"):
             out += ["--max-total-tokens", "65536"]  # else SGLang sizes the pool from free RAM
+        if not _has(out, "--mem-fraction-static"):
+            out += ["--mem-fraction-static", "0.5"]  # SGLang's CPU default can come out negative
     if not _has(out, "--enable-cache-report"):
         out += ["--enable-cache-report"]  # usage.prompt_tokens_details.cached_tokens in replies
     return out
