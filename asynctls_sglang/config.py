@@ -46,7 +46,8 @@ class AsyncTLSConfig:
     #: The most recent tokens (the new one included), always attended.
     local_window: int = 64
     #: Requests whose length is at most this decode densely, exactly as the stock backend.
-    dense_threshold: int = 4096
+    #: None: the token budget (below it a sparse step could only attend to everything anyway).
+    dense_threshold: int | None = None
     #: "tls": two-level (blocks, then tokens). "quest": block-only baseline that attends all
     #: tokens of the top token_budget // block_size blocks (same number of attended tokens).
     selection: str = "tls"
@@ -79,6 +80,8 @@ class AsyncTLSConfig:
                 _fail(name, f"must be a positive integer, got {value!r}")
         for name in ("sink_tokens", "local_window", "dense_threshold"):
             value = getattr(self, name)
+            if name == "dense_threshold" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 _fail(name, f"must be a non-negative integer, got {value!r}")
         if self.block_size & (self.block_size - 1):
@@ -132,6 +135,11 @@ class AsyncTLSConfig:
     def selected_tokens(self) -> int:
         """Tokens chosen by score (the budget less the always-kept sink and local tokens)."""
         return self.token_budget - self.sink_tokens - self.local_window
+
+    @property
+    def dense_len(self) -> int:
+        """The effective dense threshold (dense_threshold, or the token budget when None)."""
+        return self.token_budget if self.dense_threshold is None else self.dense_threshold
 
     @property
     def quest_blocks(self) -> int:

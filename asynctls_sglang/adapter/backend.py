@@ -3,7 +3,7 @@
 Prefill (extend) is dense and runs on SGLang's own kernels (torch_native on CPU, Triton on
 GPU); it also feeds the online calibration of the index channels. Decode runs the two-level
 selection on the index that the pool keeps and attends exactly over the chosen tokens.
-Requests no longer than ``dense_threshold`` decode on the stock kernel (a batch made only of
+Requests no longer than ``dense_threshold`` (default: the token budget) decode on the stock kernel (a batch made only of
 such requests is handed to it unchanged).
 
 Per-step metadata is planned once per forward; per-layer calls only launch ops.
@@ -74,7 +74,7 @@ class AsyncTLSBackendMixin:
         lens = fb.seq_lens_cpu
         if lens is None:
             raise RuntimeError("asynctls needs the host copy of seq_lens (seq_lens_cpu)")
-        sparse = lens > cfg.dense_threshold
+        sparse = lens > cfg.dense_len
         n_sparse = int(sparse.sum())
         bs = int(lens.shape[0])
         if n_sparse == 0:
@@ -103,7 +103,7 @@ class AsyncTLSBackendMixin:
             return
         lens = forward_batch.seq_lens_cpu
         if not in_capture and lens is not None:
-            n_sparse = int((lens > self.asynctls_cfg.dense_threshold).sum())
+            n_sparse = int((lens > self.asynctls_cfg.dense_len).sum())
             stats = self.asynctls_stats
             stats.sparse_steps += int(n_sparse > 0)
             stats.dense_steps += int(n_sparse == 0)
@@ -176,11 +176,11 @@ class AsyncTLSBackendMixin:
         req_to_token = self.req_to_token_pool.req_to_token
         sparse = select_positions(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens,
                                   plan.max_blocks, cfg, ops)  # [bs, Hk, K]
-        width = max(cfg.token_budget, cfg.dense_threshold)
+        width = max(cfg.token_budget, cfg.dense_len)
         if width > sparse.shape[2]:
             sparse = torch.nn.functional.pad(sparse, (0, width - sparse.shape[2]), value=-1)
         dense = ops.dense_positions(fb.seq_lens, hk, width)
-        is_dense = (fb.seq_lens <= cfg.dense_threshold).view(-1, 1, 1)
+        is_dense = (fb.seq_lens <= cfg.dense_len).view(-1, 1, 1)
         self.asynctls_stats.record(sparse, rows=~is_dense.view(-1))
         return torch.where(is_dense, dense, sparse)
 

@@ -58,7 +58,8 @@ def test_selection_matches_torch_ops(lens, hq, hk, d, r, cfg):
     want = select_positions(*args, ops=torch_ops)
     n_forced = cfg.sink_tokens + cfg.local_window
     assert torch.equal(got[..., :n_forced], want[..., :n_forced])
-    if torch.equal(got, want):
+    # the kernels return the chosen tokens as a set (index order), the torch ops in rank order
+    if torch.equal(got.sort(-1).values, want.sort(-1).values):
         return
     # scores from different kernels may reorder near-ties: then the chosen sets must be
     # equivalent under the torch op's scores (blocks first: a different block set would make

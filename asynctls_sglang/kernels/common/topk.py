@@ -11,13 +11,14 @@ MAX_K = 8192
 
 
 def topk_indices(scores: torch.Tensor, k: int, pos: torch.Tensor | None = None, *,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
+                 out: torch.Tensor | None = None, ordered: bool = True) -> torch.Tensor:
     """[..., N] fp32 -> [..., k] int64: indices (or pos[..., index]) of the k largest scores.
 
     Order: higher score first, equal scores by lower index; -inf entries are never chosen and
     slots past the number of finite scores hold -1 (k may exceed N). scores and pos need a
     unit last stride and rows that flatten to one stride. Bit-exact with
-    reference.topk_indices for the same scores.
+    reference.topk_indices for the same scores. ``ordered=False``: the same set, in index
+    order instead of rank order (skips the register sort).
     """
     n = scores.shape[-1]
     lead = scores.shape[:-1]
@@ -41,7 +42,7 @@ def topk_indices(scores: torch.Tensor, k: int, pos: torch.Tensor | None = None, 
     topk_kernel[(rows,)](
         rows2d, pos2d if pos is not None else rows2d, out2d, n, k,
         rows2d.stride(0), pos2d.stride(0) if pos is not None else 0, out2d.stride(0),
-        HAS_POS=pos is not None, BLOCK_N=min(pow2(n, 256), 2048), BLOCK_K=block_k,
+        HAS_POS=pos is not None, BLOCK_N=min(pow2(n, 256), 2048), BLOCK_K=block_k, SORTED=ordered,
         num_warps=8 if block_k >= 1024 else 4)
     return out
 
@@ -52,7 +53,9 @@ def select_blocks(scores: torch.Tensor, k: int, *, out: torch.Tensor | None = No
 
 
 def select_tokens(scores: torch.Tensor, pos: torch.Tensor, k: int, *,
-                  out: torch.Tensor | None = None) -> torch.Tensor:
-    """[bs, Hk, N] fp32 candidate scores, [bs, Hk, N] int64 positions -> [bs, Hk, k] positions
-    in rank order (ties: the earlier candidate slot), -1 unused."""
-    return topk_indices(scores, k, pos, out=out)
+                  out: torch.Tensor | None = None, ordered: bool = False) -> torch.Tensor:
+    """[bs, Hk, N] fp32 candidate scores, [bs, Hk, N] int64 positions -> [bs, Hk, k] positions,
+    -1 unused: the same set as torch_ops.select_tokens (ties: the earlier candidate slot). By
+    default in candidate order, not rank order (attention does not depend on the order; the
+    sort would be most of the cost); ``ordered=True`` gives torch_ops' exact order."""
+    return topk_indices(scores, k, pos, out=out, ordered=ordered)

@@ -7,7 +7,9 @@ One program per row, three phases:
      index), writing a 64-bit (key, ~index) composite to the row of `out` (used as scratch);
   3. the k composites are bitonic-sorted in registers (descending: score, then lower index)
      and replaced by their index (or by pos[index]). Slots past the number of finite scores
-     hold -1.
+     hold -1. With SORTED=False the sort is skipped: the same set comes out in index order
+     (the sort of k ~ 2048 composites is most of the kernel's time, and attention over a set
+     of positions does not depend on their order).
 The row is re-read from memory (L2) by every pass, so any length N works; only k is bounded
 by what a register sort can hold (BLOCK_K = next power of two >= k).
 """
@@ -25,7 +27,8 @@ def _ordered_key(x):
 
 @triton.jit
 def topk_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
-                HAS_POS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                HAS_POS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                SORTED: tl.constexpr = True):
     """Grid (rows,). scores: [rows, N] fp32; pos: [rows, N] int64 (HAS_POS); out: [rows, K] int64."""
     i_r = tl.program_id(0).to(tl.int64)
     p_s = scores + i_r * s_sr
@@ -81,7 +84,8 @@ def topk_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
     m_k = o_k < b_taken
     # [BLOCK_K]
     b_comp = tl.load(p_o + o_k, mask=m_k, other=-9223372036854775807 - 1)
-    b_comp = tl.sort(b_comp, descending=True)
+    if SORTED:
+        b_comp = tl.sort(b_comp, descending=True)
     b_idx = 4294967295 - (b_comp & 4294967295)
     if HAS_POS:
         b_idx = tl.load(pos + i_r * s_pr + b_idx, mask=m_k, other=-1)
