@@ -59,3 +59,14 @@ def greedy(eng, prompts, max_new_tokens: int = 12, batched: bool = False) -> lis
 
 def asynctls_stats(eng) -> dict:
     return eng.get_server_info()["internal_states"][0]["asynctls"]
+
+
+def flush_cache(eng, attempts: int = 40) -> None:
+    """Empty the radix cache; SGLang refuses while a finished request is still being retired."""
+    import time
+
+    for _ in range(attempts):
+        if getattr(eng.flush_cache(), "success", True):
+            return
+        time.sleep(0.25)
+    raise RuntimeError("the radix cache could not be flushed")

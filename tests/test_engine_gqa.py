@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine_helpers import asynctls_stats, engine, greedy, random_prompts
+from engine_helpers import asynctls_stats, engine, flush_cache, greedy, random_prompts
 
 pytestmark = pytest.mark.engine
 
@@ -67,10 +67,10 @@ def test_radix_reused_prefix_decodes_as_a_fresh_one(asynctls_engine):
     prefix = LONG[0][:640]
     a, b = prefix + [11, 12, 13], prefix + [21, 22, 23]
     params = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
-    eng.flush_cache()
+    flush_cache(eng)
     eng.generate(input_ids=a, sampling_params=params)
     reused = eng.generate(input_ids=b, sampling_params=params)
-    eng.flush_cache()
+    flush_cache(eng)
     fresh = eng.generate(input_ids=b, sampling_params=params)
     assert reused["meta_info"]["cached_tokens"] >= 512
     assert fresh["meta_info"]["cached_tokens"] == 0

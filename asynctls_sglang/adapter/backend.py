@@ -58,6 +58,7 @@ class AsyncTLSBackendMixin:
         self.asynctls_ops = ops_for_device(model_runner.device)
         self.asynctls_stats = DecodeStats(torch.device(model_runner.device))
         self._plan: DecodePlan | None = None
+        self._step: tuple = ()  # per-step tensors shared by every layer (see forward_decode)
 
     # metadata ------------------------------------------------------------------------------------
     def init_forward_metadata(self, forward_batch) -> None:
@@ -155,10 +156,16 @@ class AsyncTLSBackendMixin:
             req_rows = forward_batch.req_pool_indices.index_select(0, rows)
             lens = forward_batch.seq_lens.index_select(0, rows)
             if sparse:
+                first = layer.layer_id == pool.start_layer
+                if first:  # NOTE: layers run in order; layer 0's step tensors serve them all
+                    self._step = (ops.block_table(req_to_token, req_rows, plan.max_blocks, self.asynctls_cfg.block_size),
+                                  ops.forced_positions(lens, hk, self.asynctls_cfg.sink_tokens,
+                                                       self.asynctls_cfg.local_window))
                 index = self.asynctls_index.layer_index(layer.layer_id - pool.start_layer)
-                positions = select_positions(q_rows, index, req_to_token, req_rows, lens,
-                                             plan.max_blocks, self.asynctls_cfg, ops)
-                self.asynctls_stats.record(positions)
+                positions = select_positions(q_rows, index, req_to_token, req_rows, lens, plan.max_blocks,
+                                             self.asynctls_cfg, ops, pages=self._step[0], forced=self._step[1])
+                if first:  # every layer attends the same number of tokens: count once per step
+                    self.asynctls_stats.record(positions)
             else:
                 positions = ops.dense_positions(lens, hk, plan.max_dense_len)
             o = ops.sparse_decode_attention(q_rows, k_buf, v_buf, req_to_token, req_rows, positions,
@@ -174,14 +181,23 @@ class AsyncTLSBackendMixin:
         hk = layer.tp_k_head_num
         index = self.asynctls_index.layer_index(layer.layer_id - pool.start_layer)
         req_to_token = self.req_to_token_pool.req_to_token
-        sparse = select_positions(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens,
-                                  plan.max_blocks, cfg, ops)  # [bs, Hk, K]
         width = max(cfg.token_budget, cfg.dense_len)
+        first = layer.layer_id == pool.start_layer
+        if first:
+            # NOTE: per-step tensors, built at the first layer (inside the graph when capturing)
+            # and reused by the later layers of the same step: they depend on lengths only.
+            self._step = (
+                ops.block_table(req_to_token, fb.req_pool_indices, plan.max_blocks, cfg.block_size),
+                ops.forced_positions(fb.seq_lens, hk, cfg.sink_tokens, cfg.local_window),
+                ops.dense_positions(fb.seq_lens, hk, width),
+                (fb.seq_lens <= cfg.dense_len).view(-1, 1, 1))
+        pages, forced, dense, is_dense = self._step
+        sparse = select_positions(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens,
+                                  plan.max_blocks, cfg, ops, pages=pages, forced=forced)  # [bs, Hk, K]
         if width > sparse.shape[2]:
             sparse = torch.nn.functional.pad(sparse, (0, width - sparse.shape[2]), value=-1)
-        dense = ops.dense_positions(fb.seq_lens, hk, width)
-        is_dense = (fb.seq_lens <= cfg.dense_len).view(-1, 1, 1)
-        self.asynctls_stats.record(sparse, rows=~is_dense.view(-1))
+        if first:
+            self.asynctls_stats.record(sparse, rows=~is_dense.view(-1))
         return torch.where(is_dense, dense, sparse)
 
     # introspection -------------------------------------------------------------------------------

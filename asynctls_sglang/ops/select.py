@@ -21,16 +21,20 @@ class LayerIndex(NamedTuple):
 
 def select_positions(q: torch.Tensor, index: LayerIndex, req_to_token: torch.Tensor,
                      req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, max_blocks: int,
-                     cfg: AsyncTLSConfig, ops=torch_ops) -> torch.Tensor:
+                     cfg: AsyncTLSConfig, ops=torch_ops, *, pages: torch.Tensor | None = None,
+                     forced: torch.Tensor | None = None) -> torch.Tensor:
     """q: [bs, Hq, D] -> positions [bs, Hk, token_budget] (sink, local, then chosen; -1 unused).
 
     ``max_blocks`` bounds the block table (ceil(longest request / B) eagerly; the model's
     context length / B under CUDA graphs, so shapes stay fixed). ``ops`` is torch_ops or a
-    module with the same functions (the Triton kernels).
+    module with the same functions (the Triton kernels). ``pages`` (the block table) and
+    ``forced`` (sink + local positions) are the same for every layer of a step: a caller may
+    compute them once (ops.block_table / ops.forced_positions) and pass them in.
     """
     b = cfg.block_size
     hk = index.kmin.shape[1]
-    pages = ops.block_table(req_to_token, req_pool_indices, max_blocks, b)
+    if pages is None:
+        pages = ops.block_table(req_to_token, req_pool_indices, max_blocks, b)
     scores = ops.score_blocks(q, index.kmin, index.kmax, pages, seq_lens, b, cfg.sink_tokens,
                               cfg.local_window)
     n_blocks = cfg.quest_blocks if cfg.selection == "quest" else cfg.block_budget
@@ -42,5 +46,6 @@ def select_positions(q: torch.Tensor, index: LayerIndex, req_to_token: torch.Ten
         tok = ops.score_tokens(q, index.codes, index.scale_zero, index.channels, req_to_token,
                                req_pool_indices, pos, ok)
         chosen = ops.select_tokens(tok, pos, cfg.selected_tokens)
-    forced = ops.forced_positions(seq_lens, hk, cfg.sink_tokens, cfg.local_window)
+    if forced is None:
+        forced = ops.forced_positions(seq_lens, hk, cfg.sink_tokens, cfg.local_window)
     return torch.cat([forced, chosen], dim=2)
