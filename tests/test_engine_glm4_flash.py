@@ -7,4 +7,4 @@ pytestmark = pytest.mark.engine
 
 
 def test_glm4_moe_lite_exact_and_sparse(tiny_model_dir):
-    check_model(tiny_model_dir("glm4_moe_lite"))
+    check_model(tiny_model_dir("glm4_moe_lite"), stock_reproducible=False)

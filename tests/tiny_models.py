@@ -2,7 +2,7 @@
 
 Shapes are small (fast on 2 CPU cores) but the attention geometry is the real one: GQA
 (Qwen3, 8 query / 2 KV heads, head dim 64) and MLA (DeepSeek-V2 and GLM-4.7-Flash: latent
-kv_lora_rank 128? no: 512 + rope 64, the real latent width, so the 576-dim path is exercised).
+kv_lora_rank 512 + rope 64, the real latent width, so the 576-dim path is exercised).
 Weights are drawn with std 0.1 (HF's 0.02 init makes attention nearly uniform) so that which
 tokens are attended changes the output.
 """
@@ -79,5 +79,30 @@ def write_tiny_model(kind: str, path: str, seed: int = 0) -> str:
         for name, tensor in state.items():
             if tensor.dim() >= 2 and "norm" not in name:
                 tensor.normal_(0.0, 0.1)
-    save_file(state, os.path.join(path, "model.safetensors"))
+            elif "norm" in name:
+                tensor.fill_(1.0)
+            else:  # biases, e.g. GLM's e_score_correction_bias (left uninitialised by from_config)
+                tensor.zero_()
+    save_file(_per_expert(state), os.path.join(path, "model.safetensors"))
     return path
+
+
+def _per_expert(state: dict) -> dict:
+    """transformers 5 saves MoE experts fused (experts.gate_up_proj [E, 2I, H], experts.down_proj
+    [E, H, I]); SGLang's loaders read one tensor per expert and would silently leave the fused
+    ones unloaded (uninitialised memory: non-deterministic outputs). Write them per expert."""
+    out = {}
+    for name, tensor in state.items():
+        if name.endswith("experts.gate_up_proj"):
+            stem = name[: -len("gate_up_proj")]
+            half = tensor.shape[1] // 2
+            for e in range(tensor.shape[0]):
+                out[f"{stem}{e}.gate_proj.weight"] = tensor[e, :half].contiguous()
+                out[f"{stem}{e}.up_proj.weight"] = tensor[e, half:].contiguous()
+        elif name.endswith("experts.down_proj"):
+            stem = name[: -len("down_proj")]
+            for e in range(tensor.shape[0]):
+                out[f"{stem}{e}.down_proj.weight"] = tensor[e].contiguous()
+        else:
+            out[name] = tensor
+    return out
