@@ -80,3 +80,14 @@ def test_launch_server_refuses_bad_configuration_before_starting(argv, message):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert message in proc.stderr
+
+
+def test_another_sglang_release_is_refused_with_a_clear_message(monkeypatch):
+    import sglang
+
+    from asynctls_sglang.patches.version import SGLangVersionError, check_sglang_version
+
+    check_sglang_version()  # the pinned release passes
+    monkeypatch.setattr(sglang, "__version__", "0.5.23")
+    with pytest.raises(SGLangVersionError, match=r"sglang==0\.5\.17 only; sglang 0\.5\.23 is installed"):
+        check_sglang_version()
