@@ -90,3 +90,17 @@ def test_fixed_shape_path_matches_planned_path(model, monkeypatch):
         stats = asynctls_stats(eng)
     assert fixed == planned
     assert stats["attended_tokens_max"] == CFG["token_budget"]
+
+
+@pytest.mark.parametrize("cfg, args, flag", [
+    ({**CFG, "token_budget": 99999}, {}, "--asynctls-token-budget"),
+    (CFG, {"page_size": 32}, "--page-size"),
+], ids=["impossible-budget", "page-size-mismatch"])
+def test_plain_sglang_with_a_bad_config_refuses_to_start(model, cfg, args, flag):
+    """sglang.Engine(attention_backend="asynctls") with a bad ASYNCTLS_CONFIG or page size stops
+    before any scheduler starts, naming the flag; no engine comes up computing something else."""
+    from asynctls_sglang.config import ConfigError
+
+    with pytest.raises(ConfigError, match=flag):
+        with engine(model, "asynctls", cfg, **args):
+            pass

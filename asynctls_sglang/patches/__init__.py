@@ -3,7 +3,15 @@ is edited). One module per hook; each function says why it exists; ``apply_all``
 asynctls_sglang.plugin.register() in every SGLang process."""
 from __future__ import annotations
 
-from asynctls_sglang.patches import backend_registry, cpu_engine, kv_pool, mla_dispatch, page_size, server_info
+from asynctls_sglang.patches import (
+    backend_registry,
+    cpu_engine,
+    kv_pool,
+    mla_dispatch,
+    page_size,
+    server_info,
+    validate_config,
+)
 from asynctls_sglang.patches.version import check_sglang_version
 
 
@@ -15,3 +23,4 @@ def apply_all() -> None:
     page_size.apply()
     server_info.apply()
     cpu_engine.apply()
+    validate_config.apply()
