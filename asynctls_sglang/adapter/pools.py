@@ -11,12 +11,7 @@ from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, MLATokenToKVPool,
 
 from asynctls_sglang.config import AsyncTLSConfig
 from asynctls_sglang.memory.index_store import SparseIndexStore
-
-
-def _ops_for(device: torch.device):
-    from asynctls_sglang.ops.dispatch import ops_for_device
-
-    return ops_for_device(device)
+from asynctls_sglang.ops.dispatch import ops_for_device
 
 
 class AsyncTLSPoolMixin:
@@ -36,10 +31,15 @@ class AsyncTLSPoolMixin:
         device = torch.device(self.device)
         self.asynctls_index = SparseIndexStore(
             cfg, num_layers=self.layer_num, num_slots=self.size + self.page_size, kv_heads=kv_heads,
-            head_dim=head_dim, is_mla=is_mla, dtype=self.dtype, device=device, ops=_ops_for(device))
+            head_dim=head_dim, is_mla=is_mla, dtype=self.dtype, device=device, ops=ops_for_device(device))
 
     def _layer_slot(self, layer_id: int) -> int:
         return layer_id - self.start_layer
+
+    def move_kv_cache(self, tgt_loc, src_loc):
+        # Deliberate: speculative decoding (the only caller) is refused at start-up
+        # (patches.validate_config); the index would not follow a KV move.
+        raise NotImplementedError("asynctls does not support KV moves (speculative decoding)")
 
 
 class AsyncTLSMHAPool(AsyncTLSPoolMixin, MHATokenToKVPool):
@@ -54,9 +54,6 @@ class AsyncTLSMHAPool(AsyncTLSPoolMixin, MHATokenToKVPool):
         loc, _, _ = unwrap_write_loc(loc_info)
         layer_id = layer_id_override if layer_id_override is not None else layer.layer_id
         self.asynctls_index.on_write(self._layer_slot(layer_id), loc, cache_k)
-
-    def move_kv_cache(self, tgt_loc, src_loc):
-        raise NotImplementedError("asynctls does not support KV moves (speculative decoding)")
 
 
 class AsyncTLSMLAPool(AsyncTLSPoolMixin, MLATokenToKVPool):
@@ -73,6 +70,3 @@ class AsyncTLSMLAPool(AsyncTLSPoolMixin, MLATokenToKVPool):
         super().set_mla_kv_buffer(layer, loc, cache_k_nope, cache_k_rope)
         k = torch.cat([cache_k_nope.reshape(loc.shape[0], 1, -1), cache_k_rope.reshape(loc.shape[0], 1, -1)], -1)
         self.asynctls_index.on_write(self._layer_slot(layer.layer_id), loc, k)
-
-    def move_kv_cache(self, tgt_loc, src_loc):
-        raise NotImplementedError("asynctls does not support KV moves (speculative decoding)")
