@@ -8,7 +8,7 @@ import pytest
 
 from asynctls_sglang.eval import report
 from asynctls_sglang.eval.datagen import SPLIT, Sample, _parse
-from asynctls_sglang.eval.methods import plan_runs
+from asynctls_sglang.eval.methods import Run, device_args, plan_runs
 from asynctls_sglang.eval.prompts import ChatWrapper, render
 from asynctls_sglang.eval.scoring import clean_prediction, score, string_match_all, string_match_part
 
@@ -59,6 +59,52 @@ def test_plan_options_backend_and_threshold() -> None:
     assert plan_runs(["full"], [1], "cpu", full_backend="triton")[0].server_args[-1] == "triton"
     with pytest.raises(ValueError, match="unknown method"):
         plan_runs(["dense"], [256], device="cpu")
+
+
+def test_offload_method_turns_the_engine_on() -> None:
+    runs = plan_runs(["asynctls", "offload"], [512], device="cuda")
+    assert [run.label for run in runs] == ["asynctls@512", "offload@512"]
+    assert runs[1].server_args == ["--asynctls-offload", "--asynctls-token-budget", "512"]
+
+
+def test_device_args_size_the_pool_for_the_requests_in_flight() -> None:
+    def total(args: list[str]) -> int:
+        return int(args[args.index("--max-total-tokens") + 1])
+
+    assert total(device_args("cuda", 8192, None)) == 2 * 8192 + 1024
+    assert total(device_args("cuda", 8192, None, concurrency=16)) == 17 * 8192 + 1024
+    with pytest.raises(ValueError, match="concurrency"):
+        device_args("cuda", 8192, None, concurrency=0)
+
+
+def test_concurrent_evaluation_keeps_task_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time as _time
+
+    from asynctls_sglang.eval import ruler
+    from asynctls_sglang.eval.tasks import RulerTask
+
+    in_flight, peak, lock = [0], [0], threading.Lock()
+
+    def fake_complete(url: str, model: str, prompt: str, max_tokens: int) -> str:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        _time.sleep(0.02 * (len(prompt) % 3))  # finish out of order
+        with lock:
+            in_flight[0] -= 1
+        return prompt.split("|")[1]
+
+    monkeypatch.setattr(ruler.client, "served_model", lambda url: "m")
+    monkeypatch.setattr(ruler.client, "complete", fake_complete)
+    monkeypatch.setattr(ruler, "render", lambda sample, fmt, wrapper: sample.task_prompt)
+    task = RulerTask("niah_single_1", "niah", (), "{context}", "", 8)
+    samples = [Sample(i, f"{'x' * i}|{i}|", "", [str(i)], 10) for i in range(9)]
+    out = ruler._evaluate(Run("asynctls", 256, []), "http://x", {"niah_single_1": (task, samples)},
+                          "base", None, concurrency=4)
+    assert [r.sample_index for r in out] == list(range(9))
+    assert all(r.score == 1.0 for r in out)
+    assert 1 < peak[0] <= 4
 
 
 def test_parse_splits_prompt_and_answer_prefix() -> None:

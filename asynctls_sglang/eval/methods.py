@@ -3,13 +3,14 @@
 full      dense attention: `--attention-backend <dense>` (torch_native on CPU, flashinfer on GPU)
 asynctls  AsyncTLS two-level selection: `--asynctls-token-budget B`
 quest     Quest page selection inside the AsyncTLS backend: `--asynctls-selection quest ...`
+offload   asynctls with the offloading engine on: `--asynctls-offload --asynctls-token-budget B`
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import NamedTuple
 
-METHODS = ("full", "asynctls", "quest")
+METHODS = ("full", "asynctls", "quest", "offload")
 DENSE_BACKENDS = {"cpu": "torch_native", "cuda": "flashinfer"}
 
 
@@ -36,15 +37,22 @@ def plan_runs(methods: Sequence[str], budgets: Sequence[int], device: str,
     for budget in budgets:
         if "asynctls" in methods:
             runs.append(Run("asynctls", budget, ["--asynctls-token-budget", str(budget), *threshold]))
+        if "offload" in methods:
+            runs.append(Run("offload", budget, ["--asynctls-offload",
+                                                 "--asynctls-token-budget", str(budget), *threshold]))
         if "quest" in methods:
             runs.append(Run("quest", budget, ["--asynctls-selection", "quest",
                                                "--asynctls-token-budget", str(budget), *threshold]))
     return runs
 
 
-def device_args(device: str, context: int, mem_fraction_static: float | None) -> list[str]:
-    """Server arguments every run shares. One request at a time: the KV pool holds 2 contexts."""
-    args = ["--context-length", str(context), "--max-total-tokens", str(2 * context + 1024)]
+def device_args(device: str, context: int, mem_fraction_static: float | None,
+                concurrency: int = 1) -> list[str]:
+    """Server arguments every run shares: the KV pool holds one context more than in flight."""
+    if concurrency < 1:
+        raise ValueError(f"--concurrency must be >= 1, got {concurrency}")
+    args = ["--context-length", str(context),
+            "--max-total-tokens", str((concurrency + 1) * context + 1024)]
     if device == "cpu":
         # fp32: bf16 has no native path on these CPUs (~4x slower). CUDA graphs do not exist on
         # CPU. Without --mem-fraction-static SGLang's CPU default leaves no room for the KV pool.

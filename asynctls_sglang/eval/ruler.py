@@ -58,6 +58,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--mem-fraction-static", type=float, default=None)
     p.add_argument("--server-args", default="", help="extra launcher arguments, one string")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="requests in flight at once (the KV pool is sized for them); results do "
+                        "not depend on it beyond batch-order rounding")
     p.add_argument("--server-timeout", type=float, default=900.0, help="seconds to wait for /health")
     p.add_argument("--url", default=None, help="evaluate this running server instead of launching")
     p.add_argument("--label", default="server", help="method name shown for --url")
@@ -92,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "pass e.g. --launcher sglang.launch_server")
         runs = plan_runs(_split(args.methods), [int(b) for b in _split(args.budgets)], device,
                          args.full_backend, args.dense_threshold)
-        common = device_args(device, args.context, args.mem_fraction_static) + shlex.split(args.server_args)
+        common = device_args(device, args.context, args.mem_fraction_static, args.concurrency)
+        common += shlex.split(args.server_args)
     config: dict[str, Any] = {k: v for k, v in vars(args).items()}
     config.update(model=model, out=out, generated_length=gen_length)
     log(f"[ruler] model {model}, context {args.context}, {len(task_names)} tasks x {args.samples} "
@@ -118,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 url = server.url
                 timings[f"{run.label}.server_ready_s"] = round(ready_s, 1)
             run_start = time.monotonic()
-            results += _evaluate(run, url.rstrip("/"), data, args.prompt_format, wrapper)
+            results += _evaluate(run, url.rstrip("/"), data, args.prompt_format, wrapper,
+                                 args.concurrency)
             timings[f"{run.label}.eval_s"] = round(time.monotonic() - run_start, 1)
         except (ServerError, RuntimeError, OSError) as error:  # OSError: URLError, refused, timeout
             # One failed run (server crash, bad flag) must not lose the sweep's other runs;
@@ -166,22 +171,29 @@ def _load_data(task_names: Sequence[str], model: str, length: int, samples: int,
 
 
 def _evaluate(run: Run, url: str, data: dict[str, tuple[RulerTask, list[Sample]]],
-              prompt_format: str, wrapper: ChatWrapper | None) -> list[report.SampleResult]:
+              prompt_format: str, wrapper: ChatWrapper | None,
+              concurrency: int = 1) -> list[report.SampleResult]:
+    """Every sample of every task; `concurrency` requests in flight, results in task order."""
     model = client.served_model(url)
-    results: list[report.SampleResult] = []
-    for task, samples in data.values():
-        for i, sample in enumerate(samples):
-            start = time.monotonic()
-            prediction = client.complete(url, model, render(sample, prompt_format, wrapper),
-                                         max_tokens=task.tokens_to_generate)
-            elapsed = time.monotonic() - start
-            value = score(task.metric, prediction, sample.references)
-            results.append(report.SampleResult(task.name, run.method, run.budget, sample.sample_index,
-                                               prediction, sample.references, value, elapsed,
-                                               sample.length))
-            log(f"[{run.label}] {task.name} {i + 1}/{len(samples)} score {value:.2f} "
-                f"{elapsed:5.1f} s  {prediction.strip()[:60]!r}")
-    return results
+    jobs = [(task, i, sample) for task, samples in data.values() for i, sample in enumerate(samples)]
+    counts = {task.name: len(samples) for task, samples in data.values()}
+
+    def one(job: tuple[RulerTask, int, Sample]) -> report.SampleResult:
+        task, i, sample = job
+        start = time.monotonic()
+        prediction = client.complete(url, model, render(sample, prompt_format, wrapper),
+                                     max_tokens=task.tokens_to_generate)
+        elapsed = time.monotonic() - start
+        value = score(task.metric, prediction, sample.references)
+        log(f"[{run.label}] {task.name} {i + 1}/{counts[task.name]} score {value:.2f} "
+            f"{elapsed:5.1f} s  {prediction.strip()[:60]!r}")
+        return report.SampleResult(task.name, run.method, run.budget, sample.sample_index,
+                                   prediction, sample.references, value, elapsed, sample.length)
+
+    if concurrency <= 1:
+        return [one(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        return list(pool.map(one, jobs))  # map keeps the input order
 
 
 def _write(out: str, config: dict[str, Any], task_names: Sequence[str], runs: Sequence[Run],
