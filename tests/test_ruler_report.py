@@ -207,3 +207,23 @@ def test_cached_data_loads_without_the_ruler_package(tmp_path: str, monkeypatch:
     with open(os.path.join(tokenizer, "tokenizer.json"), "w") as handle:
         handle.write('{"changed": 1}')
     assert datagen._cache_key(task.name, tokenizer, 1000, 1) != key
+
+
+def test_resume_keeps_complete_runs_only(tmp_path: str) -> None:
+    from asynctls_sglang.eval import ruler
+
+    def result(method: str, budget: int | None, task: str, i: int) -> report.SampleResult:
+        return report.SampleResult(task, method, budget, i, "p", ["r"], 1.0, 0.1, 100)
+
+    runs = plan_runs(["full", "asynctls"], [256, 512], device="cpu")
+    stored = [result("full", None, t, i) for t in ("a", "b") for i in range(2)]
+    stored += [result("asynctls", 256, t, i) for t in ("a", "b") for i in range(2)]
+    stored += [result("asynctls", 512, "a", i) for i in range(2)]  # cut short: task b missing
+    table = report.build_table(report.task_scores(stored), ["a", "b"], ["full", "asynctls"], [256, 512])
+    report.write_json(os.path.join(tmp_path, "ruler.json"), {}, table, stored,
+                      {"full.eval_s": 1.0, "asynctls@512.eval_s": 2.0})
+    kept, timings, done = ruler._resume(str(tmp_path), runs, ["a", "b"], samples=2)
+    assert done == {"full", "asynctls@256"}
+    assert len(kept) == 8 and all(r.budget != 512 for r in kept)
+    assert timings == {"full.eval_s": 1.0}
+    assert ruler._resume(str(tmp_path / "none"), runs, ["a", "b"], 2) == ([], {}, set())

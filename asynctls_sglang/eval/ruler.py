@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import shlex
+import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +67,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--url", default=None, help="evaluate this running server instead of launching")
     p.add_argument("--label", default="server", help="method name shown for --url")
     p.add_argument("--data-cache", default=None, help="generated RULER data (default <cache>/ruler)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs that <out>/ruler.json already holds complete and run the rest "
+                        "(a sweep cut short by a time limit continues where it stopped)")
     p.add_argument("--prepare-only", action="store_true",
                    help="generate (or check) the data in --data-cache and exit: carry that folder "
                         "to a machine without RULER's generator")
@@ -106,7 +111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[report.SampleResult] = []
     timings: dict[str, Any] = {}
     failed: list[str] = []
+    done: set[str] = set()
+    if args.resume:
+        results, timings, done = _resume(out, runs, task_names, args.samples)
+        if done:
+            log(f"[ruler] resuming {out}: kept {', '.join(sorted(done))}")
+    _stop_on_sigterm()
     for run in runs:
+        if run.label in done:
+            continue
         server = None
         if not args.url:
             server = Server(args.launcher, model, [*common, *run.server_args],
@@ -148,6 +161,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"[ruler] runs that failed: {', '.join(failed)} (server logs in {out}/logs)")
         return 1
     return 0
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a `timeout`, a job scheduler) unwinds like Ctrl-C, so the running server is stopped."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _resume(out: str, runs: Sequence[Run], task_names: Sequence[str],
+            samples: int) -> tuple[list[report.SampleResult], dict[str, Any], set[str]]:
+    """The finished runs of <out>/ruler.json: every task with `samples` results. Others rerun."""
+    path = os.path.join(out, "ruler.json")
+    if not os.path.isfile(path):
+        return [], {}, set()
+    with open(path) as handle:
+        stored = json.load(handle)
+    loaded = [report.SampleResult(**record) for record in stored.get("samples", [])]
+    kept: list[report.SampleResult] = []
+    done: set[str] = set()
+    for run in runs:
+        mine = [r for r in loaded if r.method == run.method and r.budget == run.budget
+                and r.task in task_names]
+        per_task = {task: sum(r.task == task for r in mine) for task in task_names}
+        if all(count == samples for count in per_task.values()):
+            kept += mine
+            done.add(run.label)
+    timings = {key: value for key, value in stored.get("timings", {}).items()
+               if key.split(".")[0] in done}
+    return kept, timings, done
 
 
 def _default_model() -> str:
@@ -192,8 +236,12 @@ def _evaluate(run: Run, url: str, data: dict[str, tuple[RulerTask, list[Sample]]
 
     if concurrency <= 1:
         return [one(job) for job in jobs]
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+    pool = ThreadPoolExecutor(max_workers=concurrency)
+    try:
         return list(pool.map(one, jobs))  # map keeps the input order
+    finally:
+        # On an interrupt, do not wait for requests in flight: stopping the server ends them.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _write(out: str, config: dict[str, Any], task_names: Sequence[str], runs: Sequence[Run],
