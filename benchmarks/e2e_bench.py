@@ -35,9 +35,21 @@ async def _request(engine, ids, params):
     return t0, marks
 
 
-async def run_point(engine, bs: int, ctx: int, out_len: int, vocab: int, seed: int) -> dict:
+SHARED_TAIL = 32  # distinct tokens after the shared prefix (--shared-prefix)
+
+
+async def run_point(engine, bs: int, ctx: int, out_len: int, vocab: int, seed: int,
+                    shared_prefix: bool = False) -> dict:
     rng = random.Random(seed)
-    prompts = [[rng.randrange(1000, vocab - 1000) for _ in range(ctx)] for _ in range(bs)]
+    if shared_prefix:
+        # One prefill of the common prefix (radix cache), then bs requests that each read all ctx
+        # tokens at every decode step: decode costs what bs distinct contexts cost, prefill once.
+        prefix = [rng.randrange(1000, vocab - 1000) for _ in range(ctx - SHARED_TAIL)]
+        await _request(engine, prefix, {"max_new_tokens": 1, "temperature": 0.0})
+        prompts = [prefix + [rng.randrange(1000, vocab - 1000) for _ in range(SHARED_TAIL)]
+                   for _ in range(bs)]
+    else:
+        prompts = [[rng.randrange(1000, vocab - 1000) for _ in range(ctx)] for _ in range(bs)]
     params = {"max_new_tokens": out_len, "ignore_eos": True, "temperature": 0.0}
     t_submit = time.perf_counter()
     results = await asyncio.gather(*[_request(engine, p, params) for p in prompts])
@@ -74,7 +86,7 @@ def run_backend(args, backend: str, asynctls: dict) -> list[dict]:
     kw = dict(model_path=model_dir, load_format="dummy", skip_tokenizer_init=True, attention_backend=backend,
               dtype="bfloat16", mem_fraction_static=args.mem_frac, context_length=args.context_length,
               max_running_requests=max(16, 2 * max_bs), chunked_prefill_size=args.chunked_prefill,
-              disable_radix_cache=True, cuda_graph_max_bs_decode=max_bs, disable_prefill_cuda_graph=True,
+              disable_radix_cache=not args.shared_prefix, cuda_graph_max_bs_decode=max_bs, disable_prefill_cuda_graph=True,
               random_seed=0, log_level="warning")
     if backend == "asynctls":
         kw["page_size"] = asynctls.get("block_size", 64)
@@ -86,8 +98,9 @@ def run_backend(args, backend: str, asynctls: dict) -> list[dict]:
     try:
         engine.loop.run_until_complete(run_point(engine, 1, 4096, 8, vocab, 1))  # warm-up
         for i, (bs, ctx) in enumerate(points):
-            r = engine.loop.run_until_complete(run_point(engine, bs, ctx, args.out_len, vocab, 100 + i))
-            r.update(backend=backend + (f"(K={asynctls.get('token_budget', 2048)})" if backend == "asynctls" else ""))
+            r = engine.loop.run_until_complete(run_point(engine, bs, ctx, args.out_len, vocab, 100 + i,
+                                                         args.shared_prefix))
+            r.update(shared_prefix=args.shared_prefix, backend=backend + (f"(K={asynctls.get('token_budget', 2048)})" if backend == "asynctls" else ""))
             if backend == "asynctls":
                 info = engine.get_server_info()["internal_states"][0].get("asynctls", {})
                 r["attended_tokens_last"] = info.get("attended_tokens_last")
@@ -146,6 +159,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mem-frac", type=float, default=0.85)
     ap.add_argument("--asynctls", default="{}", help="extra AsyncTLS fields (JSON)")
     ap.add_argument("--extra", default="{}", help="extra sglang.Engine arguments (JSON)")
+    ap.add_argument("--shared-prefix", action="store_true",
+                    help="requests of a point share a ctx-32 token prefix (prefilled once, radix "
+                         "cache); TTFT is then that of a cached prefix")
     ap.add_argument("--out", default="e2e.json")
     args = ap.parse_args(argv)
     rows: list[dict] = []
@@ -154,7 +170,7 @@ def main(argv=None) -> int:
         for k in budgets:
             cfg = {**json.loads(args.asynctls), **({"token_budget": k} if k else {})}
             rows += run_backend(args, backend, cfg)
-            json.dump({"model": args.model, "rows": rows}, open(args.out, "w"), indent=1)
+            json.dump({"model": args.model, "args": vars(args), "rows": rows}, open(args.out, "w"), indent=1)
     print(table(rows, args.backends.split(",")[0]))
     plot(rows, os.path.splitext(args.out)[0] + ".png")
     return 0
