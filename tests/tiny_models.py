@@ -52,8 +52,14 @@ def deepseek_v2_config() -> dict:
 
 def glm4_moe_lite_config() -> dict:
     cfg = _mla("Glm4MoeLiteForCausalLM", "glm4_moe_lite")
+    # q_lora_rank must be set, as in the real GLM-4.7-Flash (768): SGLang 0.5.17's
+    # Glm4MoeLiteForCausalLM.load_weights keeps Glm4Moe's GQA mapping ("qkv_proj", "q_proj"),
+    # which renames an MLA checkpoint's self_attn.q_proj.weight (q_lora_rank None) to a name
+    # the model does not have and drops it without a word: q_proj then stays uninitialised
+    # torch.empty memory (zeros or garbage), and two loads of the same folder differ.
+    # With a q LoRA the keys are q_a_proj / q_b_proj, which that mapping does not touch.
     cfg.update({"rope_scaling": None, "topk_method": "noaux_tc", "scoring_func": "sigmoid",
-                "partial_rotary_factor": 1.0})
+                "partial_rotary_factor": 1.0, "q_lora_rank": 128})
     return cfg
 
 
