@@ -152,16 +152,19 @@ def cases():
                                         torch.empty(bs, hk, n, dtype=torch.int64),
                                         torch.empty(bs, hk, n, dtype=torch.bool))
             out.append((f"score_tokens hq{hq} hk{hk} d{d} r{r} n{n} {dt}", f))
-    # top-k (blocks: no pos; tokens: pos), truncate
+    # top-k (blocks: no pos; tokens: pos, unordered and ordered) by both methods, truncate
     for rows, n, k in ((6, 50, 7), (2, 2500, 300), (256, 2048, 128), (32, 8192, 1968), (1, 100000, 128),
-                       (2, 20, 32), (1, 1, 1)):
-        def f(rows=rows, n=n, k=k):
-            s = torch.empty(rows, 1, n)
-            triton_ops.select_blocks(s, k)
-            triton_ops.select_tokens(s, torch.empty(rows, 1, n, dtype=torch.int64), k)
-            triton_ops.truncate_candidates(torch.empty(rows, 1, n, dtype=torch.int64),
-                                           torch.empty(rows, 1, n, dtype=torch.bool), k)
-        out.append((f"topk/truncate rows{rows} n{n} k{k}", f))
+                       (2, 20, 32), (1, 1, 1), (4, 16384, 128), (2, 12000, 1968)):
+        for method in ("auto", "stream"):
+            def f(rows=rows, n=n, k=k, method=method):
+                s = torch.empty(rows, 1, n)
+                p = torch.empty(rows, 1, n, dtype=torch.int64)
+                triton_ops.select_blocks(s, k, method=method)
+                triton_ops.select_tokens(s, p, k, method=method)
+                triton_ops.select_tokens(s, p, k, ordered=True, method=method)
+                if method == "auto":
+                    triton_ops.truncate_candidates(p, torch.empty(rows, 1, n, dtype=torch.bool), k)
+            out.append((f"topk/truncate rows{rows} n{n} k{k} {method}", f))
     # sparse decode attention: GQA and MLA (+ merge)
     for dt in dtypes:
         for lens, hq, hk, d, dv, kk, cap in (([50, 130], 4, 4, 64, 64, 40, 0.0), ([200, 7, 61], 9, 3, 96, 96, 80, 0.0),

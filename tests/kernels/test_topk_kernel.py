@@ -27,6 +27,17 @@ def _scores(kind: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
         x = x * torch.exp(torch.randn(shape, generator=gen) * 20)  # tiny to huge, both signs
     elif kind == "near-equal":
         x = 1.0 + torch.randint(0, 4, shape, generator=gen).float() * 2.0 ** -23
+    elif kind == "all-equal":
+        x = torch.full(shape, 0.375)
+    elif kind == "ragged":  # each row: a random number of finite scores, then padding
+        lens = torch.randint(0, shape[-1] + 1, shape[:-1], generator=gen)
+        x[torch.arange(shape[-1]) >= lens.unsqueeze(-1)] = float("-inf")
+    elif kind == "infinities":  # +inf is a score like any other; -inf never chosen
+        x[torch.rand(shape, generator=gen) < 0.1] = float("inf")
+        x[torch.rand(shape, generator=gen) < 0.3] = float("-inf")
+    elif kind == "extremes":  # the largest / smallest finite floats and denormals next to zero
+        vals = torch.tensor([3.4028235e38, -3.4028235e38, 1e-45, -1e-45, 0.0, 1.0, -1.0])
+        x = vals[torch.randint(0, len(vals), shape, generator=gen)]
     return x.to(DEVICE)
 
 
@@ -42,6 +53,18 @@ CASES = by_device([
     case("wide-range", (2, 2, 200), 17, id="wide-range"),
     case("near-equal", (1, 2, 150), 60, id="one-ulp-apart"),
     case("ties", (1, 2, 2500), 300, id="multi-chunk-N2500"),
+    case("random", (3, 1, 1), 1, id="N1-k1"),
+    case("random", (1, 1, 129), 129, id="k-equals-N129"),
+    case("random", (2, 1, 128), 1, id="k1-N128"),
+    case("all-equal", (2, 3, 77), 20, id="all-equal-N77"),
+    case("all-equal", (1, 2, 1000), 999, id="all-equal-k999"),
+    case("ragged", (4, 3, 70), 25, id="ragged-rows-N70"),
+    case("ragged", (2, 2, 1025), 200, id="ragged-rows-N1025"),
+    case("infinities", (2, 2, 90), 30, id="plus-and-minus-inf"),
+    case("extremes", (2, 2, 300), 100, id="extreme-floats"),
+    case("near-equal", (1, 2, 4099), 200, id="one-ulp-N4099-k200"),
+    case("masked", (2, 2, 8192), 1968, id="masked-N8192-k1968"),
+    case("ties", (1, 1, 16384), 128, id="ties-N16384-k128"),
 ], [
     case("random", (32, 8, 2048), 128, id="gpu-blocks-128k-bs32"),
     case("ties", (4, 8, 8192), 1968, id="gpu-tokens-8192-ties"),
@@ -50,28 +73,50 @@ CASES = by_device([
 ])
 
 
+# the register-resident kernel (auto up to RESIDENT_MAX_N) and the streaming one (any N)
+METHODS = [pytest.param("auto", id="auto"), pytest.param("stream", id="stream")]
+
+
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kind, shape, k", CASES)
-def test_select_blocks_exact(kind, shape, k):
+def test_select_blocks_exact(kind, shape, k, method):
     scores = _scores(kind, shape, seed=shape[-1] + k)
     want = torch_ops.select_blocks(scores, k)
     out = poison(torch.empty(*shape[:-1], k, dtype=torch.int64, device=DEVICE))
-    got = triton_ops.select_blocks(scores, k, out=out)
+    got = triton_ops.select_blocks(scores, k, out=out, method=method)
     assert got.data_ptr() == out.data_ptr()
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kind, shape, k", CASES)
-def test_select_tokens_exact(kind, shape, k):
+def test_select_tokens_exact(kind, shape, k, method):
     scores = _scores(kind, shape, seed=3 * shape[-1] + k)
     gen = torch.Generator().manual_seed(k)
     pos = torch.stack([torch.randperm(10 * shape[-1], generator=gen)[:shape[-1]]
                        for _ in range(shape[0] * shape[1])]).view(shape).to(DEVICE)
     want = torch_ops.select_tokens(scores, pos, k)
     # rank order on request: exactly the torch op's output
-    assert torch.equal(triton_ops.select_tokens(scores, pos, k, ordered=True), want)
-    # default (no register sort): the same set of positions, -1 padding included
-    got = triton_ops.select_tokens(scores, pos, k)
+    out = poison(torch.empty(*shape[:-1], k, dtype=torch.int64, device=DEVICE))
+    assert torch.equal(triton_ops.select_tokens(scores, pos, k, ordered=True, out=out, method=method), want)
+    # default (no ranking): the same set of positions, -1 padding included
+    out = poison(torch.empty(*shape[:-1], k, dtype=torch.int64, device=DEVICE))
+    got = triton_ops.select_tokens(scores, pos, k, out=out, method=method)
     assert torch.equal(got.sort(-1).values, want.sort(-1).values)
+    # in candidate order: the positions of increasing candidate slots
+    slot = {}
+    for r, row in enumerate(pos.reshape(-1, shape[-1]).tolist()):
+        slot.update({(r, p): i for i, p in enumerate(row)})
+    for r, row in enumerate(got.reshape(-1, k).tolist()):
+        taken = [slot[(r, p)] for p in row if p >= 0]
+        assert taken == sorted(taken), f"row {r}: not in candidate order"
+
+
+def test_resident_refuses_long_rows():
+    from asynctls_sglang.kernels.common.topk import RESIDENT_MAX_N
+
+    with pytest.raises(ValueError, match="resident"):
+        triton_ops.select_blocks(torch.zeros(1, 1, RESIDENT_MAX_N + 1, device=DEVICE), 4, method="resident")
 
 
 def test_equivalence_helper_fails_on_a_real_difference():

@@ -4,27 +4,42 @@ from __future__ import annotations
 import torch
 
 from asynctls_sglang.kernels.common.launch import check, check_out, pow2
-from asynctls_sglang.kernels.common.topk_kernel import topk_kernel
+from asynctls_sglang.kernels.common.topk_kernel import topk_kernel, topk_resident_kernel
 
 #: k is sorted in registers: larger budgets would spill (and the config never asks for them).
 MAX_K = 8192
+#: Rows up to this length are held in registers by one program (topk_resident_kernel); longer
+#: rows are streamed from memory once per radix pass (topk_kernel). The resident kernel packs
+#: two counts of at most N into one int32, so N <= 2^14.
+RESIDENT_MAX_N = 16384
+#: Radix digit of the resident kernel: 6 bits = 64-bin histograms (cheapest per resolved bit).
+RADIX_BITS = 6
+METHODS = ("auto", "resident", "stream")
 
 
 def topk_indices(scores: torch.Tensor, k: int, pos: torch.Tensor | None = None, *,
-                 out: torch.Tensor | None = None, ordered: bool = True) -> torch.Tensor:
+                 out: torch.Tensor | None = None, ordered: bool = True,
+                 method: str = "auto") -> torch.Tensor:
     """[..., N] fp32 -> [..., k] int64: indices (or pos[..., index]) of the k largest scores.
 
     Order: higher score first, equal scores by lower index; -inf entries are never chosen and
     slots past the number of finite scores hold -1 (k may exceed N). scores and pos need a
     unit last stride and rows that flatten to one stride. Bit-exact with
     reference.topk_indices for the same scores. ``ordered=False``: the same set, in index
-    order instead of rank order (skips the register sort).
+    order instead of rank order (skips the ranking).
+
+    ``method``: "resident" (the row in registers, read once; N <= RESIDENT_MAX_N), "stream"
+    (the row re-read by each of 5 passes; any N), "auto" (resident when it fits). One launch,
+    one program per row, no workspace: ``out`` is the only buffer (and the scratch of the
+    ordered variants), so a call with ``out=`` allocates nothing.
     """
     n = scores.shape[-1]
     lead = scores.shape[:-1]
     check(scores.dtype == torch.float32, f"scores must be fp32, got {scores.dtype}")
     check(0 < k <= MAX_K, f"k must be in 1..{MAX_K}, got {k}")
     check(n < 2 ** 31, "rows of at most 2^31 - 1 entries")
+    check(method in METHODS, f"method must be one of {METHODS}, got {method!r}")
+    check(method != "resident" or n <= RESIDENT_MAX_N, f"method='resident' needs N <= {RESIDENT_MAX_N}, got {n}")
     rows2d = scores.reshape(-1, n)
     check(rows2d.stride(1) == 1 or n == 1, "scores need a unit last stride")
     out = check_out(out, (*lead, k), torch.int64, scores.device, "topk")
@@ -39,23 +54,32 @@ def topk_indices(scores: torch.Tensor, k: int, pos: torch.Tensor | None = None, 
     if n == 0:
         return out.fill_(-1)
     block_k = pow2(k, 16)
-    topk_kernel[(rows,)](
-        rows2d, pos2d if pos is not None else rows2d, out2d, n, k,
-        rows2d.stride(0), pos2d.stride(0) if pos is not None else 0, out2d.stride(0),
-        HAS_POS=pos is not None, BLOCK_N=min(pow2(n, 256), 2048), BLOCK_K=block_k, SORTED=ordered,
-        num_warps=8 if block_k >= 1024 else 4)
+    args = (rows2d, pos2d if pos is not None else rows2d, out2d, n, k,
+            rows2d.stride(0), pos2d.stride(0) if pos is not None else 0, out2d.stride(0))
+    if method == "stream" or n > RESIDENT_MAX_N:
+        topk_kernel[(rows,)](
+            *args, HAS_POS=pos is not None, BLOCK_N=min(pow2(n, 256), 2048), BLOCK_K=block_k,
+            SORTED=ordered, num_warps=8 if block_k >= 1024 else 4)
+        return out
+    block_n = pow2(n, 128)
+    topk_resident_kernel[(rows,)](
+        *args, HAS_POS=pos is not None, BLOCK_N=block_n, BLOCK_K=block_k, BITS=RADIX_BITS,
+        SORTED=ordered, PRELOAD_POS=block_n <= 8192,
+        num_warps=4 if block_n <= 1024 else 8 if block_n <= 4096 else 16)
     return out
 
 
-def select_blocks(scores: torch.Tensor, k: int, *, out: torch.Tensor | None = None) -> torch.Tensor:
+def select_blocks(scores: torch.Tensor, k: int, *, out: torch.Tensor | None = None,
+                  method: str = "auto") -> torch.Tensor:
     """[bs, Hk, MB] fp32 -> [bs, Hk, k] block ids in rank order, -1 unused."""
-    return topk_indices(scores, k, out=out)
+    return topk_indices(scores, k, out=out, method=method)
 
 
 def select_tokens(scores: torch.Tensor, pos: torch.Tensor, k: int, *,
-                  out: torch.Tensor | None = None, ordered: bool = False) -> torch.Tensor:
+                  out: torch.Tensor | None = None, ordered: bool = False,
+                  method: str = "auto") -> torch.Tensor:
     """[bs, Hk, N] fp32 candidate scores, [bs, Hk, N] int64 positions -> [bs, Hk, k] positions,
     -1 unused: the same set as torch_ops.select_tokens (ties: the earlier candidate slot). By
     default in candidate order, not rank order (attention does not depend on the order; the
     sort would be most of the cost); ``ordered=True`` gives torch_ops' exact order."""
-    return topk_indices(scores, k, pos, out=out, ordered=ordered)
+    return topk_indices(scores, k, pos, out=out, ordered=ordered, method=method)

@@ -91,3 +91,117 @@ def topk_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
         b_idx = tl.load(pos + i_r * s_pr + b_idx, mask=m_k, other=-1)
     tl.debug_barrier()
     tl.store(p_o + o_k, tl.where(m_k, b_idx, -1), mask=o_k < K)
+
+
+@triton.jit
+def _bit_length(x):
+    """Bits needed for the unsigned value of int32 `x` (0 for 0): the exponent of an exact fp64."""
+    b_x = x.to(tl.int64) & 4294967295
+    b_e = (b_x.to(tl.float64).to(tl.int64, bitcast=True) >> 52) - 1022
+    return tl.where(b_x == 0, 0, b_e).to(tl.int32)
+
+
+@triton.jit
+def topk_resident_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
+                         HAS_POS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                         BITS: tl.constexpr, SORTED: tl.constexpr, PRELOAD_POS: tl.constexpr):
+    """Grid (rows,). Same contract as topk_kernel for N <= BLOCK_N, with the row held in registers.
+
+    The row is read once; every radix pass then works on registers only:
+      1. v = the score's order-preserving key as unsigned bits (0 for -inf: never chosen); the
+         bits that all finite keys share (from their max and min) are resolved at once;
+      2. passes of BITS-bit digits (histogram of the entries still matching the prefix) narrow
+         the prefix of the K-th largest key until it is exact or until its bin holds exactly as
+         many entries as are still needed (then all of them are taken);
+      3. one scan packs (entries above, ties so far) and gives every taken entry its slot in
+         index order: everything above the threshold plus the first `need` ties (lowest index).
+    SORTED: the taken composites (key, ~index) go through out's row and are put in rank order
+    (by counting for BLOCK_K <= 256, else a register sort). Slots past the finite entries: -1.
+    """
+    i_r = tl.program_id(0).to(tl.int64)
+    SIGN = -2147483648
+    o_n = tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    # [BLOCK_N]
+    b_x = tl.load(scores + i_r * s_sr + o_n, mask=m_n, other=float("-inf"))
+    if HAS_POS and PRELOAD_POS and not SORTED:
+        b_pos = tl.load(pos + i_r * s_pr + o_n, mask=m_n, other=-1)
+    m_ok = b_x > float("-inf")
+    b_key = _ordered_key(b_x)
+    b_v = tl.where(m_ok, b_key ^ SIGN, 0)
+    b_cnt = tl.sum(m_ok.to(tl.int32), axis=0)
+    b_taken = tl.minimum(b_cnt, K)
+    # bits shared by every finite key are resolved without a pass
+    b_kmax = tl.max(tl.where(m_ok, b_key, SIGN), axis=0)
+    b_kmin = tl.min(tl.where(m_ok, b_key, 2147483647), axis=0)
+    b_hi = _bit_length(b_kmax ^ b_kmin)
+    b_hmask = tl.where(b_hi == 32, 0, -1 << (b_hi & 31))
+    b_prefix = (b_kmax ^ SIGN) & b_hmask
+    b_need = b_taken
+    o_b = tl.arange(0, 1 << BITS)
+    # b_cnt: entries matching the prefix; the K-th largest is the b_need-th largest of them
+    while (b_hi > 0) & (b_cnt > b_need):
+        b_w = tl.minimum(b_hi, BITS)
+        b_s = b_hi - b_w
+        # -inf entries (v = 0) may match a short prefix: they count as the smallest keys, and the
+        # K-th largest is finite, so they never decide the digit nor end the loop early
+        m_in = (b_v & b_hmask) == b_prefix
+        b_hist = tl.histogram((b_v >> b_s) & ((1 << b_w) - 1), 1 << BITS, mask=m_in)
+        # [1 << BITS] entries with a digit >= d
+        b_ge = tl.cumsum(b_hist, axis=0, reverse=True)
+        b_digit = tl.sum((b_ge >= b_need).to(tl.int32), axis=0) - 1
+        b_sel = o_b == b_digit
+        b_need = b_need - tl.sum(tl.where(b_sel, b_ge - b_hist, 0), axis=0)
+        b_cnt = tl.sum(tl.where(b_sel, b_hist, 0), axis=0)
+        b_prefix = b_prefix | (b_digit << b_s)
+        b_hi = b_s
+        b_hmask = -1 << b_s
+    # above / tie against the prefix, in unsigned order (xor SIGN turns it into signed order)
+    b_hv = b_v & b_hmask
+    # (only v is kept across the passes: ok = v != 0, key = v ^ SIGN)
+    m_ok = b_v != 0
+    m_above = m_ok & ((b_hv ^ SIGN) > (b_prefix ^ SIGN))
+    m_tie = m_ok & (b_hv == b_prefix)
+    # one scan for both counts: ties in the high 16 bits (N <= 2^14)
+    b_pack = m_above.to(tl.int32) + (m_tie.to(tl.int32) << 16)
+    b_before = tl.cumsum(b_pack, axis=0) - b_pack
+    b_ties = b_before >> 16
+    m_take = m_above | (m_tie & (b_ties < b_need))
+    o_slot = (b_before & 65535) + tl.minimum(b_ties, b_need)
+    p_o = out + i_r * s_or
+    o_k = tl.arange(0, BLOCK_K)
+    if SORTED:
+        b_comp = ((b_v ^ SIGN).to(tl.int64) << 32) | (4294967295 - o_n.to(tl.int64))
+        tl.store(p_o + o_slot, b_comp, mask=m_take)
+        tl.debug_barrier()
+        m_k = o_k < b_taken
+        # [BLOCK_K]
+        b_c = tl.load(p_o + o_k, mask=m_k, other=-9223372036854775807 - 1)
+        if BLOCK_K <= 256:
+            # rank = how many taken composites are larger (they are distinct), counted against
+            # 16 of them at a time (re-read from out's row: a [BLOCK_K, 16] compare per step)
+            b_rank = tl.zeros([BLOCK_K], dtype=tl.int32)
+            for i_c in tl.static_range(0, BLOCK_K, 16):
+                o_c = i_c + tl.arange(0, 16)
+                # [16]
+                b_cc = tl.load(p_o + o_c, mask=o_c < b_taken, other=-9223372036854775807 - 1)
+                b_rank += tl.sum((b_cc[None, :] > b_c[:, None]).to(tl.int32), axis=1)
+            o_dst = tl.where(m_k, b_rank, o_k)
+        else:
+            b_c = tl.sort(b_c, descending=True)
+            o_dst = o_k
+        b_idx = 4294967295 - (b_c & 4294967295)
+        if HAS_POS:
+            b_idx = tl.load(pos + i_r * s_pr + b_idx, mask=m_k, other=-1)
+        tl.debug_barrier()
+        tl.store(p_o + o_dst, tl.where(m_k, b_idx, -1), mask=o_k < K)
+    else:
+        if HAS_POS:
+            if PRELOAD_POS:
+                b_val = b_pos
+            else:
+                b_val = tl.load(pos + i_r * s_pr + o_n, mask=m_take, other=-1)
+        else:
+            b_val = o_n.to(tl.int64)
+        tl.store(p_o + o_slot, b_val, mask=m_take)
+        tl.store(p_o + o_k, tl.full([BLOCK_K], -1, dtype=tl.int64), mask=(o_k >= b_taken) & (o_k < K))
