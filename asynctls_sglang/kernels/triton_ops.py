@@ -3,18 +3,20 @@
 Same function names, signatures and semantics (shapes, -1 padding, tie-break "higher score
 first, then lower index", rank order of selections), so ``select_positions(..., ops=triton_ops)``
 and the backend can swap it in. The heavy ops run Triton kernels (and take optional keyword-only
-``out=`` / ``workspace=`` buffers for CUDA graphs); block_table, candidate_positions,
-forced_positions and dense_positions are a few elementwise torch ops of index math and are the
-torch versions. No op syncs with the host.
+``out=`` / ``workspace=`` buffers for CUDA graphs); candidate_positions is one Triton launch
+(the torch version is ~10 small ones, per layer); block_table, forced_positions and
+dense_positions are a few elementwise torch ops of index math, computed once per step, and are
+the torch versions. No op syncs with the host.
 
-Exactness: summaries, index keys, top-k indices and truncation are bit-exact with torch_ops;
-scores and attention are fp32 sums in a different order (close, not equal).
+Exactness: summaries, index keys, candidates, top-k indices and truncation are bit-exact with
+torch_ops; scores and attention are fp32 sums in a different order (close, not equal).
 """
 from __future__ import annotations
 
 import torch
 
 from asynctls_sglang.kernels.common.block_score import score_blocks
+from asynctls_sglang.kernels.common.candidates import candidate_positions
 from asynctls_sglang.kernels.common.compact import truncate_candidates
 from asynctls_sglang.kernels.common.index_keys import write_index_keys
 from asynctls_sglang.kernels.common.merge import SplitWorkspace
@@ -23,12 +25,7 @@ from asynctls_sglang.kernels.common.token_score import score_tokens
 from asynctls_sglang.kernels.common.topk import select_blocks, select_tokens
 from asynctls_sglang.kernels.gqa.decode import gqa_sparse_decode
 from asynctls_sglang.kernels.mla.decode import is_latent_view, mla_sparse_decode
-from asynctls_sglang.ops.torch_ops import (
-    block_table,
-    candidate_positions,
-    dense_positions,
-    forced_positions,
-)
+from asynctls_sglang.ops.torch_ops import block_table, dense_positions, forced_positions
 
 __all__ = [
     "update_block_summaries", "write_index_keys", "block_table", "score_blocks", "select_blocks",

@@ -152,6 +152,12 @@ def cases():
                                         torch.empty(bs, hk, n, dtype=torch.int64),
                                         torch.empty(bs, hk, n, dtype=torch.bool))
             out.append((f"score_tokens hq{hq} hk{hk} d{d} r{r} n{n} {dt}", f))
+    # candidate_positions
+    for bs, hk, kb, b in ((3, 2, 5, 8), (8, 8, 128, 64), (2, 1, 128, 64), (1, 3, 7, 16)):
+        def f(bs=bs, hk=hk, kb=kb, b=b):
+            triton_ops.candidate_positions(torch.empty(bs, hk, kb, dtype=torch.int64), torch.empty(bs, dtype=torch.int64),
+                                           b, 16, 64)
+        out.append((f"candidates bs{bs} hk{hk} kb{kb} b{b}", f))
     # top-k (blocks: no pos; tokens: pos, unordered and ordered) by both methods, truncate
     for rows, n, k in ((6, 50, 7), (2, 2500, 300), (256, 2048, 128), (32, 8192, 1968), (1, 100000, 128),
                        (2, 20, 32), (1, 1, 1), (4, 16384, 128), (2, 12000, 1968)):
