@@ -34,7 +34,7 @@ def score_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor,
     if bs == 0 or n == 0:
         return out
     g = hq // hk
-    block_n = 64
+    block_n = 128  # 4 warps, ~44 registers: ~1400 candidates in flight per SM (gathers are latency-bound)
     token_score_kernel[(cdiv(n, block_n), hk, bs)](
         q, codes, scale_zero, channels, req_to_token, req_pool_indices, pos, ok.view(torch.uint8),
         out, n,

@@ -30,7 +30,8 @@ def token_score_kernel(q, codes, scale_zero, channels, req_to_token, req_pool_in
     m_n = o_n < N
     # [BLOCK_N]
     m_ok = tl.load(ok + i_b.to(tl.int64) * s_kb + i_h * s_kh + o_n, mask=m_n, other=0) != 0
-    b_pos = tl.load(pos + i_b.to(tl.int64) * s_pb + i_h * s_ph + o_n, mask=m_ok, other=0)
+    # pos is read beside ok, not under it: one dependent load fewer before the two gathers
+    b_pos = tl.load(pos + i_b.to(tl.int64) * s_pb + i_h * s_ph + o_n, mask=m_n, other=0)
     b_row = tl.load(req_pool_indices + i_b).to(tl.int64)
     b_slot = tl.load(req_to_token + b_row * s_rr + b_pos, mask=m_ok, other=0).to(tl.int64)
     # [BLOCK_N, BLOCK_R]
