@@ -5,8 +5,14 @@ latent 512 + rope 64) x context x batch x token budget, block budget and block s
 (paper: 128 blocks of 64). Per point it times, on one layer, every stage of a decode step
 
     summary (fold the new key into its block's min/max), index_write (its INT4 index key),
-    block_score, block_topk, token_score, token_topk, attention (over the chosen tokens),
-    step (all of the above as one CUDA graph, selection glue included),
+    block_score, block_topk, candidates (the chosen blocks' token positions, one kernel),
+    token_score, token_topk, attention (over the chosen tokens),
+    step (all of the above as one CUDA graph, selection glue included: what the backend runs),
+
+the previous selection kernels in the same run, for before/after in one call:
+    block_topk_stream, token_topk_stream (the streaming top-k: one program per row, the row
+    re-read by 5 passes; method="stream"), candidates_torch (torch_ops.candidate_positions,
+    ~10 launches), step_legacy (step with those three instead),
 
 and, in the same run, the full-attention baselines: FlashInfer BatchDecodeWithPagedKVCacheWrapper
 (use_tensor_cores=True; GQA) or BatchMLAPagedAttentionWrapper (MLA), and SGLang's Triton
@@ -36,7 +42,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from asynctls_sglang.config import AsyncTLSConfig  # noqa: E402
 
-STAGES = ("summary", "index_write", "block_score", "block_topk", "token_score", "token_topk", "attention")
+STAGES = ("summary", "index_write", "block_score", "block_topk", "candidates", "token_score", "token_topk",
+          "attention")
+#: the previous selection kernels, timed beside their replacements
+LEGACY = ("block_topk_stream", "candidates_torch", "token_topk_stream")
 
 
 @dataclass(frozen=True)
@@ -159,10 +168,14 @@ def stage_bytes(m: Model, cfg: AsyncTLSConfig, bs: int, ctx: int, budget: int) -
         "block_score": rows * nb * (2 * m.d * e + 4) + bs * nb * 8 + bs * m.hq * m.d * e,
         "block_topk": rows * (nb * 4 + cfg.block_budget * 8),
         "token_score": rows * n_cand * (r // 2 + 8 + 4 + 8 + 1 + 4),
-        "token_topk": rows * (n_cand * 4 + k_sel * 16),
+        "candidates": rows * (cfg.block_budget * 8 + n_cand * 9),
+        "token_topk": rows * (n_cand * 12 + k_sel * 8),
         "attention": rows * budget * (kv_row + 12) + bs * m.hq * (m.d * e + m.dv * 4),
     }
     out["step"] = sum(out.values())
+    out["block_topk_stream"], out["token_topk_stream"] = out["block_topk"], out["token_topk"]
+    out["candidates_torch"] = out["candidates"]
+    out["step_legacy"] = out["step"]
     out["full_attention"] = bs * ctx * m.hk * kv_row
     return out
 
@@ -225,8 +238,11 @@ def sglang_triton_decode(m: Model, layer: Layer, req_to_token, seq_lens, q, max_
 
 # --- one grid point ------------------------------------------------------------------------------
 def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Timer, baselines: set[str],
-              workspace, hbm: float) -> dict:
+              workspace, hbm: float, legacy_stages: bool = True) -> dict:
+    from types import SimpleNamespace
+
     from asynctls_sglang.kernels import triton_ops as ops
+    from asynctls_sglang.ops import torch_ops
     from asynctls_sglang.ops.select import select_positions
 
     cfg = layer.cfg.replace(token_budget=budget)
@@ -249,14 +265,20 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
     positions = select_positions(q, idx, req_to_token, rows, seq_lens, mb, cfg, ops=ops)
     att_out = torch.empty(bs, m.hq, m.dv, device="cuda")
     blocks_out, chosen_out = torch.empty_like(blocks), torch.empty_like(chosen)
+    cand_out = (torch.empty_like(pos), torch.empty_like(ok))
+    # the triton ops with the previous selection kernels (streaming top-k, torch candidates)
+    legacy = SimpleNamespace(**{name: getattr(ops, name) for name in ops.__all__})
+    legacy.select_blocks = lambda s, k, **kw: ops.select_blocks(s, k, method="stream", **kw)
+    legacy.select_tokens = lambda s, p, k, **kw: ops.select_tokens(s, p, k, method="stream", **kw)
+    legacy.candidate_positions = torch_ops.candidate_positions
 
     def attention():
         ops.sparse_decode_attention(q, layer.k, layer.v, req_to_token, rows, positions, sm_scale, out=att_out)
 
-    def step():
+    def step(sel_ops=ops):
         ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b)
         ops.write_index_keys(idx.codes, idx.scale_zero, new_loc, k_new, idx.channels)
-        p = select_positions(q, idx, req_to_token, rows, seq_lens, mb, cfg, ops=ops)
+        p = select_positions(q, idx, req_to_token, rows, seq_lens, mb, cfg, ops=sel_ops)
         ops.sparse_decode_attention(q, layer.k, layer.v, req_to_token, rows, p, sm_scale, out=att_out)
 
     fns = {
@@ -265,11 +287,18 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
         "block_score": lambda: ops.score_blocks(q, idx.kmin, idx.kmax, pages, seq_lens, b, cfg.sink_tokens,
                                                 cfg.local_window, out=bscores),
         "block_topk": lambda: ops.select_blocks(bscores, cfg.block_budget, out=blocks_out),
+        "candidates": lambda: ops.candidate_positions(blocks, seq_lens, b, cfg.sink_tokens, cfg.local_window,
+                                                      out=cand_out),
         "token_score": lambda: ops.score_tokens(q, idx.codes, idx.scale_zero, idx.channels, req_to_token, rows,
                                                 pos, ok, out=tscores),
         "token_topk": lambda: ops.select_tokens(tscores, pos, k_sel, out=chosen_out),
         "attention": attention,
         "step": step,
+        "block_topk_stream": lambda: ops.select_blocks(bscores, cfg.block_budget, out=blocks_out, method="stream"),
+        "candidates_torch": lambda: torch_ops.candidate_positions(blocks, seq_lens, b, cfg.sink_tokens,
+                                                                  cfg.local_window),
+        "token_topk_stream": lambda: ops.select_tokens(tscores, pos, k_sel, out=chosen_out, method="stream"),
+        "step_legacy": lambda: step(legacy),
     }
     if "fi" in baselines:
         try:
@@ -282,6 +311,9 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
         except Exception as exc:  # noqa: BLE001
             print(f"[kbench] sglang triton unavailable: {exc!r}"[:300], flush=True)
 
+    if not legacy_stages:
+        for name in (*LEGACY, "step_legacy"):
+            del fns[name]
     nbytes = stage_bytes(m, cfg, bs, ctx, budget)
     row: dict = {"model": m.name, "ctx": ctx, "bs": bs, "budget": budget, "ms": {}, "mode": {},
                  "bytes": nbytes, "hbm_frac": {}}
@@ -296,16 +328,19 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
         row["hbm_frac"][name] = round(nbytes[key] / hbm / (ms * 1e-3), 3)
     if "flashinfer" in row["ms"] and "step" in row["ms"]:
         row["speedup_vs_flashinfer"] = round(row["ms"]["flashinfer"] / row["ms"]["step"], 2)
+        if "step_legacy" in row["ms"]:
+            row["speedup_legacy_vs_flashinfer"] = round(row["ms"]["flashinfer"] / row["ms"]["step_legacy"], 2)
         row["attention_speedup_vs_flashinfer"] = round(row["ms"]["flashinfer"] / row["ms"]["attention"], 2)
     return row
 
 
 # --- report --------------------------------------------------------------------------------------
 def print_table(rows: list[dict]) -> None:
-    cols = list(STAGES) + ["step", "flashinfer", "sglang_triton"]
+    cols = list(STAGES) + ["step", "flashinfer", "sglang_triton"] + list(LEGACY) + ["step_legacy"]
     short = {"summary": "summ", "index_write": "idxw", "block_score": "bscore", "block_topk": "btopk",
-             "token_score": "tscore", "token_topk": "ttopk", "attention": "attn", "step": "STEP",
-             "flashinfer": "FI", "sglang_triton": "SGL-tr"}
+             "candidates": "cand", "token_score": "tscore", "token_topk": "ttopk", "attention": "attn",
+             "step": "STEP", "flashinfer": "FI", "sglang_triton": "SGL-tr", "block_topk_stream": "btopk-old",
+             "candidates_torch": "cand-old", "token_topk_stream": "ttopk-old", "step_legacy": "STEP-old"}
     print("\nmicroseconds per layer call (median); speedup = FlashInfer full / AsyncTLS step; "
           "hbm = step bytes / (HBM floor x time)")
     print("| model | ctx | bs | K | " + " | ".join(short[c] for c in cols) + " | speedup | hbm |")
@@ -354,6 +389,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--baselines", default="fi,tr", help="comma list of fi (FlashInfer), tr (SGLang triton)")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--no-graph", action="store_true", help="time eager calls instead of CUDA graph replays")
+    ap.add_argument("--no-legacy", action="store_true",
+                    help="skip the previous selection kernels (block/token_topk_stream, candidates_torch, step_legacy)")
     ap.add_argument("--hbm-tbs", type=float, default=4.2, help="HBM bandwidth floor in TB/s (H200: 4.2)")
     ap.add_argument("--quick", action="store_true", help="a short grid: 32k/128k, bs 1/8, K 2048, 10 reps")
     ap.add_argument("--out", default=None, help="JSON results path (a PNG plot is written beside it)")
@@ -385,7 +422,8 @@ def main(argv=None) -> None:
         for ctx in ctxs:
             for bs in bss:
                 for budget in budgets:
-                    row = run_point(m, layer, bs, ctx, budget, timer, baselines, workspace, a.hbm_tbs * 1e12)
+                    row = run_point(m, layer, bs, ctx, budget, timer, baselines, workspace, a.hbm_tbs * 1e12,
+                                    not a.no_legacy)
                     result["rows"].append(row)
                     print("[kbench] " + json.dumps({k: row[k] for k in ("model", "ctx", "bs", "budget", "ms")}),
                           flush=True)
