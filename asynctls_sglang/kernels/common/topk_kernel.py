@@ -1,6 +1,9 @@
 """Fixed-k top-k of each row with the tie-break "higher score first, then lower index".
 
-One program per row, three phases:
+Two kernels, one program per row each, no workspace (out's row is the only scratch):
+topk_resident_kernel (rows of up to 16384 entries, read once and held in registers; the
+default) and topk_kernel (any length, the row streamed from memory by every pass), which works
+in three phases:
   1. radix select: four 8-bit histogram passes over the row's order-preserving 32-bit score
      keys find the k-th largest key T and how many entries equal to T are needed;
   2. ordered compaction: one pass takes every key > T and the first `need` keys == T (by
