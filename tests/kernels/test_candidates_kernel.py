@@ -15,13 +15,14 @@ CASES = by_device([
     case([20, 3], 1, 4, 16, 16, 64, id="all-sink-or-local"),
     case([1000, 999], 2, 3, 64, 0, 0, id="no-sink-no-local-B64"),
     case([77], 4, 20, 4, 2, 5, id="k_b-beyond-blocks"),
+    case([150, 60], 2, 6, 8, 4, 8, id="strided-blocks"),
 ], [
     case([131072] * 8, 8, 128, 64, 16, 64, id="gpu-qwen3-128k-bs8"),
 ])
 
 
 @pytest.mark.parametrize("lens, hk, kb, b, sink, local", CASES)
-def test_candidate_positions_exact(lens, hk, kb, b, sink, local):
+def test_candidate_positions_exact(lens, hk, kb, b, sink, local, request):
     bs = len(lens)
     gen = torch.Generator().manual_seed(kb * b)
     nb = torch.tensor([-(-n // b) for n in lens])
@@ -31,6 +32,8 @@ def test_candidate_positions_exact(lens, hk, kb, b, sink, local):
     blocks = torch.where(blocks < nb.view(bs, 1, 1), blocks, -1)
     blocks[..., -1] = -1  # every row also ends with an unused slot
     blocks = blocks.to(DEVICE)
+    if "strided" in request.node.name:  # a view with no unit stride (every other chosen block)
+        blocks = torch.cat([blocks, blocks], dim=-1)[..., ::2]
     seq_lens = torch.tensor(lens).to(DEVICE)
     want_pos, want_ok = torch_ops.candidate_positions(blocks, seq_lens, b, sink, local)
     pos = poison(torch.empty(bs, hk, kb * b, dtype=torch.int64, device=DEVICE))

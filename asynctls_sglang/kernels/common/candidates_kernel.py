@@ -4,7 +4,7 @@ import triton.language as tl
 
 
 @triton.jit
-def candidates_kernel(blocks, seq_lens, pos, ok, N, sink, local, s_bb, s_bh, s_pb, s_ph, s_kb, s_kh,
+def candidates_kernel(blocks, seq_lens, pos, ok, N, sink, local, s_bb, s_bh, s_bk, s_pb, s_ph, s_kb, s_kh,
                       B: tl.constexpr, BLOCK_N: tl.constexpr):
     """Grid (cdiv(N, BLOCK_N), Hk, bs), N = k_b * B. Slot i of a row is offset i % B of its
     (i // B)-th chosen block: pos = max(block, 0) * B + i % B; ok = block >= 0 and the position
@@ -14,7 +14,7 @@ def candidates_kernel(blocks, seq_lens, pos, ok, N, sink, local, s_bb, s_bh, s_p
     m_n = o_n < N
     b_len = tl.load(seq_lens + i_b).to(tl.int64)
     # [BLOCK_N]
-    b_blk = tl.load(blocks + i_b.to(tl.int64) * s_bb + i_h * s_bh + o_n // B, mask=m_n, other=-1).to(tl.int64)
+    b_blk = tl.load(blocks + i_b.to(tl.int64) * s_bb + i_h * s_bh + (o_n // B) * s_bk, mask=m_n, other=-1).to(tl.int64)
     b_pos = tl.maximum(b_blk, 0) * B + o_n % B
     m_ok = (b_blk >= 0) & (b_pos >= sink) & (b_pos < b_len - local)
     tl.store(pos + i_b.to(tl.int64) * s_pb + i_h * s_ph + o_n, b_pos, mask=m_n)
