@@ -121,11 +121,14 @@ class AsyncTLSConfig:
         if self.prefetch_depth not in (0, 1) or isinstance(self.prefetch_depth, bool):
             _fail("prefetch_depth", f"only 0 (fetch before attention) and 1 (one step ahead) are "
                   f"implemented, got {self.prefetch_depth!r}")
+        if self.offload and self.local_window < 1:
+            _fail("local_window", "must be at least 1 with offload (the open block of each request is read "
+                  "from the device pool as part of its local window)")
         need = self.needed_blocks
         if self.resident_blocks is not None and self.resident_blocks < need:
             _fail("resident_blocks", f"must hold the selected blocks plus the pinned sink/local blocks "
-                  f"({self.selected_blocks} + {self.pinned_blocks} = {need}), got {self.resident_blocks}; "
-                  f"raise it or lower {flag_name('block_budget')}")
+                  f"({self.attended_blocks} + {self.pinned_blocks} = {need}), got {self.resident_blocks}; "
+                  f"raise it or lower {flag_name('block_budget')} (or {flag_name('dense_threshold')})")
         if self.host_pool_tokens is not None and self.host_pool_tokens % self.block_size:
             _fail("host_pool_tokens", f"must be a multiple of block_size ({self.block_size}), got "
                   f"{self.host_pool_tokens}")
@@ -157,16 +160,22 @@ class AsyncTLSConfig:
         return -(-self.sink_tokens // b) + (-(-self.local_window // b) + 1 if self.local_window else 0)
 
     @property
+    def attended_blocks(self) -> int:
+        """Blocks one decode step may attend outside the pinned ones: the selection's, or every
+        block of a request at the dense threshold (dense rows read all their blocks)."""
+        return max(self.selected_blocks, -(-self.dense_len // self.block_size))
+
+    @property
     def needed_blocks(self) -> int:
-        """Blocks one step may need resident per request and KV head: selected + pinned."""
-        return self.selected_blocks + self.pinned_blocks
+        """Blocks one step may need resident per request and KV head: attended + pinned."""
+        return self.attended_blocks + self.pinned_blocks
 
     @property
     def resident_capacity(self) -> int:
         """Resident block slots per request, layer and KV head (resident_blocks or its default)."""
         if self.resident_blocks is not None:
             return self.resident_blocks
-        return 2 * self.selected_blocks + self.pinned_blocks
+        return 2 * self.attended_blocks + self.pinned_blocks
 
     def channels_for(self, head_dim: int, is_mla: bool) -> int:
         """r for a model whose (latent) key has head_dim channels; raises if impossible."""

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 
 from asynctls_sglang import env
+from asynctls_sglang.adapter.offload import OffloadDecodeMixin, build_offload_runtime
 from asynctls_sglang.adapter.pools import AsyncTLSPoolMixin
 from asynctls_sglang.adapter.stats import DecodeStats
 from asynctls_sglang.config import AsyncTLSConfig, ConfigError, flag_name
@@ -39,7 +40,7 @@ class DecodePlan(NamedTuple):
     graph: bool = False  # fixed-shape path (CUDA-graph capture/replay)
 
 
-class AsyncTLSBackendMixin:
+class AsyncTLSBackendMixin(OffloadDecodeMixin):
     """Mixed into a dense SGLang backend class (see create_backend)."""
 
     def __init__(self, model_runner, cfg: AsyncTLSConfig) -> None:
@@ -59,10 +60,12 @@ class AsyncTLSBackendMixin:
         self.asynctls_stats = DecodeStats(torch.device(model_runner.device))
         self._plan: DecodePlan | None = None
         self._step: tuple = ()  # per-step tensors shared by every layer (see forward_decode)
+        self.asynctls_offload = build_offload_runtime(model_runner, cfg, pool) if cfg.offload else None
 
     # metadata ------------------------------------------------------------------------------------
     def init_forward_metadata(self, forward_batch) -> None:
         super().init_forward_metadata(forward_batch)
+        self._begin_offload(forward_batch)
         if not forward_batch.forward_mode.is_decode():
             self._plan = None
         elif env.fixed_shapes():
@@ -78,16 +81,23 @@ class AsyncTLSBackendMixin:
         sparse = lens > cfg.dense_len
         n_sparse = int(sparse.sum())
         bs = int(lens.shape[0])
-        if n_sparse == 0:
+        if cfg.offload:  # every row reads the resident cache (see _offload_decode)
+            sparse = torch.ones_like(sparse)
+        if n_sparse == 0 and not cfg.offload:
             self.asynctls_stats.dense_steps += 1
             self.asynctls_stats.dense_rows += bs
             return DecodePlan(all_dense=True)
-        self.asynctls_stats.sparse_steps += 1
+        self.asynctls_stats.sparse_steps += int(n_sparse > 0)
+        self.asynctls_stats.dense_steps += int(n_sparse == 0)
         self.asynctls_stats.sparse_rows += n_sparse
         self.asynctls_stats.dense_rows += bs - n_sparse
         dev = fb.seq_lens.device
         rows = torch.arange(bs)
         longest = int(lens[sparse].max())
+        if cfg.offload:
+            dense = lens <= cfg.dense_len
+            return DecodePlan(all_dense=False, max_blocks=math.ceil(longest / cfg.block_size),
+                              max_dense_len=int(lens[dense].max()) if bool(dense.any()) else 0)
         dense_max = int(lens[~sparse].max()) if n_sparse < bs else 0
         return DecodePlan(
             all_dense=False,
@@ -99,6 +109,12 @@ class AsyncTLSBackendMixin:
 
     def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False) -> None:
         super().init_forward_metadata_out_graph(forward_batch, in_capture)
+        if self.asynctls_offload is not None:
+            # NOTE: runs outside the graph (before capture, before every replay): row clearing and
+            # the joins of eager copies that the replay must see happen here, on the host.
+            self._begin_offload(forward_batch, in_capture)
+            if not in_capture:
+                self.asynctls_offload.engine.before_replay()
         if not forward_batch.forward_mode.is_decode():
             self._plan = None
             return
@@ -126,10 +142,15 @@ class AsyncTLSBackendMixin:
                 q.reshape(t, layer.tp_q_head_num, layer.qk_head_dim),
                 k.reshape(t, layer.tp_k_head_num, -1)[..., : self.asynctls_index.head_dim],
                 lambda: pool.get_key_buffer(layer.layer_id))
-        return super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
+        out = super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
+        if self.asynctls_offload is not None and save_kv_cache and not layer.is_cross_attention:
+            self._offload_after_extend(q, layer, forward_batch)
+        return out
 
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
         plan = self._plan
+        if self.asynctls_offload is not None and plan is not None and not layer.is_cross_attention:
+            return self._offload_decode(q, k, v, layer, forward_batch, plan, save_kv_cache)
         if plan is None or plan.all_dense or layer.is_cross_attention:
             return super().forward_decode(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
         pool = self.token_to_kv_pool
@@ -212,6 +233,8 @@ class AsyncTLSBackendMixin:
             "index_requantisations": index.requantisations,
             "index_bytes": index.nbytes,
         })
+        if self.asynctls_offload is not None:
+            snap["offload"] = self.asynctls_offload.snapshot()
         return snap
 
 

@@ -33,6 +33,10 @@ class AsyncTLSPoolMixin:
             cfg, num_layers=self.layer_num, num_slots=self.size + self.page_size, kv_heads=kv_heads,
             head_dim=head_dim, is_mla=is_mla, dtype=self.dtype, device=device, ops=ops_for_device(device))
 
+    def asynctls_kv_lists(self) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Per-layer device K and V buffers [slots, Hk, D] (MLA: the latent buffers and None)."""
+        raise NotImplementedError
+
     def _layer_slot(self, layer_id: int) -> int:
         return layer_id - self.start_layer
 
@@ -47,6 +51,9 @@ class AsyncTLSMHAPool(AsyncTLSPoolMixin, MHATokenToKVPool):
         super().__init__(*args, **kwargs)
         self._init_asynctls(kv_heads=self.head_num, head_dim=self.head_dim, is_mla=False)
 
+    def asynctls_kv_lists(self):
+        return self.k_buffer, self.v_buffer
+
     def set_kv_buffer(self, layer, loc_info, cache_k, cache_v, k_scale=None, v_scale=None,
                       layer_id_override=None, dcp_kv_mask=None):
         super().set_kv_buffer(layer, loc_info, cache_k, cache_v, k_scale, v_scale,
@@ -60,6 +67,9 @@ class AsyncTLSMLAPool(AsyncTLSPoolMixin, MLATokenToKVPool):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._init_asynctls(kv_heads=1, head_dim=self.kv_lora_rank + self.qk_rope_head_dim, is_mla=True)
+
+    def asynctls_kv_lists(self):
+        return self.kv_buffer, None
 
     def set_kv_buffer(self, layer, loc_info, cache_k, cache_v, *args, **kwargs):
         super().set_kv_buffer(layer, loc_info, cache_k, cache_v, *args, **kwargs)

@@ -91,15 +91,16 @@ class ResidentBlockCache:
         return self._plans[key]
 
     def plan(self, layer: int, rows: torch.Tensor, need: torch.Tensor, pages: torch.Tensor,
-             host_blocks: torch.Tensor | None = None) -> TransferPlan:
+             host_blocks: torch.Tensor | None = None, counters: torch.Tensor | None = None) -> TransferPlan:
         """Update `layer`'s residency for one step and return the copies that make it true.
 
         rows [bs] int64 cache rows (distinct, except padding 0); need [bs, Hk, N] int64 request
         blocks, -1 unused, duplicates allowed (pinned blocks first, then the selection in rank
         order); pages [bs, >= max needed block + 1] host block of each request block;
         host_blocks [bs] (optional): blocks already written to the host; needed blocks at or past
-        it (the open tail) are ignored. The returned plan views preallocated buffers [P] (P =
-        bs*Hk*max_miss, front-packed). Tables are updated at once: the copies must land before
+        it (the open tail) are ignored; counters [layers, len(COUNTERS)] (optional): where to
+        count this plan instead of self.counters (e.g. seeds after a prefill). The returned plan
+        views preallocated buffers [P] (P = bs*Hk*max_miss, front-packed). Tables are updated at once: the copies must land before
         any read of the new slots (TransferEngine orders that).
         """
         bs, hk, n = need.shape
@@ -144,12 +145,12 @@ class ResidentBlockCache:
         self.blk2slot[layer, rows] = b2s
         self.slot2blk[layer, rows] = s2b
         self.last_used[layer, rows] = used
-        self._count(layer, valid, hit, miss, admit, evict)
+        self._count(self.counters if counters is None else counters, layer, valid, hit, miss, admit, evict)
         return self._pack(layer, rows, admit, blk, victim, pages)
 
-    def _count(self, layer: int, *masks: torch.Tensor) -> None:
+    def _count(self, counters: torch.Tensor, layer: int, *masks: torch.Tensor) -> None:
         sums = torch.stack([m.sum() for m in masks])  # needed, hits, misses, moved, evicted
-        row = self.counters[layer]
+        row = counters[layer]
         row[0] += 1
         row[1:5] += sums[:4]
         row[5] += sums[2] - sums[3]  # overflow = misses not admitted

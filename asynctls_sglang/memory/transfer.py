@@ -24,15 +24,18 @@ from asynctls_sglang.memory.streams import LayerEvents, SideStream
 
 class TransferEngine:
     def __init__(self, host: HostKVTier, cache: ResidentBlockCache, *, prefetch_depth: int = 1,
-                 timing: bool = False, timing_window: int = 4096) -> None:
+                 timing: bool = False, timing_window: int = 4096, extra_tokens: int = 0) -> None:
         """timing: record CUDA timing events around copies and waits (eager runs only: it creates
-        events per call; off under CUDA graphs)."""
+        events per call; off under CUDA graphs). extra_tokens: rows appended to each resident
+        buffer after the cache's rows * C * B (the SGLang adapter keeps each request's sink and
+        local-window blocks there, copied from the device pool; see memory.offload_runtime)."""
         if host.block_size != cache.block_size or host.num_layers != cache.num_layers \
                 or host.kv_heads != cache.kv_heads:
             raise ValueError("TransferEngine: host tier and resident cache disagree on block size, layers or heads")
         self.host, self.cache, self.prefetch_depth = host, cache, prefetch_depth
         dev = cache.device
-        slots = cache.num_rows * cache.capacity * cache.block_size
+        self.cache_tokens = cache.num_rows * cache.capacity * cache.block_size
+        slots = self.cache_tokens + extra_tokens
         self.k = [torch.zeros(slots, host.kv_heads, host.head_dim, dtype=host.dtype, device=dev)
                   for _ in range(host.num_layers)]
         self.v = None if host.v is None else [

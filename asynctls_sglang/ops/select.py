@@ -31,14 +31,30 @@ def select_positions(q: torch.Tensor, index: LayerIndex, req_to_token: torch.Ten
     ``forced`` (sink + local positions) are the same for every layer of a step: a caller may
     compute them once (ops.block_table / ops.forced_positions) and pass them in.
     """
+    if pages is None:
+        pages = ops.block_table(req_to_token, req_pool_indices, max_blocks, cfg.block_size)
+    scores = block_scores(q, index, seq_lens, cfg, ops, pages)
+    blocks = ops.select_blocks(scores, cfg.selected_blocks)
+    return positions_in_blocks(q, index, req_to_token, req_pool_indices, seq_lens, blocks, cfg, ops,
+                               forced=forced)
+
+
+def block_scores(q: torch.Tensor, index: LayerIndex, seq_lens: torch.Tensor, cfg: AsyncTLSConfig,
+                 ops, pages: torch.Tensor) -> torch.Tensor:
+    """Level 1 scores [bs, Hk, MB] (-inf past the length and inside the sink/local ranges)."""
+    return ops.score_blocks(q, index.kmin, index.kmax, pages, seq_lens, cfg.block_size, cfg.sink_tokens,
+                            cfg.local_window)
+
+
+def positions_in_blocks(q: torch.Tensor, index: LayerIndex, req_to_token: torch.Tensor,
+                        req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, blocks: torch.Tensor,
+                        cfg: AsyncTLSConfig, ops=torch_ops, *,
+                        forced: torch.Tensor | None = None) -> torch.Tensor:
+    """Level 2 inside the chosen blocks [bs, Hk, k_b] (-1 unused) -> positions [bs, Hk, token_budget]
+    (sink, local, then chosen; -1 unused). Split from select_positions so that the offloading
+    engine can choose the blocks among the resident ones (see memory.offload_runtime)."""
     b = cfg.block_size
     hk = index.kmin.shape[1]
-    if pages is None:
-        pages = ops.block_table(req_to_token, req_pool_indices, max_blocks, b)
-    scores = ops.score_blocks(q, index.kmin, index.kmax, pages, seq_lens, b, cfg.sink_tokens,
-                              cfg.local_window)
-    n_blocks = cfg.quest_blocks if cfg.selection == "quest" else cfg.block_budget
-    blocks = ops.select_blocks(scores, n_blocks)
     pos, ok = ops.candidate_positions(blocks, seq_lens, b, cfg.sink_tokens, cfg.local_window)
     if cfg.selection == "quest":
         chosen = ops.truncate_candidates(pos, ok, cfg.selected_tokens)

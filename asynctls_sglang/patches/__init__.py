@@ -8,6 +8,7 @@ from asynctls_sglang.patches import (
     cpu_engine,
     kv_pool,
     mla_dispatch,
+    offload,
     page_size,
     server_info,
     validate_config,
@@ -20,6 +21,7 @@ def apply_all() -> None:
     backend_registry.apply()
     mla_dispatch.apply()
     kv_pool.apply()
+    offload.apply()
     page_size.apply()
     server_info.apply()
     cpu_engine.apply()

@@ -22,6 +22,9 @@ def _post_init(original, self, *args, **kwargs):
                               f"({self.page_size} != {cfg.block_size})")
         if getattr(self, "speculative_algorithm", None):
             raise ConfigError("asynctls does not support speculative decoding")
+        if cfg.offload and getattr(self, "enable_mixed_chunk", False):
+            raise ConfigError(f"{flag_name('offload')} does not support --enable-mixed-chunk (decode rows "
+                              "in a prefill batch would read KV that lives on the host)")
     return result
 
 

@@ -1,0 +1,122 @@
+"""The backend's offload half: prefill seeds and write-through, decode from the resident cache.
+
+Mixed into the asynctls backend (AsyncTLSBackendMixin) when ``offload`` is on; the engine itself
+(host tier, resident block cache, transfers, the window of each request) is
+memory.offload_runtime.OffloadRuntime, which imports nothing from SGLang.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from asynctls_sglang.config import AsyncTLSConfig
+from asynctls_sglang.ops.select import block_scores, positions_in_blocks
+
+
+def build_offload_runtime(model_runner, cfg: AsyncTLSConfig, pool):
+    """The offloading engine for this pool (start-up errors: HostMemoryError, ConfigError)."""
+    from asynctls_sglang.memory.offload_runtime import OffloadRuntime
+
+    req_to_token = model_runner.req_to_token_pool.req_to_token
+    b = cfg.block_size
+    if pool.asynctls_kv_lists()[1] is None:  # MLA: one latent "head"; V is its first channels
+        heads, dim, v_dim = 1, pool.kv_lora_rank + pool.qk_rope_head_dim, None
+    else:
+        heads, dim, v_dim = pool.head_num, pool.head_dim, pool.v_head_dim
+    rt = OffloadRuntime(cfg, num_layers=pool.layer_num, kv_heads=heads, head_dim=dim, v_head_dim=v_dim,
+                        dtype=pool.dtype, device=torch.device(model_runner.device),
+                        num_rows=req_to_token.shape[0], max_blocks=math.ceil(req_to_token.shape[1] / b),
+                        host_blocks=(pool.size + pool.page_size) // b + 1)
+    model_runner.req_to_token_pool.asynctls_offload = rt  # request end/abort -> rt (patches.offload)
+    return rt
+
+
+class OffloadDecodeMixin:
+    """Methods of the asynctls backend used when ``asynctls_offload`` is set."""
+
+    def _begin_offload(self, fb, in_capture: bool = False) -> None:
+        rt = self.asynctls_offload
+        if rt is None:
+            return
+        if in_capture:  # NOTE: host state only; the capture that follows starts a fresh step
+            rt.engine.begin_step()
+            return
+        if fb.forward_mode.is_decode():
+            rt.decode_steps += 1
+        rt.begin_forward(fb.req_pool_indices if fb.forward_mode.is_extend() else None)
+
+    def _offload_after_extend(self, q, layer, fb) -> None:
+        """Per layer of a prefill: seed the resident cache for the first decode step; after the
+        last layer, write the completed blocks through to the host tier. Eager (prefill)."""
+        rt, pool, cfg = self.asynctls_offload, self.token_to_kv_pool, self.asynctls_cfg
+        l = layer.layer_id - pool.start_layer
+        req_to_token = self.req_to_token_pool.req_to_token
+        k_list, v_list = pool.asynctls_kv_lists()
+        q3 = q.reshape(q.shape[0], layer.tp_q_head_num, layer.qk_head_dim)
+        last = (fb.extend_start_loc + fb.extend_seq_lens - 1).long()
+        longest = max(fb.seq_lens_cpu.tolist())
+        rt.seed(l, q3.index_select(0, last), self.asynctls_index.layer_index(l), req_to_token,
+                fb.req_pool_indices, fb.seq_lens, math.ceil(longest / cfg.block_size), k_list, v_list,
+                self.asynctls_ops)
+        if l == pool.layer_num - 1:
+            rt.write_through_extend(req_to_token, fb.req_pool_indices, fb.extend_prefix_lens_cpu,
+                                    fb.seq_lens_cpu.tolist(), k_list, v_list)
+
+    def _offload_decode(self, q, k, v, layer, fb, plan, save_kv_cache: bool):
+        """One layer of a decode step served from the resident block cache. Every row takes this
+        path (dense rows attend all their positions); fixed shapes when plan.graph, and no host
+        sync either way."""
+        from asynctls_sglang.memory.streams import capturing
+
+        rt, pool, cfg, ops = self.asynctls_offload, self.token_to_kv_pool, self.asynctls_cfg, self.asynctls_ops
+        l = layer.layer_id - pool.start_layer
+        hq, hk = layer.tp_q_head_num, layer.tp_k_head_num
+        bs = fb.batch_size
+        req_to_token = self.req_to_token_pool.req_to_token
+        if l == 0:
+            # NOTE: layers run in order; layer 0 builds the step's tensors for all of them.
+            dense_len = cfg.dense_len if plan.graph else plan.max_dense_len
+            step = rt.decode_step(req_to_token, fb.req_pool_indices, fb.seq_lens, plan.max_blocks,
+                                  math.ceil(dense_len / cfg.block_size), ops)
+            width = max(cfg.token_budget, dense_len)
+            self._step = (step, ops.forced_positions(fb.seq_lens, hk, cfg.sink_tokens, cfg.local_window),
+                          ops.dense_positions(fb.seq_lens, hk, width), width)
+        step, forced, dense, width = self._step
+        # NOTE: the copies planned for this layer at the previous step land before anything below
+        # reads the resident buffers or rewrites this layer's plan buffers.
+        rt.engine.wait(l)
+        if save_kv_cache and k is not None:
+            pool.set_kv_buffer(layer, fb.out_cache_loc, k, v)
+        k_pool = pool.get_key_buffer(layer.layer_id)
+        v_pool = None if rt.engine.v is None else pool.get_value_buffer(layer.layer_id)
+        rt.copy_window(l, step, k_pool, v_pool)
+        q3 = q.reshape(bs, hq, layer.qk_head_dim)
+        index = self.asynctls_index.layer_index(l)
+        scores = block_scores(q3, index, fb.seq_lens, cfg, ops, step.pages)
+        wanted = ops.select_blocks(scores, cfg.selected_blocks)  # the prediction for the next step
+        if cfg.prefetch_depth == 0:
+            rt.prefetch(l, step, wanted)
+        readable = rt.readable(l, step, scores.shape[2])
+        rt.count_late(step, wanted, readable)
+        blocks = ops.select_blocks(scores.masked_fill(~readable, float("-inf")), cfg.selected_blocks)
+        sparse = positions_in_blocks(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens, blocks, cfg,
+                                     ops, forced=forced)
+        if width > sparse.shape[2]:
+            sparse = torch.nn.functional.pad(sparse, (0, width - sparse.shape[2]), value=-1)
+        positions = torch.where(step.dense.view(-1, 1, 1), dense, sparse)
+        table, req, columns = rt.buffer_table(l, step, positions)
+        if l == 0:
+            self.asynctls_stats.record(columns, rows=~step.dense)
+        cap = float(getattr(layer, "logit_cap", 0.0) or 0.0)
+        o = ops.sparse_decode_attention(q3, rt.engine.k[l], rt.value_buffer(l, layer.v_head_dim), table, req,
+                                        columns, layer.scaling, cap)
+        if cfg.prefetch_depth == 1:
+            # NOTE: after the attention that read the victims' old contents (the copy stream forks here)
+            rt.prefetch(l, step, wanted)
+        if l == pool.layer_num - 1:
+            k_list, v_list = pool.asynctls_kv_lists()
+            rt.write_through_decode(step, req_to_token, k_list, v_list)
+            if capturing():  # NOTE: every forked side stream joins the capture stream before it ends
+                rt.engine.end_capture()
+        return o.to(q.dtype).reshape(bs, hq * layer.v_head_dim)

@@ -1,0 +1,262 @@
+"""OffloadRuntime: the offloading engine as the attention backend drives it, one forward at a time.
+
+Three places hold a request's K/V during decode (all indexed like SGLang's pools, [tokens, Hk, D]):
+- the host tier: every complete block, written through after the forward that completed it;
+- the device pool (SGLang's): the blocks being written, of which decode reads only the
+  request's *window*: its sink blocks and the blocks of its local window (the open tail included),
+  copied each layer into the window region of the resident buffers (copy_window);
+- the resident block cache: C slots per (request, layer, KV head), filled from the host tier by the
+  TransferEngine with the blocks the selection wants.
+Attention reads one buffer (the TransferEngine's, cache region + window region) through a slot
+table built from the positions (buffer_table): window blocks from the window region, other blocks
+from their resident slot, anything else is left out (counted as dropped, never read as garbage).
+
+One decode step, layer l (prefetch_depth 1):
+  wait(l) -> write K/V -> copy_window -> scores -> wanted W = top-k_b (unmasked)
+  -> attended blocks = top-k_b over blocks readable now (window or resident) -> tokens -> attention
+  -> plan(need = local blocks, then W; dense rows: all their blocks) -> issue(l) on the copy stream.
+The blocks wanted at step t are thus resident at step t+1 (temporal locality); a wanted block that
+is not resident is replaced by the next-best readable one and counted late (the plan's misses).
+prefetch_depth 0 plans and fetches before the masked top-k instead (never late, not hidden).
+A prefill seeds the cache (seed): the last prompt token's selection, copied from the device pool.
+Cache rows are SGLang's req_pool_indices (row 0 is SGLang's padding row too).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+
+from asynctls_sglang.config import AsyncTLSConfig
+from asynctls_sglang.memory.host_tier import HostKVTier
+from asynctls_sglang.memory.residency import COUNTERS, ResidentBlockCache, forced_blocks
+from asynctls_sglang.memory.transfer import TransferEngine
+
+
+class DecodeStep(NamedTuple):
+    """Per-forward tensors shared by every layer (built once, at the first layer)."""
+
+    rows: torch.Tensor  # [bs] int64 cache rows (req_pool_indices)
+    lens: torch.Tensor  # [bs] int64, the new token included
+    pages: torch.Tensor  # [bs, MB] int64 host block of each request block
+    host_done: torch.Tensor  # [bs] blocks already on the host: (lens - 1) // B
+    window: torch.Tensor  # [bs, Wn] request blocks read from the device pool, -1 absent
+    win_src: torch.Tensor  # [bs * Wn * B] device pool slots of the window
+    win_dst: torch.Tensor  # [bs * Wn * B] rows of the window region
+    need_fixed: torch.Tensor  # [bs, Hk, F] local blocks, then every block of a dense row
+    dense: torch.Tensor  # [bs] bool: decodes over all its positions
+
+
+class OffloadRuntime:
+    def __init__(self, cfg: AsyncTLSConfig, *, num_layers: int, kv_heads: int, head_dim: int,
+                 v_head_dim: int | None, dtype: torch.dtype, device: torch.device | str, num_rows: int,
+                 max_blocks: int, host_blocks: int, timing: bool = False) -> None:
+        """v_head_dim None: MLA (one latent buffer; V is its first channels). num_rows: SGLang's
+        request rows + 1 (padding row 0); max_blocks: the context length in blocks; host_blocks:
+        blocks of the host tier (raises HostMemoryError when they do not fit in host memory)."""
+        self.cfg = cfg
+        b = cfg.block_size
+        self.block_size = b
+        self.kv_heads = kv_heads
+        self.n_sink = -(-cfg.sink_tokens // b)
+        self.n_window = cfg.pinned_blocks
+        self.host = HostKVTier(num_layers=num_layers, num_blocks=host_blocks, block_size=b, kv_heads=kv_heads,
+                               head_dim=head_dim, v_head_dim=v_head_dim, dtype=dtype, device=device)
+        self.cache = ResidentBlockCache(num_layers=num_layers, num_rows=num_rows, kv_heads=kv_heads,
+                                        capacity=cfg.resident_capacity, max_blocks=max_blocks,
+                                        max_miss=cfg.max_miss_blocks_per_step, block_size=b, device=device)
+        self.engine = TransferEngine(self.host, self.cache, prefetch_depth=cfg.prefetch_depth, timing=timing,
+                                     extra_tokens=num_rows * self.n_window * b)
+        dev = self.cache.device
+        self.window_base = self.engine.cache_tokens
+        self.seed_counters = torch.zeros_like(self.cache.counters)
+        self.dropped = torch.zeros((), dtype=torch.int64, device=dev)  # attended positions not readable
+        self.late = torch.zeros((), dtype=torch.int64, device=dev)  # wanted blocks not readable in time
+        self.decode_steps = 0
+        self.written_blocks = torch.zeros((), dtype=torch.int64, device=dev)
+        self._pending_release: list[int] = []
+        #: logical page -> device page (None: SGLang's page ids are device pages, host blocks alike)
+        self.device_page: torch.Tensor | None = None
+
+    @property
+    def device_nbytes(self) -> int:
+        """Device bytes of the resident buffers and tables (charged against the KV budget)."""
+        c = self.cache
+        tables = sum(t.numel() * t.element_size() for t in (c.blk2slot, c.slot2blk, c.last_used))
+        return self.engine.nbytes + tables
+
+    # rows ------------------------------------------------------------------------------------------
+    def release_later(self, row: int) -> None:
+        """A request gave its row back (finish, abort, retraction): clear it at the next forward.
+        NOTE: deferred so that the clearing runs on the forward stream, after any forward that
+        may still use the row (SGLang's overlap scheduler frees rows while a forward runs)."""
+        if row > 0:
+            self._pending_release.append(row)
+
+    def begin_forward(self, fresh_rows: torch.Tensor | None = None) -> None:
+        """First thing in every forward (eager, before the layers). fresh_rows: rows starting a
+        prefill, which must not inherit anything."""
+        self.engine.begin_step()
+        if self._pending_release:
+            self.cache.reset(torch.tensor(self._pending_release, dtype=torch.int64, device=self.cache.device))
+            self._pending_release.clear()
+        if fresh_rows is not None and fresh_rows.numel():
+            self.cache.reset(fresh_rows.long())
+
+    # decode ----------------------------------------------------------------------------------------
+    def decode_step(self, req_to_token: torch.Tensor, rows: torch.Tensor, lens: torch.Tensor,
+                    max_blocks: int, dense_blocks: int, ops) -> DecodeStep:
+        """The per-forward tensors (fixed shapes for fixed max_blocks, dense_blocks; no host sync)."""
+        cfg, b, hk = self.cfg, self.block_size, self.kv_heads
+        rows, lens = rows.long(), lens.long()
+        bs = rows.shape[0]
+        pages = ops.block_table(req_to_token, rows, max_blocks, b)
+        fixed = forced_blocks(lens, 1, b, cfg.sink_tokens, cfg.local_window)[:, 0]  # [bs, Wn]
+        window = fixed
+        offs = torch.arange(b, device=lens.device)
+        cols = (window.clamp(min=0).unsqueeze(-1) * b + offs).clamp(max=req_to_token.shape[1] - 1)
+        win_src = self.device_slots(req_to_token[rows.view(bs, 1, 1), cols]).reshape(-1)
+        wn = window.shape[1]
+        win_dst = (self.window_base + ((rows.view(bs, 1, 1) * wn + torch.arange(wn, device=lens.device).view(1, wn, 1))
+                                       * b + offs)).reshape(-1)
+        dense = lens <= cfg.dense_len
+        all_blocks = torch.arange(dense_blocks, device=lens.device).view(1, -1).expand(bs, -1)
+        dense_need = torch.where(dense.view(bs, 1), all_blocks, -1)
+        need_fixed = torch.cat([fixed[:, self.n_sink:], dense_need], 1).unsqueeze(1).expand(-1, hk, -1)
+        return DecodeStep(rows, lens, pages, (lens - 1) // b, window, win_src, win_dst, need_fixed, dense)
+
+    def device_slots(self, slots: torch.Tensor) -> torch.Tensor:
+        """SGLang slot ids -> device pool slots (identity unless logical ids are in use; a slot
+        with no device page maps to 0, a slot never read)."""
+        slots = slots.long()
+        if self.device_page is None:
+            return slots
+        b = self.block_size
+        page = self.device_page[slots // b]
+        return torch.where(page >= 0, page * b + slots % b, 0)
+
+    def copy_window(self, layer: int, step: DecodeStep, k_pool: torch.Tensor, v_pool: torch.Tensor | None) -> None:
+        """Window blocks (sink, local, the open tail with the new token) -> the window region."""
+        self.engine.k[layer].index_copy_(0, step.win_dst, k_pool.index_select(0, step.win_src))
+        if self.engine.v is not None and v_pool is not None:
+            self.engine.v[layer].index_copy_(0, step.win_dst, v_pool.index_select(0, step.win_src))
+
+    def readable(self, layer: int, step: DecodeStep, num_blocks: int) -> torch.Tensor:
+        """[bs, Hk, num_blocks] bool: blocks attention can read now (resident or in the window)."""
+        ids = torch.arange(num_blocks, device=step.lens.device).view(1, -1, 1)
+        in_window = ((ids == step.window.unsqueeze(1)) & (step.window.unsqueeze(1) >= 0)).any(-1)  # [bs, MB]
+        return self.cache.resident_mask(layer, step.rows, num_blocks) | in_window.unsqueeze(1)
+
+    def count_late(self, step: DecodeStep, wanted: torch.Tensor, readable: torch.Tensor) -> None:
+        """Wanted blocks [bs, Hk, k_b] of sparse rows that attention cannot read at this step."""
+        ok = torch.gather(readable, 2, wanted.clamp(min=0))
+        self.late += ((wanted >= 0) & ~ok & ~step.dense.view(-1, 1, 1)).sum()
+
+    def prefetch(self, layer: int, step: DecodeStep, wanted: torch.Tensor) -> None:
+        """Plan `need` (local blocks, the dense rows' blocks, then the wanted blocks in rank order)
+        and start the copies (depth 1) or copy and wait (depth 0)."""
+        need = torch.cat([step.need_fixed, torch.where(step.dense.view(-1, 1, 1), -1, wanted)], 2)
+        plan = self.cache.plan(layer, step.rows, need, step.pages, host_blocks=step.host_done)
+        if self.cfg.prefetch_depth == 0:
+            self.engine.fetch_now(layer, plan)
+        else:
+            self.engine.issue(layer, plan)
+
+    def buffer_table(self, layer: int, step: DecodeStep,
+                     positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """positions [bs, Hk, K] (-1 unused) -> (table [bs, Hk*K] int32, req rows [bs], positions
+        [bs, Hk, K]) in the contract of sparse_decode_attention over the resident buffers: head h's
+        k-th position becomes column h*K + k of row i, whose entry is its buffer row. Positions
+        that are neither in the window nor resident become -1 (left out) and are counted."""
+        bs, hk, k = positions.shape
+        b, wn = self.block_size, step.window.shape[1]
+        win = step.window.view(bs, 1, 1, wn)
+        match = (positions.div(b, rounding_mode="floor").unsqueeze(-1) == win) & (win >= 0)
+        in_window = match.any(-1) & (positions >= 0)
+        w = match.to(torch.int32).argmax(-1)
+        win_rows = self.window_base + (step.rows.view(bs, 1, 1) * wn + w) * b + positions.remainder(b)
+        rows = torch.where(in_window, win_rows, self.cache.token_rows(layer, step.rows, positions))
+        rows = torch.where(positions >= 0, rows, -1)
+        self.dropped += ((positions >= 0) & (rows < 0)).sum()
+        column = torch.arange(hk * k, device=positions.device).view(1, hk, k)
+        table = rows.clamp(min=0).reshape(bs, hk * k).to(torch.int32)
+        req = torch.arange(bs, device=positions.device)
+        return table, req, torch.where(rows >= 0, column, -1)
+
+    def value_buffer(self, layer: int, v_head_dim: int) -> torch.Tensor:
+        return self.engine.k[layer][..., :v_head_dim] if self.engine.v is None else self.engine.v[layer]
+
+    def write_through_decode(self, step: DecodeStep, req_to_token: torch.Tensor,
+                             k_pool: Sequence[torch.Tensor], v_pool: Sequence[torch.Tensor] | None) -> None:
+        """After the last layer: the block each row completed in this step (lens % B == 0) goes to
+        the host, every layer. Fixed bs entries, -1 for rows that completed nothing."""
+        b = self.block_size
+        done = (step.lens % b == 0) & (step.rows != 0)
+        slot = req_to_token[step.rows, ((step.lens // b - 1).clamp(min=0) * b)].long()
+        src = torch.where(done, self.device_slots(slot) // b, -1)
+        dst = torch.where(done, slot // b, -1)
+        self._write(k_pool, v_pool, src, dst, torch.full((1,), src.shape[0], dtype=torch.int64, device=src.device))
+        self.written_blocks += done.sum()
+
+    # prefill ---------------------------------------------------------------------------------------
+    def write_through_extend(self, req_to_token: torch.Tensor, rows: torch.Tensor, prefix_lens: Sequence[int],
+                             seq_lens: Sequence[int], k_pool: Sequence[torch.Tensor],
+                             v_pool: Sequence[torch.Tensor] | None) -> None:
+        """After the last layer of a prefill: blocks [prefix // B, seq // B) of each request (the
+        ones this forward completed) go to the host. Eager (host lengths)."""
+        b = self.block_size
+        which, blocks = [], []
+        for i, (p, s) in enumerate(zip(prefix_lens, seq_lens)):
+            n = s // b - p // b
+            which += [i] * n
+            blocks += range(p // b, s // b)
+        if not blocks:
+            return
+        dev = req_to_token.device
+        which_t = torch.tensor(which, dtype=torch.int64, device=dev)
+        blk = torch.tensor(blocks, dtype=torch.int64, device=dev)
+        slot = req_to_token[rows.long()[which_t], blk * b].long()
+        count = torch.full((1,), len(blocks), dtype=torch.int64, device=dev)
+        self._write(k_pool, v_pool, self.device_slots(slot) // b, slot // b, count)
+        self.written_blocks += len(blocks)
+
+    def _write(self, k_pool, v_pool, src, dst, count) -> None:
+        self.host.write_through(k_pool, v_pool if self.host.v is not None else None, src, dst, count)
+
+    def seed(self, layer: int, q_last: torch.Tensor, index, req_to_token: torch.Tensor, rows: torch.Tensor,
+             lens: torch.Tensor, max_blocks: int, k_pool: Sequence[torch.Tensor],
+             v_pool: Sequence[torch.Tensor] | None, ops) -> None:
+        """After a prefill wrote layer `layer`: make resident, from the device pool, the blocks the
+        first decode step will want (the selection of the last prompt token; dense rows: all)."""
+        from asynctls_sglang.ops.select import block_scores
+
+        cfg, b = self.cfg, self.block_size
+        rows, lens = rows.long(), lens.long()
+        step = self.decode_step(req_to_token, rows, lens + 1, max_blocks, -(-cfg.dense_len // b), ops)
+        wanted = ops.select_blocks(block_scores(q_last, index, lens, cfg, ops, step.pages), cfg.selected_blocks)
+        need = torch.cat([step.need_fixed, torch.where(step.dense.view(-1, 1, 1), -1, wanted)], 2)
+        dev_pages = self.device_slots(step.pages * b) // b
+        plan = self.cache.plan(layer, rows, need, dev_pages, host_blocks=lens // b, counters=self.seed_counters)
+        self.engine.issue(layer, plan, source=(k_pool, v_pool if self.host.v is not None else None))
+
+    # metrics ---------------------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """Offload metrics (host sync: call off the decode path)."""
+        snap = self.engine.snapshot()
+        seeds = dict(zip(COUNTERS, self.seed_counters.sum(0).tolist()))
+        in_use = (self.cache.slot2blk[..., :-1] >= 0).any(-1).any(-1).any(0)  # [rows]
+        for row in self._pending_release:
+            in_use[row] = False
+        snap.update({
+            "blocks_late": int(self.late),
+            "decode_steps": self.decode_steps,
+            "seed_blocks_moved": seeds["moved"],
+            "seed_bytes_moved": seeds["moved"] * self.engine.entry_bytes,
+            "tokens_dropped": int(self.dropped),
+            "blocks_written_through": int(self.written_blocks),
+            "rows_in_use": int(in_use.sum()),
+            "host_pool_bytes": self.host.nbytes,
+            "resident_bytes": self.engine.nbytes,
+            "resident_capacity_blocks": self.cache.capacity,
+        })
+        return snap

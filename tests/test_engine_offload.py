@@ -1,0 +1,127 @@
+"""The offloading engine (offload=True) inside SGLang's real engine on the CPU: decode reads the
+resident block cache fed from the host tier, and gives the same tokens as offload off when the
+cache is large enough; stays well-formed and counts late blocks when it is small; radix-cache
+prefixes, finished and aborted requests keep every request's KV its own."""
+from __future__ import annotations
+
+import pytest
+
+from engine_helpers import asynctls_stats, engine, flush_cache, greedy, random_prompts
+
+pytestmark = pytest.mark.engine
+
+# Budgets cover the short prompts (every block is selected at every step) and are sparse for LONG.
+CFG = dict(block_size=16, block_budget=16, token_budget=256, sink_tokens=4, local_window=16,
+           dense_threshold=0, calibration_tokens=64)
+# Large cache, misses fetched before the attention: the selection is the one of offload off.
+EXACT = dict(CFG, offload=True, prefetch_depth=0, resident_blocks=64, max_miss_blocks_per_step=64)
+# The paper's pipeline (one step ahead) with the smallest cache the budgets allow (16 + 3 blocks).
+SMALL = dict(CFG, offload=True, prefetch_depth=1, resident_blocks=19)
+SHORT = random_prompts([37, 120, 230], seed=1)
+LONG = random_prompts([700], seed=2)
+TURN1 = random_prompts([520], seed=5)[0]
+QUESTION = [17, 23, 29, 31]
+PARAMS = {"temperature": 0, "max_new_tokens": 12, "ignore_eos": True}
+
+
+def two_turns(eng) -> tuple[list[int], list[int], int]:
+    """Turn 1, then turn 2 = turn 1 + its answer + a question; (answer 1, answer 2, cached tokens)."""
+    flush_cache(eng)
+    first = eng.generate(input_ids=TURN1, sampling_params=PARAMS)
+    second = eng.generate(input_ids=TURN1 + first["output_ids"] + QUESTION, sampling_params=PARAMS)
+    return first["output_ids"], second["output_ids"], second["meta_info"]["cached_tokens"]
+
+
+def offload_stats(eng) -> dict:
+    return asynctls_stats(eng)["offload"]
+
+
+# --- GQA (tiny Qwen3: 8 query / 2 KV heads, head dim 64) ------------------------------------------
+@pytest.fixture(scope="module")
+def qwen3(tiny_model_dir):
+    return tiny_model_dir("qwen3")
+
+
+@pytest.fixture(scope="module")
+def reference(qwen3):
+    """Offload off: the tokens every offload run is compared with."""
+    with engine(qwen3, "asynctls", CFG) as eng:
+        return {"short": greedy(eng, SHORT), "long": greedy(eng, LONG), "turns": two_turns(eng)[:2]}
+
+
+@pytest.fixture(scope="module")
+def exact_engine(qwen3, reference):
+    with engine(qwen3, "asynctls", EXACT) as eng:
+        yield eng
+
+
+def test_gqa_large_cache_is_token_identical(exact_engine, reference):
+    eng = exact_engine
+    assert greedy(eng, SHORT) == reference["short"]
+    assert greedy(eng, LONG) == reference["long"]
+    stats = offload_stats(eng)
+    assert stats["tokens_dropped"] == 0 and stats["blocks_late"] == 0 and stats["blocks_overflow"] == 0
+    assert stats["blocks_written_through"] >= sum(len(p) // 16 for p in SHORT + LONG)
+    assert stats["bytes_moved"] > 0 and stats["bytes_per_step"] > 0 and 0 < stats["hit_rate"] <= 1
+    assert stats["seed_blocks_moved"] > 0  # prefills seeded the cache for their first decode step
+    assert asynctls_stats(eng)["attended_tokens_last"] == CFG["token_budget"]
+
+
+def test_gqa_multi_turn_reuses_the_offloaded_prefix(exact_engine, reference):
+    first, second, cached = two_turns(exact_engine)
+    assert cached >= 512  # turn 2 prefilled only its new tokens
+    assert (first, second) == reference["turns"]
+
+
+def test_gqa_finish_and_abort_free_the_rows(exact_engine, reference):
+    """A request aborted mid-decode and finished requests leave no resident blocks behind, and
+    the requests that take their rows next see only their own KV."""
+    eng = exact_engine
+    stream = eng.generate(input_ids=LONG[0], sampling_params={**PARAMS, "max_new_tokens": 400},
+                          rid="to-abort", stream=True)
+    for _, _ in zip(range(3), stream):
+        pass
+    eng.tokenizer_manager.abort_request(rid="to-abort")
+    for _ in stream:
+        pass
+    assert greedy(eng, SHORT[::-1]) == reference["short"][::-1]
+    assert offload_stats(eng)["rows_in_use"] == 0
+
+
+@pytest.fixture(scope="module")
+def small_engine(qwen3, reference):
+    with engine(qwen3, "asynctls", SMALL) as eng:
+        yield eng
+
+
+def test_gqa_small_cache_pipeline(small_engine, reference):
+    eng = small_engine
+    assert greedy(eng, SHORT) == reference["short"]  # covering budgets: every wanted block was in time
+    before = offload_stats(eng)
+    out = greedy(eng, LONG)[0]
+    stats = offload_stats(eng)
+    assert len(out) == 12 and all(0 <= t < 512 for t in out)
+    assert stats["blocks_late"] > before["blocks_late"]  # the selection drifted: late blocks replaced
+    assert stats["blocks_evicted"] > 0 and stats["tokens_dropped"] == 0
+    assert asynctls_stats(eng)["attended_tokens_last"] == CFG["token_budget"]
+
+
+def test_resident_cache_too_small_refuses_to_start(qwen3):
+    from asynctls_sglang.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--asynctls-resident-blocks"):
+        with engine(qwen3, "asynctls", dict(CFG, offload=True, resident_blocks=8)):
+            pass
+
+
+# --- MLA (tiny DeepSeek-V2: latent 512 + rope 64) -------------------------------------------------
+def test_mla_large_cache_is_token_identical(tiny_model_dir):
+    path = tiny_model_dir("deepseek_v2")
+    prompts = random_prompts([41, 150, 221, 600], seed=3)
+    with engine(path, "asynctls", CFG) as eng:
+        off = greedy(eng, prompts), two_turns(eng)[:2]
+    with engine(path, "asynctls", EXACT) as eng:
+        on = greedy(eng, prompts), two_turns(eng)[:2]
+        stats = offload_stats(eng)
+    assert on == off
+    assert stats["tokens_dropped"] == 0 and stats["blocks_late"] == 0 and stats["bytes_moved"] > 0
