@@ -227,3 +227,28 @@ def test_resume_keeps_complete_runs_only(tmp_path: str) -> None:
     assert len(kept) == 8 and all(r.budget != 512 for r in kept)
     assert timings == {"full.eval_s": 1.0}
     assert ruler._resume(str(tmp_path / "none"), runs, ["a", "b"], 2) == ([], {}, set())
+
+
+def test_merge_combines_sweeps_into_one_table(tmp_path: str) -> None:
+    from asynctls_sglang.eval import ruler
+
+    def sweep(name: str, pairs: list[tuple[str, int | None]], value: float) -> str:
+        folder = os.path.join(tmp_path, name)
+        rows = [report.SampleResult(t, m, b, i, "p", ["r"], value, 0.1, 100)
+                for m, b in pairs for t in ("a", "b") for i in range(2)]
+        table = report.build_table(report.task_scores(rows), ["a", "b"],
+                                   list(dict.fromkeys(m for m, _ in pairs)), [256])
+        report.write_json(os.path.join(folder, "ruler.json"), {"context": 8192, "model": "m"},
+                          table, rows, {"full.eval_s": 1.0})
+        return folder
+
+    first = sweep("gpu0", [("full", None), ("asynctls", 256)], 1.0)
+    second = sweep("gpu1", [("quest", 256), ("full", None)], 0.0)  # its `full` is a duplicate
+    out = os.path.join(tmp_path, "merged")
+    assert ruler.main(["--merge", f"{first},{second}", "--out", out, "--tasks", "a,b"]) == 0
+    stored = json.load(open(os.path.join(out, "ruler.json")))
+    assert len(stored["samples"]) == 12  # the second `full` is dropped, not averaged in
+    scores = {(s["method"], s["budget"]) for s in stored["samples"]}
+    assert scores == {("full", None), ("asynctls", 256), ("quest", 256)}
+    assert all(s["score"] == 1.0 for s in stored["samples"] if s["method"] == "full")
+    assert os.path.isfile(os.path.join(out, "ruler.png"))

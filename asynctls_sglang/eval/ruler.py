@@ -18,6 +18,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
@@ -70,6 +71,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true",
                    help="keep the runs that <out>/ruler.json already holds complete and run the rest "
                         "(a sweep cut short by a time limit continues where it stopped)")
+    p.add_argument("--merge", default=None, metavar="DIR,DIR,...",
+                   help="write one table (in --out) from the ruler.json of several finished "
+                        "sweeps, e.g. ones run in parallel on different GPUs; runs nothing")
     p.add_argument("--prepare-only", action="store_true",
                    help="generate (or check) the data in --data-cache and exit: carry that folder "
                         "to a machine without RULER's generator")
@@ -80,14 +84,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     out = args.out or os.path.join("results", time.strftime("ruler_%Y%m%d_%H%M%S"))
-    model = args.model or _default_model()
     task_names = _split(args.tasks)
+    if args.merge:
+        return _merge(_split(args.merge), out, task_names)
+    model = args.model or _default_model()
     wrapper = chat_wrapper(model) if args.prompt_format == "chat" else None
     # The chat wrapping adds tokens RULER's generator does not see: generate shorter prompts.
     gen_length = args.context - (wrapper.overhead_tokens if wrapper else 0)
     data_cache = args.data_cache or os.path.join(env.cache_dir(), "ruler")
     if args.prepare_only:
-        _load_data(task_names, model, gen_length, args.samples, data_cache)
+        _load_data(task_names, model, gen_length, args.samples, data_cache, args.context,
+                   args.prompt_format, wrapper)
         log(f"[ruler] data ready in {data_cache}")
         return 0
 
@@ -127,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"[{run.label}] starting server: {' '.join(server.command)}")
         try:
             if not data:  # generated while the first server boots
-                data = _load_data(task_names, model, gen_length, args.samples, data_cache)
+                data = _load_data(task_names, model, gen_length, args.samples, data_cache,
+                                  args.context, args.prompt_format, wrapper)
             url = args.url or ""
             if server is not None:
                 ready_s = server.wait_ready(args.server_timeout)
@@ -160,6 +168,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failed:
         log(f"[ruler] runs that failed: {', '.join(failed)} (server logs in {out}/logs)")
         return 1
+    return 0
+
+
+def _merge(folders: Sequence[str], out: str, task_names: Sequence[str]) -> int:
+    results: list[report.SampleResult] = []
+    timings: dict[str, Any] = {}
+    config: dict[str, Any] = {}
+    for folder in folders:
+        with open(os.path.join(folder, "ruler.json")) as handle:
+            stored = json.load(handle)
+        config = config or dict(stored["config"])
+        seen = {(r.method, r.budget) for r in results}
+        fresh = [report.SampleResult(**record) for record in stored["samples"]]
+        results += [r for r in fresh if (r.method, r.budget) not in seen]
+        timings.update({f"{os.path.basename(folder.rstrip('/'))}/{key}": value
+                        for key, value in stored["timings"].items()})
+    pairs = sorted({(r.method, r.budget) for r in results},
+                   key=lambda pair: (pair[1] or 0, METHODS.index(pair[0]) if pair[0] in METHODS else 99))
+    runs = [Run(method, budget, []) for method, budget in pairs]
+    config.update(out=out, merged_from=list(folders))
+    table = _write(out, config, task_names, runs, results, timings)
+    log(report.format_table(table))
+    log(f"[ruler] merged {len(folders)} sweeps ({len(results)} samples) into {out}")
     return 0
 
 
@@ -204,14 +235,42 @@ def _split(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def _load_data(task_names: Sequence[str], model: str, length: int, samples: int,
-               cache: str) -> dict[str, tuple[RulerTask, list[Sample]]]:
-    """Tasks are generated in parallel (one subprocess each, mostly single-threaded tokenising)."""
+def _load_data(task_names: Sequence[str], model: str, length: int, samples: int, cache: str,
+               context: int, prompt_format: str,
+               wrapper: ChatWrapper | None) -> dict[str, tuple[RulerTask, list[Sample]]]:
+    """Tasks are generated in parallel (one subprocess each, mostly single-threaded tokenising).
+
+    Every rendered prompt plus the task's generation must fit in `context` tokens (the server
+    refuses longer requests). RULER's generators estimate lengths and some overshoot (fwe by
+    ~40 tokens at 8k): such a task is generated again shorter by its overshoot. The retry
+    lengths are a function of the data, so a machine that only reads the cache finds them too.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    lock = threading.Lock()  # a fast tokenizer is not safe to share across threads
+
+    def overshoot(task: RulerTask, loaded: list[Sample]) -> int:
+        prompts = [render(sample, prompt_format, wrapper) for sample in loaded]
+        with lock:
+            longest = max(len(ids) for ids in tokenizer(prompts)["input_ids"])
+        return longest + task.tokens_to_generate - context
+
+    def load(name: str) -> tuple[RulerTask, list[Sample]]:
+        target = length
+        for _ in range(3):
+            task, loaded = load_or_generate(name, model, target, samples, cache, log)
+            over = overshoot(task, loaded)
+            if over <= 0:
+                return task, loaded
+            log(f"[data] {name} at {target}: a prompt is {over} tokens over {context}; "
+                f"generating at {target - over - 8}")
+            target -= over + 8
+        raise RuntimeError(f"{name}: RULER's prompts stay longer than {context} tokens")
+
     workers = max(1, min(len(task_names), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        loaded = pool.map(lambda name: load_or_generate(name, model, length, samples, cache, log),
-                          task_names)
-        return dict(zip(task_names, loaded))
+        return dict(zip(task_names, pool.map(load, task_names)))
 
 
 def _evaluate(run: Run, url: str, data: dict[str, tuple[RulerTask, list[Sample]]],
