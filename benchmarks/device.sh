@@ -1,6 +1,6 @@
 #!/bin/bash
 # Runs on the lent H200 from the repository root (see benchmarks/README.md):
-#   bash benchmarks/device.sh STAGE...      stages: stash setup model ktest gtest kbench e2e ruler pack
+#   bash benchmarks/device.sh STAGE...      stages: stash setup model ktest gtest kbench e2e ruler recipes pack
 # (TAG=_x names a second run's logs/JSON; pack folds $OUT into one tar: $OUT returns 8 files at most)
 # stash copies the carried .carry/{m1,m2,ruler} into /tmp/stash (on a warm machine /tmp outlives a
 # call: carry one piece per call, back to back); model joins the SmolLM2 GGUF pieces and converts
@@ -33,6 +33,7 @@ for stage in "$@"; do
     ktest) run ktest 300 python3 -m pytest tests/kernels -q -p no:cacheprovider ;;
     gtest) run gtest 300 python3 -m pytest tests/gpu tests/test_offload_gpu.py tests/kernels/test_gpu_graph.py -q -s -p no:cacheprovider ;;
     kbench) run kbench${TAG:-} 400 python3 benchmarks/kernel_bench.py ${KB_ARGS:---quick} --out "$OUT/kbench${TAG:-}.json" ;;
+    recipes) run recipes 560 python3 benchmarks/recipe_smoke.py ${RECIPE_ARGS:-} --out "$OUT/recipes.json" ;;
     pack) (cd "$OUT" && tar -cJf "all${TAG:-}.tar.xz" --exclude='all*.tar.xz' . && find . -type f ! -name 'all*.tar.xz' -delete) ;;
     e2e) run e2e${TAG:-} 560 python3 benchmarks/e2e_bench.py ${E2E_ARGS:-} --out "$OUT/e2e${TAG:-}.json" ;;
     stash) mkdir -p /tmp/stash; for d in .carry/m1 .carry/m2 .carry/ruler; do

@@ -30,7 +30,7 @@ def test_recipe_flags_parse(path):
     from sglang.srt.server_args import prepare_server_args
 
     # the real architectures' configs (128k+ context); parsing reads no weights
-    model = os.path.join(CONFIGS, "qwen3_8b" if "qwen" in os.path.basename(path) else "dsv2_lite")
+    model = os.path.join(CONFIGS, "qwen3_8b" if "qwen" in os.path.basename(path) else "glm47_flash")
     argv = recipe_argv(path, model)
     cfg, rest = config_from_argv(argv)
     args = prepare_server_args(build_argv(rest, cfg, gpu=False))
