@@ -71,6 +71,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true",
                    help="keep the runs that <out>/ruler.json already holds complete and run the rest "
                         "(a sweep cut short by a time limit continues where it stopped)")
+    p.add_argument("--variant", default=None,
+                   help="name appended to the methods (asynctls+NAME) of this sweep, for settings "
+                        "passed with --server-args; keeps variants apart in a --merge")
     p.add_argument("--merge", default=None, metavar="DIR,DIR,...",
                    help="write one table (in --out) from the ruler.json of several finished "
                         "sweeps, e.g. ones run in parallel on different GPUs; runs nothing")
@@ -107,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "pass e.g. --launcher sglang.launch_server")
         runs = plan_runs(_split(args.methods), [int(b) for b in _split(args.budgets)], device,
                          args.full_backend, args.dense_threshold)
+        if args.variant:  # e.g. --variant r32 --server-args "--asynctls-index-channels 32"
+            runs = [run._replace(method=f"{run.method}+{args.variant}") for run in runs]
         common = device_args(device, args.context, args.mem_fraction_static, args.concurrency)
         common += shlex.split(args.server_args)
     config: dict[str, Any] = {k: v for k, v in vars(args).items()}
@@ -185,13 +190,18 @@ def _merge(folders: Sequence[str], out: str, task_names: Sequence[str]) -> int:
         timings.update({f"{os.path.basename(folder.rstrip('/'))}/{key}": value
                         for key, value in stored["timings"].items()})
     pairs = sorted({(r.method, r.budget) for r in results},
-                   key=lambda pair: (pair[1] or 0, METHODS.index(pair[0]) if pair[0] in METHODS else 99))
+                   key=lambda pair: (pair[1] or 0, _method_rank(pair[0]), pair[0]))
     runs = [Run(method, budget, []) for method, budget in pairs]
     config.update(out=out, merged_from=list(folders))
     table = _write(out, config, task_names, runs, results, timings)
     log(report.format_table(table))
     log(f"[ruler] merged {len(folders)} sweeps ({len(results)} samples) into {out}")
     return 0
+
+
+def _method_rank(method: str) -> int:
+    base = method.split("+", 1)[0]
+    return METHODS.index(base) if base in METHODS else len(METHODS)
 
 
 def _stop_on_sigterm() -> None:
