@@ -61,11 +61,18 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         self._plan: DecodePlan | None = None
         self._step: tuple = ()  # per-step tensors shared by every layer (see forward_decode)
         self.asynctls_offload = build_offload_runtime(model_runner, cfg, pool) if cfg.offload else None
+        self.asynctls_allocator = model_runner.token_to_kv_pool_allocator
+        self._extend_table = None
+        self._loaded = None
 
     # metadata ------------------------------------------------------------------------------------
     def init_forward_metadata(self, forward_batch) -> None:
-        super().init_forward_metadata(forward_batch)
-        self._begin_offload(forward_batch)
+        if self.asynctls_offload is not None:
+            self._begin_offload(forward_batch)
+            with self._device_tables():  # offload: the dense prefill reads device pages
+                super().init_forward_metadata(forward_batch)
+        else:
+            super().init_forward_metadata(forward_batch)
         if not forward_batch.forward_mode.is_decode():
             self._plan = None
         elif env.fixed_shapes():
@@ -81,6 +88,7 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         sparse = lens > cfg.dense_len
         n_sparse = int(sparse.sum())
         bs = int(lens.shape[0])
+        self.asynctls_stats.max_batch = max(self.asynctls_stats.max_batch, bs)
         if cfg.offload:  # every row reads the resident cache (see _offload_decode)
             sparse = torch.ones_like(sparse)
         if n_sparse == 0 and not cfg.offload:
@@ -126,6 +134,7 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
             stats.dense_steps += int(n_sparse == 0)
             stats.sparse_rows += n_sparse
             stats.dense_rows += int(lens.shape[0]) - n_sparse
+            stats.max_batch = max(stats.max_batch, int(lens.shape[0]))
         self._plan = DecodePlan(all_dense=False, graph=True, max_blocks=self._graph_blocks())
 
     def _graph_blocks(self) -> int:
@@ -134,16 +143,22 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
 
     # forward -------------------------------------------------------------------------------------
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+        pool = self.token_to_kv_pool
         if save_kv_cache and k is not None and not layer.is_cross_attention:
-            pool = self.token_to_kv_pool
             t = q.shape[0]
+            l = layer.layer_id - pool.start_layer
+            if self.asynctls_offload is None:
+                keys = lambda: pool.get_key_buffer(layer.layer_id)  # noqa: E731
+            else:  # logical slots: device page or host tier
+                keys = lambda: self.asynctls_offload.logical_keys(l, pool.get_key_buffer(layer.layer_id))  # noqa: E731
             self.asynctls_index.observe_prefill(
-                layer.layer_id - pool.start_layer,
-                q.reshape(t, layer.tp_q_head_num, layer.qk_head_dim),
-                k.reshape(t, layer.tp_k_head_num, -1)[..., : self.asynctls_index.head_dim],
-                lambda: pool.get_key_buffer(layer.layer_id))
-        out = super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
-        if self.asynctls_offload is not None and save_kv_cache and not layer.is_cross_attention:
+                l, q.reshape(t, layer.tp_q_head_num, layer.qk_head_dim),
+                k.reshape(t, layer.tp_k_head_num, -1)[..., : self.asynctls_index.head_dim], keys)
+        if self.asynctls_offload is None:
+            return super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
+        with self._device_tables():
+            out = super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
+        if save_kv_cache and not layer.is_cross_attention:
             self._offload_after_extend(q, layer, forward_batch)
         return out
 

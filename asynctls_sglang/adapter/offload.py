@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
 from asynctls_sglang.config import AsyncTLSConfig
 from asynctls_sglang.ops.select import block_scores, positions_in_blocks
 
@@ -24,12 +25,28 @@ def build_offload_runtime(model_runner, cfg: AsyncTLSConfig, pool):
         heads, dim, v_dim = 1, pool.kv_lora_rank + pool.qk_rope_head_dim, None
     else:
         heads, dim, v_dim = pool.head_num, pool.head_dim, pool.v_head_dim
+    allocator = model_runner.token_to_kv_pool_allocator
+    if not isinstance(allocator, OffloadPagedAllocator):
+        raise RuntimeError(f"asynctls offload: the token allocator is {type(allocator).__name__}, not the "
+                           "offload allocator (the plug-in's allocator patch did not run in this process)")
     rt = OffloadRuntime(cfg, num_layers=pool.layer_num, kv_heads=heads, head_dim=dim, v_head_dim=v_dim,
                         dtype=pool.dtype, device=torch.device(model_runner.device),
                         num_rows=req_to_token.shape[0], max_blocks=math.ceil(req_to_token.shape[1] / b),
-                        host_blocks=(pool.size + pool.page_size) // b + 1)
+                        host_blocks=(allocator.size + pool.page_size) // b + 1)
+    rt.device_page = allocator.device_page
     model_runner.req_to_token_pool.asynctls_offload = rt  # request end/abort -> rt (patches.offload)
     return rt
+
+
+class _DeviceTable:
+    """Stands in for SGLang's ReqToTokenPool while a dense prefill runs: req_to_token holds
+    device slots instead of logical ids; everything else is the real pool's."""
+
+    def __init__(self, pool, req_to_token: torch.Tensor) -> None:
+        self._pool, self.req_to_token = pool, req_to_token
+
+    def __getattr__(self, name):
+        return getattr(self._pool, name)
 
 
 class OffloadDecodeMixin:
@@ -37,6 +54,8 @@ class OffloadDecodeMixin:
 
     def _begin_offload(self, fb, in_capture: bool = False) -> None:
         rt = self.asynctls_offload
+        self._extend_table = None
+        self._loaded = None
         if rt is None:
             return
         if in_capture:  # NOTE: host state only; the capture that follows starts a fresh step
@@ -44,7 +63,28 @@ class OffloadDecodeMixin:
             return
         if fb.forward_mode.is_decode():
             rt.decode_steps += 1
-        rt.begin_forward(fb.req_pool_indices if fb.forward_mode.is_extend() else None)
+        is_extend = fb.forward_mode.is_extend()
+        rt.begin_forward(fb.req_pool_indices if is_extend else None)
+        if is_extend and fb.extend_prefix_lens_cpu is not None:
+            # Prefix blocks on the host only come back to device pages, and the dense prefill
+            # reads every position through a req_to_token translated to device slots.
+            req_to_token = self.req_to_token_pool.req_to_token
+            k_list, v_list = self.token_to_kv_pool.asynctls_kv_lists()
+            rows = fb.req_pool_indices.long()
+            self._loaded = rt.load_back(self.asynctls_allocator, req_to_token, rows,
+                                        list(fb.extend_prefix_lens_cpu), k_list, v_list)
+            table = req_to_token.clone()
+            table[rows] = rt.device_slots(req_to_token[rows]).to(table.dtype)
+            self._extend_table = table
+
+    def _device_tables(self):
+        """Context: SGLang's dense kernels see device slots in req_to_token (a prefill)."""
+        import contextlib
+
+        table = getattr(self, "_extend_table", None)
+        if table is None:
+            return contextlib.nullcontext()
+        return _swap(self, "req_to_token_pool", _DeviceTable(self.req_to_token_pool, table))
 
     def _offload_after_extend(self, q, layer, fb) -> None:
         """Per layer of a prefill: seed the resident cache for the first decode step; after the
@@ -60,8 +100,11 @@ class OffloadDecodeMixin:
                 fb.req_pool_indices, fb.seq_lens, math.ceil(longest / cfg.block_size), k_list, v_list,
                 self.asynctls_ops)
         if l == pool.layer_num - 1:
-            rt.write_through_extend(req_to_token, fb.req_pool_indices, fb.extend_prefix_lens_cpu,
-                                    fb.seq_lens_cpu.tolist(), k_list, v_list)
+            prefix, lens = list(fb.extend_prefix_lens_cpu), fb.seq_lens_cpu.tolist()
+            rt.write_through_extend(req_to_token, fb.req_pool_indices, prefix, lens, k_list, v_list)
+            loaded = self._loaded if self._loaded is not None else torch.empty(0, dtype=torch.int64,
+                                                                               device=req_to_token.device)
+            rt.demote(self.asynctls_allocator, req_to_token, fb.req_pool_indices, prefix, lens, loaded)
 
     def _offload_decode(self, q, k, v, layer, fb, plan, save_kv_cache: bool):
         """One layer of a decode step served from the resident block cache. Every row takes this
@@ -120,3 +163,18 @@ class OffloadDecodeMixin:
             if capturing():  # NOTE: every forked side stream joins the capture stream before it ends
                 rt.engine.end_capture()
         return o.to(q.dtype).reshape(bs, hq * layer.v_head_dim)
+
+
+def _swap(obj, name: str, value):
+    import contextlib
+
+    @contextlib.contextmanager
+    def swapped():
+        saved = getattr(obj, name)
+        setattr(obj, name, value)
+        try:
+            yield
+        finally:
+            setattr(obj, name, saved)
+
+    return swapped()

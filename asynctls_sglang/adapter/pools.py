@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, MLATokenToKVPool, unwrap_write_loc
 
+from asynctls_sglang.adapter.allocator import logical_tokens
 from asynctls_sglang.config import AsyncTLSConfig
 from asynctls_sglang.memory.index_store import SparseIndexStore
 from asynctls_sglang.ops.dispatch import ops_for_device
@@ -29,13 +30,30 @@ class AsyncTLSPoolMixin:
             raise ValueError(f"asynctls needs SGLang's page size equal to the block size: "
                              f"--page-size {self.page_size} vs --asynctls-block-size {cfg.block_size}")
         device = torch.device(self.device)
+        # With offload, SGLang's slot ids are logical (over the host pool) and the index follows
+        # them; this pool's buffers are the device pages (adapter.allocator).
+        slots = logical_tokens(cfg, self.size) if cfg.offload else self.size
+        self.asynctls_device_page: torch.Tensor | None = None  # set by OffloadPagedAllocator
         self.asynctls_index = SparseIndexStore(
-            cfg, num_layers=self.layer_num, num_slots=self.size + self.page_size, kv_heads=kv_heads,
+            cfg, num_layers=self.layer_num, num_slots=slots + self.page_size, kv_heads=kv_heads,
             head_dim=head_dim, is_mla=is_mla, dtype=self.dtype, device=device, ops=ops_for_device(device))
 
     def asynctls_kv_lists(self) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
         """Per-layer device K and V buffers [slots, Hk, D] (MLA: the latent buffers and None)."""
         raise NotImplementedError
+
+    def _device_loc(self, loc_info):
+        """SGLang's (logical, with offload) write locations -> this pool's slots. Identity unless
+        the offload allocator registered its page map; a logical page without a device page
+        writes to the padding page 0 (never read; the backend maps every page it writes)."""
+        dp = self.asynctls_device_page
+        if dp is None:
+            return loc_info
+        loc, _, _ = unwrap_write_loc(loc_info)
+        loc = loc.long()
+        b = self.page_size
+        page = dp[loc // b]
+        return torch.where(page >= 0, page * b + loc % b, loc % b)
 
     def _layer_slot(self, layer_id: int) -> int:
         return layer_id - self.start_layer
@@ -56,7 +74,7 @@ class AsyncTLSMHAPool(AsyncTLSPoolMixin, MHATokenToKVPool):
 
     def set_kv_buffer(self, layer, loc_info, cache_k, cache_v, k_scale=None, v_scale=None,
                       layer_id_override=None, dcp_kv_mask=None):
-        super().set_kv_buffer(layer, loc_info, cache_k, cache_v, k_scale, v_scale,
+        super().set_kv_buffer(layer, self._device_loc(loc_info), cache_k, cache_v, k_scale, v_scale,
                               layer_id_override, dcp_kv_mask)
         loc, _, _ = unwrap_write_loc(loc_info)
         layer_id = layer_id_override if layer_id_override is not None else layer.layer_id
@@ -72,11 +90,11 @@ class AsyncTLSMLAPool(AsyncTLSPoolMixin, MLATokenToKVPool):
         return self.kv_buffer, None
 
     def set_kv_buffer(self, layer, loc_info, cache_k, cache_v, *args, **kwargs):
-        super().set_kv_buffer(layer, loc_info, cache_k, cache_v, *args, **kwargs)
+        super().set_kv_buffer(layer, self._device_loc(loc_info), cache_k, cache_v, *args, **kwargs)
         loc, _, _ = unwrap_write_loc(loc_info)
         self.asynctls_index.on_write(self._layer_slot(layer.layer_id), loc, cache_k)
 
     def set_mla_kv_buffer(self, layer, loc, cache_k_nope, cache_k_rope):
-        super().set_mla_kv_buffer(layer, loc, cache_k_nope, cache_k_rope)
+        super().set_mla_kv_buffer(layer, self._device_loc(loc), cache_k_nope, cache_k_rope)
         k = torch.cat([cache_k_nope.reshape(loc.shape[0], 1, -1), cache_k_rope.reshape(loc.shape[0], 1, -1)], -1)
         self.asynctls_index.on_write(self._layer_slot(layer.layer_id), loc, k)

@@ -17,6 +17,7 @@ class DecodeStats:
         self.dense_steps = 0  # decode forwards that ran wholly on the stock kernel
         self.sparse_rows = 0  # (request, step) pairs decoded sparsely
         self.dense_rows = 0  # (request, step) pairs decoded densely
+        self.max_batch = 0  # the most requests one decode step served
         self._min = torch.full((), 2**62, dtype=torch.int64, device=device)
         self._max = torch.zeros((), dtype=torch.int64, device=device)
         self._sum = torch.zeros((), dtype=torch.int64, device=device)
@@ -44,6 +45,7 @@ class DecodeStats:
             "dense_decode_steps": self.dense_steps,
             "sparse_request_steps": self.sparse_rows,
             "dense_request_steps": self.dense_rows,
+            "max_decode_batch": self.max_batch,
             "attended_tokens_min": int(self._min) if count else None,
             "attended_tokens_max": int(self._max) if count else None,
             "attended_tokens_mean": (int(self._sum) / count) if count else None,

@@ -28,6 +28,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from asynctls_sglang.config import AsyncTLSConfig
+from asynctls_sglang.memory.block_copy import copy_blocks
 from asynctls_sglang.memory.host_tier import HostKVTier
 from asynctls_sglang.memory.residency import COUNTERS, ResidentBlockCache, forced_blocks
 from asynctls_sglang.memory.transfer import TransferEngine
@@ -74,7 +75,10 @@ class OffloadRuntime:
         self.late = torch.zeros((), dtype=torch.int64, device=dev)  # wanted blocks not readable in time
         self.decode_steps = 0
         self.written_blocks = torch.zeros((), dtype=torch.int64, device=dev)
+        self.loaded_blocks = 0  # prefix blocks mapped back to the device for a prefill
+        self.demoted_blocks = 0  # blocks whose device page was given back after a prefill
         self._pending_release: list[int] = []
+        self._join_side_streams = False  # device pages were given back: order their reuse
         #: logical page -> device page (None: SGLang's page ids are device pages, host blocks alike)
         self.device_page: torch.Tensor | None = None
 
@@ -97,6 +101,11 @@ class OffloadRuntime:
         """First thing in every forward (eager, before the layers). fresh_rows: rows starting a
         prefill, which must not inherit anything."""
         self.engine.begin_step()
+        if self._join_side_streams:
+            # NOTE: pages unmapped at the end of the last prefill may be rewritten from now on: the
+            # write-through and the seeds that read them (side streams) must have finished.
+            self.engine.before_replay()
+            self._join_side_streams = False
         if self._pending_release:
             self.cache.reset(torch.tensor(self._pending_release, dtype=torch.int64, device=self.cache.device))
             self._pending_release.clear()
@@ -183,6 +192,9 @@ class OffloadRuntime:
         req = torch.arange(bs, device=positions.device)
         return table, req, torch.where(rows >= 0, column, -1)
 
+    def logical_keys(self, layer: int, k_pool: torch.Tensor) -> "LogicalKeys":
+        return LogicalKeys(self, layer, k_pool)
+
     def value_buffer(self, layer: int, v_head_dim: int) -> torch.Tensor:
         return self.engine.k[layer][..., :v_head_dim] if self.engine.v is None else self.engine.v[layer]
 
@@ -239,6 +251,63 @@ class OffloadRuntime:
         plan = self.cache.plan(layer, rows, need, dev_pages, host_blocks=lens // b, counters=self.seed_counters)
         self.engine.issue(layer, plan, source=(k_pool, v_pool if self.host.v is not None else None))
 
+    # logical ids (device_page set): prefix load-back and demotion around a prefill --------------
+    def _request_blocks(self, req_to_token: torch.Tensor, rows: torch.Tensor,
+                        ranges: Sequence[tuple[int, int, int]]) -> torch.Tensor:
+        """Logical pages of blocks [lo, hi) of request i, for each (i, lo, hi) -> [n] int64 device."""
+        b = self.block_size
+        which, blocks = [], []
+        for i, lo, hi in ranges:
+            which += [i] * max(0, hi - lo)
+            blocks += range(lo, hi)
+        dev = req_to_token.device
+        if not blocks:
+            return torch.empty(0, dtype=torch.int64, device=dev)
+        which_t = torch.tensor(which, dtype=torch.int64, device=dev)
+        blk = torch.tensor(blocks, dtype=torch.int64, device=dev)
+        return req_to_token[rows.long()[which_t], blk * b].long() // b
+
+    def load_back(self, allocator, req_to_token: torch.Tensor, rows: torch.Tensor, prefix_lens: Sequence[int],
+                  k_pool: Sequence[torch.Tensor], v_pool: Sequence[torch.Tensor] | None) -> torch.Tensor:
+        """Before a prefill: map the complete prefix blocks that are on the host only back to device
+        pages and copy them there (every layer), so the dense prefill attention reads them.
+        Returns the logical pages loaded. Eager (a prefill; reads device values on the host)."""
+        b = self.block_size
+        pages = torch.unique(self._request_blocks(req_to_token, rows, [(i, 0, p // b) for i, p in enumerate(prefix_lens)]))
+        pages = pages[self.device_page[pages] < 0]
+        if pages.numel():
+            dev = allocator.map_pages(pages)
+            count = torch.full((1,), pages.numel(), dtype=torch.int64, device=pages.device)
+            self.host.wait_written()  # NOTE: a block is read from the host only after it landed there
+            for layer in range(self.host.num_layers):
+                copy_blocks(self.host.k[layer], k_pool[layer], pages, dev, count, b)
+                if self.host.v is not None and v_pool is not None:
+                    copy_blocks(self.host.v[layer], v_pool[layer], pages, dev, count, b)
+            self.loaded_blocks += pages.numel()
+        return pages
+
+    def demote(self, allocator, req_to_token: torch.Tensor, rows: torch.Tensor, prefix_lens: Sequence[int],
+               seq_lens: Sequence[int], loaded: torch.Tensor) -> None:
+        """After a prefill (its blocks written through, its seeds issued): the blocks it computed or
+        loaded back keep only their host copy, except the window blocks of the batch's requests
+        (sink blocks and the local window of the first decode step, read from the device).
+        NOTE: every page a live request reads from the device is in some request's window and was
+        never unmapped (window pages are mapped when allocated and only unmapped by SGLang's free),
+        and pages loaded here were host-only before, so no live window loses its device page."""
+        cfg, b = self.cfg, self.block_size
+        computed = self._request_blocks(req_to_token, rows, [(i, p // b, s // b)
+                                                              for i, (p, s) in enumerate(zip(prefix_lens, seq_lens))])
+        sink = [(i, 0, min(self.n_sink, -(-s // b))) for i, s in enumerate(seq_lens)]
+        local = [(i, max(0, s + 1 - cfg.local_window) // b, -(-s // b)) for i, s in enumerate(seq_lens)]
+        window = self._request_blocks(req_to_token, rows, sink + local)
+        candidates = torch.unique(torch.cat([computed, loaded]))
+        keep = torch.isin(candidates, window)
+        pages = candidates[~keep & (self.device_page[candidates] >= 0)]
+        if pages.numel():
+            allocator.unmap_pages(pages)
+            self.demoted_blocks += pages.numel()
+            self._join_side_streams = True
+
     # metrics ---------------------------------------------------------------------------------------
     def snapshot(self) -> dict:
         """Offload metrics (host sync: call off the decode path)."""
@@ -255,8 +324,29 @@ class OffloadRuntime:
             "tokens_dropped": int(self.dropped),
             "blocks_written_through": int(self.written_blocks),
             "rows_in_use": int(in_use.sum()),
+            "prefix_blocks_loaded": self.loaded_blocks,
+            "blocks_demoted": self.demoted_blocks,
             "host_pool_bytes": self.host.nbytes,
             "resident_bytes": self.engine.nbytes,
             "resident_capacity_blocks": self.cache.capacity,
         })
         return snap
+
+
+class LogicalKeys:
+    """Keys by logical slot for the index's re-quantisation (``keys[loc]``): the device page where
+    the slot has one, else the host tier (only complete blocks are on the host; slots with neither
+    belong to no live block, and their index keys are never read). Eager, rare (calibration)."""
+
+    def __init__(self, runtime: OffloadRuntime, layer: int, k_pool: torch.Tensor) -> None:
+        self.runtime, self.layer, self.k_pool, self.device = runtime, layer, k_pool, k_pool.device
+
+    def __getitem__(self, loc: torch.Tensor) -> torch.Tensor:
+        rt = self.runtime
+        host = rt.host.k[self.layer]
+        loc = loc.long()
+        from_host = host[loc.to(host.device)].to(self.device)
+        if rt.device_page is None:
+            return self.k_pool[loc]
+        mapped = rt.device_page[loc // rt.block_size] >= 0
+        return torch.where(mapped.view(-1, 1, 1), self.k_pool[rt.device_slots(loc)], from_host)

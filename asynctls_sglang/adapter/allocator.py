@@ -1,0 +1,132 @@
+"""Logical KV ids for the offloading engine: SGLang allocates over the host pool, the device keeps
+what is being written and read.
+
+With ``offload`` on, SGLang's allocator hands out *logical* slot ids over ``host_pool_tokens``
+(page = block): req_to_token and the radix tree hold logical ids, the host tier and the index are
+indexed by them, and the scheduler counts its capacity in them. SGLang's device pool (sized by its
+usual memory settings, ``--max-total-tokens``) holds device pages; ``device_page[logical page]``
+maps a logical page to its device page (-1: host only). Every newly allocated logical page gets a
+device page (it is about to be written); the backend unmaps the pages it no longer reads from the
+device after a prefill (memory.offload_runtime: demote) and maps prefix pages back before a prefill
+that reads them (load_back). Releasing a logical page releases its device page.
+"""
+from __future__ import annotations
+
+import torch
+from sglang.srt.mem_cache.allocator.paged import PagedTokenToKVPoolAllocator
+
+from asynctls_sglang.config import AsyncTLSConfig
+
+
+def logical_tokens(cfg: AsyncTLSConfig, device_tokens: int) -> int:
+    """Logical (host pool) tokens for a device pool of device_tokens: host_pool_tokens, or 4x."""
+    b = cfg.block_size
+    n = cfg.host_pool_tokens if cfg.host_pool_tokens is not None else 4 * device_tokens
+    return max(b, n // b * b)
+
+
+class DevicePageError(RuntimeError):
+    """The device pool has no free page for a block that must be on the device."""
+
+
+class OffloadPagedAllocator(PagedTokenToKVPoolAllocator):
+    def __init__(self, size: int, page_size: int, dtype, device, kvcache, need_sort: bool, *,
+                 device_tokens: int) -> None:
+        self.device_pages_total = device_tokens // page_size
+        logical_pages = size // page_size
+        self.device_page = torch.full((logical_pages + 2,), -1, dtype=torch.int64, device=device)
+        super().__init__(size, page_size, dtype, device, kvcache, need_sort)
+        kvcache.asynctls_device_page = self.device_page
+
+    # device pages ----------------------------------------------------------------------------------
+    def clear(self) -> None:
+        super().clear()
+        # device page 0 is SGLang's padding page (dummy writes of padded rows land there)
+        self.dev_free = torch.arange(1, self.device_pages_total + 1, dtype=torch.int64, device=self.device)
+        self.device_page.fill_(-1)
+
+    def device_available_pages(self) -> int:
+        return len(self.dev_free)
+
+    def _map_page_starts(self, out: torch.Tensor, n_new: int) -> bool:
+        """Give a device page to each logical page that starts in out (slot % B == 0); n_new: how
+        many (from the host lengths, as SGLang counts them). No host sync."""
+        if n_new == 0:
+            return True
+        if n_new > len(self.dev_free):
+            return False
+        b = self.page_size
+        starts = out % b == 0
+        order = (torch.cumsum(starts.long(), 0) - 1).clamp(0, n_new - 1)
+        scratch = self.device_page.shape[0] - 1
+        self.device_page.scatter_(0, torch.where(starts, out // b, scratch),
+                                  torch.where(starts, self.dev_free[order], -1))
+        self.device_page[scratch:].fill_(-1)
+        self.dev_free = self.dev_free[n_new:]
+        return True
+
+    def map_pages(self, pages: torch.Tensor) -> torch.Tensor:
+        """Device pages for logical pages [n] that have none (prefix load-back). Eager."""
+        n = pages.numel()
+        if n > len(self.dev_free):
+            raise DevicePageError(
+                f"asynctls offload: {n} prefix blocks must be loaded back to the device for a prefill, but "
+                f"only {len(self.dev_free)} device pages are free; raise --max-total-tokens (the device pool "
+                f"must hold the longest request being prefilled plus the windows of the running ones)")
+        dev = self.dev_free[:n]
+        self.dev_free = self.dev_free[n:]
+        self.device_page[pages] = dev
+        return dev
+
+    def unmap_pages(self, pages: torch.Tensor) -> None:
+        """Logical pages [n] (distinct) keep only their host copy: their device pages are free."""
+        dev = self.device_page[pages]
+        self.device_page[pages] = -1
+        self.dev_free = torch.cat([dev[dev >= 0], self.dev_free])
+
+    # SGLang's allocation API -----------------------------------------------------------------------
+    def alloc(self, need_size: int):
+        out = super().alloc(need_size)
+        if out is not None and not self._map_page_starts(out, need_size // self.page_size):
+            super()._release_page_ids(torch.unique(out // self.page_size))
+            return None
+        return out
+
+    def alloc_extend(self, prefix_lens, prefix_lens_cpu, seq_lens, seq_lens_cpu, last_loc, extend_num_tokens,
+                     num_new_pages=None):
+        from sglang.srt.utils.common import get_num_new_pages
+
+        out = super().alloc_extend(prefix_lens, prefix_lens_cpu, seq_lens, seq_lens_cpu, last_loc,
+                                   extend_num_tokens, num_new_pages)
+        if out is None:
+            return None
+        n_new = get_num_new_pages(seq_lens=seq_lens_cpu, page_size=self.page_size, prefix_lens=prefix_lens_cpu)
+        if not self._map_page_starts(out, n_new):
+            self._undo(out)
+            return None
+        return out
+
+    def alloc_decode(self, seq_lens, seq_lens_cpu, last_loc):
+        from sglang.srt.utils.common import get_num_new_pages
+
+        out = super().alloc_decode(seq_lens, seq_lens_cpu, last_loc)
+        if out is None:
+            return None
+        n_new = get_num_new_pages(seq_lens=seq_lens_cpu, page_size=self.page_size, decode=True)
+        if not self._map_page_starts(out, n_new):
+            self._undo(out)
+            return None
+        return out
+
+    def _undo(self, out: torch.Tensor) -> None:
+        """Give back the logical pages that start in out (allocated by the failed call)."""
+        starts = out[out % self.page_size == 0]
+        super()._release_page_ids(starts // self.page_size)
+
+    def _release_page_ids(self, *page_ids: torch.Tensor) -> None:
+        # NOTE: the one place every logical page release ends (free, free_segment, free groups).
+        for pages in page_ids:
+            if pages.numel():
+                self.unmap_pages(pages.long())
+        super()._release_page_ids(*page_ids)
+

@@ -1,0 +1,42 @@
+"""Capacity with offload: SGLang's device KV pool limited to N tokens (--max-total-tokens) serves
+concurrent requests totalling more than 4N tokens of context, their KV in the host pool (logical
+ids), while offload off must queue them (tiny Qwen3 on the CPU engine)."""
+from __future__ import annotations
+
+import pytest
+
+from engine_helpers import asynctls_stats, engine, random_prompts
+
+pytestmark = pytest.mark.engine
+
+N = 1536  # device KV tokens
+PROMPTS = random_prompts([520] * 12, seed=7)  # 6240 prompt tokens >= 4N
+NEW = 24
+CFG = dict(block_size=16, block_budget=16, token_budget=256, sink_tokens=4, local_window=16,
+           dense_threshold=0, calibration_tokens=64)
+ENGINE = dict(max_total_tokens=N, max_running_requests=16, chunked_prefill_size=544)
+
+
+def serve_all(model, cfg) -> tuple[list[list[int]], dict]:
+    with engine(model, "asynctls", cfg, **ENGINE) as eng:
+        outs = eng.generate(input_ids=PROMPTS, sampling_params={"temperature": 0, "max_new_tokens": NEW,
+                                                                "ignore_eos": True})
+        return [o["output_ids"] for o in outs], asynctls_stats(eng)
+
+
+def test_offload_serves_more_than_4x_the_device_pool(tiny_model_dir):
+    model = tiny_model_dir("qwen3")
+    assert sum(map(len, PROMPTS)) >= 4 * N
+    off_out, off = serve_all(model, CFG)
+    # misses fetched before the attention, cache large enough: the same selection as offload off
+    on_out, on = serve_all(model, dict(CFG, offload=True, host_pool_tokens=8192, prefetch_depth=0,
+                                       resident_blocks=64, max_miss_blocks_per_step=64))
+    assert on_out == off_out
+    # offload off: the device pool holds 2 of these requests at a time; the rest wait
+    assert off["max_decode_batch"] <= 2
+    # offload on: all 12 (> 4N tokens of context) decode together from the host pool
+    assert on["max_decode_batch"] == len(PROMPTS)
+    stats = on["offload"]
+    assert stats["blocks_demoted"] >= len(PROMPTS) * (520 // 16 - 4)  # prompt blocks left the device
+    assert stats["prefix_blocks_loaded"] > 0  # chunked prefills read their demoted prefix back
+    assert stats["tokens_dropped"] == 0 and stats["blocks_late"] == 0 and stats["bytes_moved"] > 0
