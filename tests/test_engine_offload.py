@@ -114,6 +114,17 @@ def test_resident_cache_too_small_refuses_to_start(qwen3):
             pass
 
 
+def test_host_pool_larger_than_ram_is_refused_before_allocating():
+    """What the pool runs first at start-up with offload on (adapter.pools): a host pool that cannot
+    fit stops the scheduler with the setting to lower. (Through the engine, the scheduler's
+    start-up failure can leave SGLang's detokenizer process behind for minutes, so not here.)"""
+    from asynctls_sglang.memory.host_tier import HostMemoryError, check_host_fits
+
+    with pytest.raises(HostMemoryError, match="--asynctls-host-pool-tokens"):
+        check_host_fits(2**40, 2, 16, 16384, pinned=False)
+    check_host_fits(8192, 2, 16, 16384, pinned=False)
+
+
 # --- MLA (tiny DeepSeek-V2: latent 512 + rope 64) -------------------------------------------------
 def test_mla_large_cache_is_token_identical(tiny_model_dir):
     path = tiny_model_dir("deepseek_v2")

@@ -11,6 +11,7 @@ from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, MLATokenToKVPool,
 
 from asynctls_sglang.adapter.allocator import logical_tokens
 from asynctls_sglang.config import AsyncTLSConfig
+from asynctls_sglang.memory.host_tier import check_host_fits
 from asynctls_sglang.memory.index_store import SparseIndexStore
 from asynctls_sglang.ops.dispatch import ops_for_device
 
@@ -33,6 +34,10 @@ class AsyncTLSPoolMixin:
         # With offload, SGLang's slot ids are logical (over the host pool) and the index follows
         # them; this pool's buffers are the device pages (adapter.allocator).
         slots = logical_tokens(cfg, self.size) if cfg.offload else self.size
+        if cfg.offload:  # before the index (sized by logical slots) is allocated
+            channels = head_dim + (0 if is_mla else self.v_head_dim)
+            check_host_fits(slots, self.layer_num, self.page_size,
+                            self.page_size * kv_heads * channels * self.dtype.itemsize, device.type == "cuda")
         self.asynctls_device_page: torch.Tensor | None = None  # set by OffloadPagedAllocator
         self.asynctls_index = SparseIndexStore(
             cfg, num_layers=self.layer_num, num_slots=slots + self.page_size, kv_heads=kv_heads,

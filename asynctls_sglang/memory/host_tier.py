@@ -59,6 +59,20 @@ def available_host_bytes() -> int | None:
     return avail if cgroup is None else min(avail, cgroup)
 
 
+def check_host_fits(tokens: int, num_layers: int, block_size: int, block_bytes: int, pinned: bool,
+                    max_fraction: float = 0.9) -> None:
+    """Raise HostMemoryError when a host pool of `tokens` (num_layers x block_bytes per block) would
+    take more than max_fraction of the available host memory. Allocates nothing."""
+    need = tokens // block_size * block_bytes * num_layers
+    avail = available_host_bytes()
+    if avail is not None and need > max_fraction * avail:
+        raise HostMemoryError(
+            f"asynctls offload: the host KV pool of {tokens} tokens ({num_layers} layers x {block_bytes} bytes "
+            f"per {block_size}-token block) needs {need / GIB:.2f} GiB of {'pinned ' if pinned else ''}host "
+            f"memory, but only {avail / GIB:.2f} GiB is available ({max_fraction:.0%} may be used); lower "
+            f"{flag_name('host_pool_tokens')} or free host memory")
+
+
 class HostKVTier:
     def __init__(self, *, num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int,
                  v_head_dim: int | None, dtype: torch.dtype, device: torch.device | str = "cpu",
@@ -98,15 +112,8 @@ class HostKVTier:
         return self.block_bytes * self.num_blocks * self.num_layers
 
     def _check_fits(self, max_fraction: float) -> None:
-        need = self.nbytes
-        avail = available_host_bytes()
-        if avail is not None and need > max_fraction * avail:
-            raise HostMemoryError(
-                f"asynctls offload: the host KV pool of {self.num_blocks * self.block_size} tokens "
-                f"({self.num_layers} layers x {self.block_bytes} bytes per {self.block_size}-token block) needs "
-                f"{need / GIB:.2f} GiB of {'pinned ' if self.pinned else ''}host memory, but only "
-                f"{avail / GIB:.2f} GiB is available ({max_fraction:.0%} may be used); lower "
-                f"{flag_name('host_pool_tokens')} or free host memory")
+        check_host_fits(self.num_blocks * self.block_size, self.num_layers, self.block_size, self.block_bytes,
+                        self.pinned, max_fraction)
 
     def _alloc(self, shape: tuple[int, ...]) -> torch.Tensor:
         try:
