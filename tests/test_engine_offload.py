@@ -106,6 +106,17 @@ def test_gqa_small_cache_pipeline(small_engine, reference):
     assert asynctls_stats(eng)["attended_tokens_last"] == CFG["token_budget"]
 
 
+def test_gqa_fixed_shape_path_with_dense_rows(qwen3, reference, monkeypatch):
+    """The CUDA-graph decode path (fixed shapes, device-side dense/sparse choice; here eager on
+    the CPU) with offload: rows under the dense threshold attend all their blocks from the
+    resident cache, the long row its selection; both give offload off's tokens."""
+    monkeypatch.setenv("ASYNCTLS_FIXED_SHAPES", "1")
+    with engine(qwen3, "asynctls", dict(EXACT, dense_threshold=300)) as eng:
+        assert greedy(eng, SHORT + LONG) == reference["short"] + reference["long"]
+        stats = asynctls_stats(eng)
+    assert stats["offload"]["tokens_dropped"] == 0 and stats["attended_tokens_max"] == CFG["token_budget"]
+
+
 def test_resident_cache_too_small_refuses_to_start(qwen3):
     from asynctls_sglang.config import ConfigError
 
