@@ -62,9 +62,14 @@ def _cell_size(original, self, kvc, num_layers):
         heads, dim, is_mla = 1, mc.kv_lora_rank + mc.qk_rope_head_dim, True
     else:
         heads, dim, is_mla = mc.get_num_kv_heads(get_parallel().attn_tp_size), mc.head_dim, False
+    cfg = AsyncTLSConfig.from_env()
     extra = SparseIndexStore.bytes_per_token(
-        AsyncTLSConfig.from_env(), kv_heads=heads, head_dim=dim, is_mla=is_mla,
+        cfg, kv_heads=heads, head_dim=dim, is_mla=is_mla,
         kv_dtype_size=torch._utils._element_size(kvc.kv_cache_dtype), num_layers=num_layers)
+    if cfg.offload and cfg.host_pool_tokens is None:
+        # the index is kept per logical token: 4 per device token (adapter.allocator.logical_tokens);
+        # an explicit host_pool_tokens is a fixed amount, not charged here (docs/offload.md)
+        extra *= 4
     return size + extra
 
 
