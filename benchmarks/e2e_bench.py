@@ -106,6 +106,9 @@ def run_backend(args, backend: str, asynctls: dict) -> list[dict]:
             if backend == "asynctls":
                 info = engine.get_server_info()["internal_states"][0].get("asynctls", {})
                 r["attended_tokens_last"] = info.get("attended_tokens_last")
+                if "offload" in info:  # cumulative over the points so far (docs/offload.md: metrics)
+                    r["backend"] += "+offload"
+                    r["offload"] = info["offload"]
             print("[e2e] " + json.dumps(r), flush=True)
             rows.append(r)
     finally:
