@@ -13,6 +13,14 @@ ASYNCTLS_CONFIG = "ASYNCTLS_CONFIG"
 ASYNCTLS_CACHE_DIR = "ASYNCTLS_CACHE_DIR"
 #: "1" forces the plain-torch ops even where a GPU and Triton are present (debugging).
 ASYNCTLS_FORCE_TORCH_OPS = "ASYNCTLS_FORCE_TORCH_OPS"
+#: Which decode ops the backend runs: "auto" (Triton kernels on a GPU, torch elsewhere), "torch",
+#: or "triton" (the kernels also on the CPU, under TRITON_INTERPRET=1: slow; tests the kernel path
+#: of the backend without a GPU).
+ASYNCTLS_OPS = "ASYNCTLS_OPS"
+OPS_CHOICES = ("auto", "torch", "triton")
+#: Top-k kernel for calls that leave the choice to "auto": "resident" (row in registers) or
+#: "stream" (the earlier streaming kernel). For A/B checks on a GPU without a code change.
+ASYNCTLS_TOPK_METHOD = "ASYNCTLS_TOPK_METHOD"
 
 
 def config_json() -> str | None:
@@ -26,7 +34,18 @@ def cache_dir() -> str:
 
 
 def force_torch_ops() -> bool:
-    return os.environ.get(ASYNCTLS_FORCE_TORCH_OPS, "0") == "1"
+    return os.environ.get(ASYNCTLS_FORCE_TORCH_OPS, "0") == "1" or ops_choice() == "torch"
+
+
+def topk_method() -> str:
+    return os.environ.get(ASYNCTLS_TOPK_METHOD, "auto").strip().lower() or "auto"
+
+
+def ops_choice() -> str:
+    value = os.environ.get(ASYNCTLS_OPS, "auto").strip().lower() or "auto"
+    if value not in OPS_CHOICES:
+        raise ValueError(f"{ASYNCTLS_OPS}={value!r}: expected one of {', '.join(OPS_CHOICES)}")
+    return value
 
 
 #: "1" makes the backend use its fixed-shape (CUDA-graph) decode path in eager mode too, so the

@@ -8,6 +8,16 @@ from asynctls_sglang.ops import torch_ops
 
 
 def ops_for_device(device: torch.device | str):
+    if env.ops_choice() == "triton":  # also off the GPU: the kernels under TRITON_INTERPRET=1
+        from asynctls_sglang.kernels.interpret import interpreting, patch_interpreter
+
+        if torch.device(device).type != "cuda" and not interpreting():
+            raise RuntimeError(f"{env.ASYNCTLS_OPS}=triton on {device} needs TRITON_INTERPRET=1 in the "
+                               "environment of every process (set before Triton is imported)")
+        patch_interpreter()
+        from asynctls_sglang.kernels import triton_ops
+
+        return triton_ops
     if torch.device(device).type != "cuda" or env.force_torch_ops():
         return torch_ops
     try:

@@ -126,3 +126,17 @@ def test_equivalence_helper_fails_on_a_real_difference():
     assert_topk_equivalent(torch.tensor([[0, 3]]), torch.tensor([[0, 2]]), scores)  # a tie: fine
     with pytest.raises(AssertionError):
         assert_topk_equivalent(torch.tensor([[0, 2]]), torch.tensor([[0, 1]]), scores)
+
+
+def test_env_picks_the_method_for_auto(monkeypatch):
+    """ASYNCTLS_TOPK_METHOD overrides "auto" (A/B on a GPU); a bad value is refused, not ignored."""
+    from asynctls_sglang.kernels.common import topk as topk_mod
+
+    scores = torch.randn(2, 300, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    want = topk_mod.topk_indices(scores, 17, method="resident")
+    for name in ("stream", "resident"):
+        monkeypatch.setenv("ASYNCTLS_TOPK_METHOD", name)
+        assert torch.equal(topk_mod.topk_indices(scores, 17), want)
+    monkeypatch.setenv("ASYNCTLS_TOPK_METHOD", "fastest")
+    with pytest.raises(ValueError, match="method must be one of"):
+        topk_mod.topk_indices(scores, 17)

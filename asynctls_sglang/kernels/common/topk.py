@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from asynctls_sglang import env
 from asynctls_sglang.kernels.common.launch import check, check_out, pow2
 from asynctls_sglang.kernels.common.topk_kernel import topk_kernel, topk_resident_kernel
 
@@ -33,6 +34,8 @@ def topk_indices(scores: torch.Tensor, k: int, pos: torch.Tensor | None = None, 
     one program per row, no workspace: ``out`` is the only buffer (and the scratch of the
     ordered variants), so a call with ``out=`` allocates nothing.
     """
+    if method == "auto":
+        method = env.topk_method()  # "auto" unless ASYNCTLS_TOPK_METHOD says otherwise
     n = scores.shape[-1]
     lead = scores.shape[:-1]
     check(scores.dtype == torch.float32, f"scores must be fp32, got {scores.dtype}")

@@ -1,0 +1,53 @@
+"""Running the Triton kernels on the CPU under TRITON_INTERPRET=1 (tests, and the backend's
+kernel path on machines without a GPU: ASYNCTLS_OPS=triton).
+
+TRITON_INTERPRET must be in the environment before any @triton.jit function is defined, i.e.
+before the kernel modules are imported. ``patch_interpreter()`` then fixes two things in Triton
+3.6's interpreter (not in any kernel): its host-side scalar conversion, which NumPy >= 2.3
+refuses, and its bf16 dot, which multiplies raw bits. Idempotent.
+"""
+from __future__ import annotations
+
+import os
+
+_PATCHED = False
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def patch_interpreter() -> None:
+    global _PATCHED
+    if _PATCHED or not interpreting():
+        return
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    # The interpreter holds every scalar as a 1-element array and converts it with int(array),
+    # which NumPy >= 2.3 refuses for ndim-1 arrays: loops with run-time bounds
+    # (`for i in range(0, N, BLOCK)`) then fail. Convert through .item() instead.
+    patch_lang_tensor = interpreter._patch_lang_tensor
+
+    def patch_with_item(tensor, scope):
+        patch_lang_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0].item()))
+
+    interpreter._patch_lang_tensor = patch_with_item
+
+    # bf16 tensors are kept as raw uint16 bits and tl.dot multiplies those bits (only fp8 operands
+    # are converted). Widen bf16 operands to fp32 first, as the GPU's bf16 MMA (exact products,
+    # fp32 accumulation) does.
+    create_dot = interpreter.InterpreterBuilder.create_dot
+
+    def create_dot_bf16(self, a, b, d, input_precision, max_num_imprecise_acc):
+        def widen(x):
+            if x.dtype.scalar == tl.bfloat16:
+                data = interpreter._convert_float(x.data, tl.bfloat16, tl.float32, None).view(np.float32)
+                return interpreter.TensorHandle(data, tl.float32)
+            return x
+        return create_dot(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
+
+    interpreter.InterpreterBuilder.create_dot = create_dot_bf16
+    _PATCHED = True
