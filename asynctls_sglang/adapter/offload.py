@@ -13,6 +13,7 @@ import torch
 from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
 from asynctls_sglang.config import AsyncTLSConfig
 from asynctls_sglang.ops.select import block_scores, positions_in_blocks
+from asynctls_sglang.utils import swapped_attr
 
 
 def build_offload_runtime(model_runner, cfg: AsyncTLSConfig, pool):
@@ -84,7 +85,7 @@ class OffloadDecodeMixin:
         table = getattr(self, "_extend_table", None)
         if table is None:
             return contextlib.nullcontext()
-        return _swap(self, "req_to_token_pool", _DeviceTable(self.req_to_token_pool, table))
+        return swapped_attr(self, "req_to_token_pool", _DeviceTable(self.req_to_token_pool, table))
 
     def _offload_after_extend(self, q, layer, fb) -> None:
         """Per layer of a prefill: seed the resident cache for the first decode step; after the
@@ -163,18 +164,3 @@ class OffloadDecodeMixin:
             if capturing():  # NOTE: every forked side stream joins the capture stream before it ends
                 rt.engine.end_capture()
         return o.to(q.dtype).reshape(bs, hq * layer.v_head_dim)
-
-
-def _swap(obj, name: str, value):
-    import contextlib
-
-    @contextlib.contextmanager
-    def swapped():
-        saved = getattr(obj, name)
-        setattr(obj, name, value)
-        try:
-            yield
-        finally:
-            setattr(obj, name, saved)
-
-    return swapped()

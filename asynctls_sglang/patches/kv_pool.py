@@ -2,12 +2,11 @@
 charge the index's bytes per token in SGLang's KV sizing so the device memory budget holds."""
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
 from asynctls_sglang import BACKEND_NAME
+from asynctls_sglang.utils import swapped_attr
 
 _CONF = "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator"
 
@@ -26,16 +25,6 @@ def _build_mha(original, self, *args, **kwargs):
     return original(self, *args, **kwargs)
 
 
-@contextlib.contextmanager
-def _swap_module_global(module, name: str, value):
-    saved = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, saved)
-
-
 def _build_mla(original, self, *args, **kwargs):
     if not uses_asynctls(self.server_args):
         return original(self, *args, **kwargs)
@@ -44,7 +33,7 @@ def _build_mla(original, self, *args, **kwargs):
     from asynctls_sglang.adapter.pools import AsyncTLSMLAPool
 
     # NOTE: _build_mla_kv_pool names MLATokenToKVPool directly; construction is single-threaded.
-    with _swap_module_global(conf, "MLATokenToKVPool", AsyncTLSMLAPool):
+    with swapped_attr(conf, "MLATokenToKVPool", AsyncTLSMLAPool):
         return original(self, *args, **kwargs)
 
 
