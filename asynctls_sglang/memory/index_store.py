@@ -82,7 +82,8 @@ class SparseIndexStore:
     def observe_prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor,
                         key_buffer: Callable[[], torch.Tensor]) -> None:
         """Accumulate calibration statistics from a prefill's q [T, Hq, D] and k [T, Hk, D];
-        no-op once this layer has seen calibration_tokens tokens. Eager only (host logic)."""
+        no-op once this layer has seen calibration_tokens tokens. Eager only (host logic);
+        every index tensor keeps its storage (captured decode graphs read them)."""
         if self.calibrated_tokens[layer] >= self.cfg.calibration_tokens or q.shape[0] == 0:
             return
         t = q.shape[0]
@@ -100,7 +101,11 @@ class SparseIndexStore:
         order = torch.sort(weight, dim=-1, descending=True, stable=True).indices[:, :self.r]
         channels = order.sort(dim=-1).values
         if not torch.equal(channels, self.channels[layer]):
-            self.channels[layer] = channels
+            # NOTE: in place. Decode CUDA graphs are captured at start-up, before any real
+            # prefill calibrates, and hold this tensor's address (score_tokens reads it): a new
+            # tensor would leave the replays scoring at the old channels (or at freed memory)
+            # while the keys below are re-quantised at the new ones.
+            self.channels[layer].copy_(channels)
             self._requantise(layer, key_buffer())
 
     def _requantise(self, layer: int, keys: torch.Tensor) -> None:
