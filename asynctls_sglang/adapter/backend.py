@@ -29,6 +29,7 @@ from asynctls_sglang.adapter.stats import DecodeStats
 from asynctls_sglang.config import AsyncTLSConfig, ConfigError, flag_name
 from asynctls_sglang.ops.dispatch import ops_for_device
 from asynctls_sglang.ops.select import select_positions
+from asynctls_sglang.patches.capture_guard import capturing_graphs
 
 
 class DecodePlan(NamedTuple):
@@ -144,7 +145,9 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
     # forward -------------------------------------------------------------------------------------
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
         pool = self.token_to_kv_pool
-        if save_kv_cache and k is not None and not layer.is_cross_attention:
+        # NOTE: no calibration on SGLang's graph-capture batches (dummy activations), only on
+        # real prefills: see patches.capture_guard
+        if save_kv_cache and k is not None and not layer.is_cross_attention and not capturing_graphs():
             t = q.shape[0]
             l = layer.layer_id - pool.start_layer
             if self.asynctls_offload is None:

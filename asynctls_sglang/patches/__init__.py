@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from asynctls_sglang.patches import (
     backend_registry,
+    capture_guard,
     cpu_engine,
     kv_pool,
     mla_dispatch,
@@ -19,6 +20,7 @@ from asynctls_sglang.patches.version import check_sglang_version
 def apply_all() -> None:
     check_sglang_version()
     backend_registry.apply()
+    capture_guard.apply()
     mla_dispatch.apply()
     kv_pool.apply()
     offload.apply()
