@@ -48,6 +48,39 @@ class DecodeStep(NamedTuple):
     dense: torch.Tensor  # [bs] bool: decodes over all its positions
 
 
+def resident_row_bytes(cfg: AsyncTLSConfig, *, num_layers: int, kv_heads: int, head_dim: int,
+                       v_head_dim: int | None, dtype_size: int, max_blocks: int) -> int:
+    """Device bytes one cache row (one running request, or the padding row) costs in an
+    OffloadRuntime: its C resident blocks and its window region in the K/V buffers of every layer,
+    plus its residency tables. OffloadRuntime(...).device_nbytes == num_rows * this (tested)."""
+    b, c = cfg.block_size, cfg.resident_capacity
+    channels = head_dim + (v_head_dim or 0)
+    buffers = (c + cfg.pinned_blocks) * b * kv_heads * channels * dtype_size
+    tables = kv_heads * ((max_blocks + 1) * 4 + (c + 1) * 8 * 2)  # blk2slot int32, slot2blk/last_used int64
+    return num_layers * (buffers + tables)
+
+
+def plan_resident_rows(available_bytes: int, row_bytes: int, requested: int | None,
+                       default_share: float = 0.5, most: int = 2048) -> tuple[int, int]:
+    """(max running requests, bytes to charge) for the resident buffers out of available_bytes
+    (the KV budget SGLang profiled). requested: --max-running-requests (per worker) or None: then
+    as many requests as fit in default_share of the budget (at most `most`). Raises ConfigError
+    when not even the requested (or one) request's buffers leave room for a KV pool."""
+    from asynctls_sglang.config import ConfigError, flag_name
+
+    gib = 2.0**30
+    if requested is None:
+        requested = max(1, min(most, int(available_bytes * default_share) // row_bytes - 1))
+    charged = (requested + 1) * row_bytes  # + SGLang's padding row 0
+    if charged >= available_bytes:
+        raise ConfigError(
+            f"asynctls offload: the resident block buffers need {charged / gib:.2f} GiB for "
+            f"{requested} running requests ({row_bytes / gib:.3f} GiB each, padding row included) but "
+            f"only {available_bytes / gib:.2f} GiB are left for the KV cache; lower --max-running-requests "
+            f"or {flag_name('resident_blocks')}, or raise --mem-fraction-static")
+    return requested, charged
+
+
 class OffloadRuntime:
     def __init__(self, cfg: AsyncTLSConfig, *, num_layers: int, kv_heads: int, head_dim: int,
                  v_head_dim: int | None, dtype: torch.dtype, device: torch.device | str, num_rows: int,

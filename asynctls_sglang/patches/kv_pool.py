@@ -1,5 +1,9 @@
 """Build the AsyncTLS KV pools (which keep the sparse index) when asynctls decodes, and
-charge the index's bytes per token in SGLang's KV sizing so the device memory budget holds."""
+charge the index's bytes per token in SGLang's KV sizing so the device memory budget holds.
+With offload, the resident block buffers (a fixed amount per running request) are charged too:
+taken off the profiled KV budget (_profile_available_bytes) before SGLang sizes its pool, max_running_requests clamped to
+the rows charged (memory.offload_runtime.plan_resident_rows; a clear start-up error when they
+cannot fit)."""
 from __future__ import annotations
 
 import torch
@@ -62,8 +66,55 @@ def _cell_size(original, self, kvc, num_layers):
     return size + extra
 
 
+_RESIDENT_ROWS: dict[int, int] = {}  # id(configurator) -> running requests charged (single-threaded start-up)
+
+
+def _profile(original, self, *args, **kwargs):
+    """The KV budget SGLang sizes its pool (and its request count) from, less the resident buffers."""
+    from asynctls_sglang.config import AsyncTLSConfig
+
+    available = original(self, *args, **kwargs)
+    if not uses_asynctls(self.server_args) or not AsyncTLSConfig.from_env().offload:
+        return available
+    import logging
+    import math
+
+    from sglang.srt.runtime_context import get_parallel, get_schedule
+
+    from asynctls_sglang.memory.offload_runtime import plan_resident_rows, resident_row_bytes
+
+    cfg = AsyncTLSConfig.from_env()
+    mc = self.model_config
+    if self.use_mla_backend:
+        heads, dim, v_dim = 1, mc.kv_lora_rank + mc.qk_rope_head_dim, None
+    else:
+        heads, dim = mc.get_num_kv_heads(get_parallel().attn_tp_size), mc.head_dim
+        v_dim = getattr(mc, "v_head_dim", None) or dim
+    row = resident_row_bytes(cfg, num_layers=self.layer_info.num_effective_layers, kv_heads=heads, head_dim=dim,
+                             v_head_dim=v_dim, dtype_size=torch._utils._element_size(self.kv_cache_dtype),
+                             max_blocks=math.ceil((mc.context_len + 8) / cfg.block_size))
+    requested = get_schedule().max_running_requests
+    if requested is not None:
+        requested //= self.ps.attn_dp_size
+    n, cost = plan_resident_rows(available, row, requested)
+    _RESIDENT_ROWS[id(self)] = n
+    logging.getLogger(__name__).info("asynctls offload: %.3f GiB of the KV budget charged for the resident "
+                                     "buffers of %d running requests", cost / 2**30, n)
+    return available - cost
+
+
+def _resolve_pool(original, self, *args, **kwargs):
+    config = original(self, *args, **kwargs)
+    rows = _RESIDENT_ROWS.pop(id(self), None)
+    if rows is not None and config.max_running_requests is not None:
+        config.max_running_requests = min(config.max_running_requests, rows)  # the rows charged
+    return config
+
+
 def apply() -> None:
     HookRegistry.register(f"{_CONF}._build_mha_kv_pool", _build_mha, HookType.AROUND)
     HookRegistry.register(f"{_CONF}._build_mla_kv_pool", _build_mla, HookType.AROUND)
     HookRegistry.register("sglang.srt.model_executor.pool_configurator.DefaultPoolConfigurator._compute_cell_size",
                           _cell_size, HookType.AROUND)
+    HookRegistry.register(f"{_CONF}._profile_available_bytes", _profile, HookType.AROUND)
+    HookRegistry.register(f"{_CONF}._resolve_memory_pool_config", _resolve_pool, HookType.AROUND)
