@@ -48,6 +48,15 @@ def ops_choice() -> str:
     return value
 
 
+#: "1" times the offloading engine's copies and waits with CUDA events (eager decode only, i.e.
+#: --disable-cuda-graph): transfer_ms / exposed_ms / hidden_fraction in the offload stats.
+ASYNCTLS_OFFLOAD_TIMING = "ASYNCTLS_OFFLOAD_TIMING"
+
+
+def offload_timing() -> bool:
+    return os.environ.get(ASYNCTLS_OFFLOAD_TIMING, "0") == "1"
+
+
 #: "1" makes the backend use its fixed-shape (CUDA-graph) decode path in eager mode too, so the
 #: graph path's selection logic runs (and is tested) on the CPU.
 ASYNCTLS_FIXED_SHAPES = "ASYNCTLS_FIXED_SHAPES"

@@ -35,3 +35,19 @@ def test_flags_reach_the_fields():
     assert values == {"offload": True, "host_pool_tokens": None, "resident_blocks": 300}
     assert rest == ["--port", "1"]
     assert AsyncTLSConfig.from_dict(values).resident_capacity == 300
+
+
+def test_offload_timing_needs_eager_decode(monkeypatch):
+    """CUDA events cannot be recorded inside a captured graph: refused at start, with the fix named."""
+    from types import SimpleNamespace
+
+    from asynctls_sglang.adapter import offload
+    from asynctls_sglang.config import AsyncTLSConfig, ConfigError
+
+    monkeypatch.setenv("ASYNCTLS_OFFLOAD_TIMING", "1")
+    runner = SimpleNamespace(server_args=SimpleNamespace(disable_cuda_graph=False),
+                             req_to_token_pool=SimpleNamespace(req_to_token=None),
+                             token_to_kv_pool_allocator=None)
+    pool = SimpleNamespace(asynctls_kv_lists=lambda: ([], []), head_num=2, head_dim=8, v_head_dim=8)
+    with pytest.raises(ConfigError, match="--disable-cuda-graph"):
+        offload.build_offload_runtime(runner, AsyncTLSConfig(offload=True), pool)

@@ -10,8 +10,9 @@ import math
 
 import torch
 
+from asynctls_sglang import env
 from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
-from asynctls_sglang.config import AsyncTLSConfig
+from asynctls_sglang.config import AsyncTLSConfig, ConfigError
 from asynctls_sglang.ops.select import block_scores, positions_in_blocks
 from asynctls_sglang.utils import swapped_attr
 
@@ -20,6 +21,10 @@ def build_offload_runtime(model_runner, cfg: AsyncTLSConfig, pool):
     """The offloading engine for this pool (start-up errors: HostMemoryError, ConfigError)."""
     from asynctls_sglang.memory.offload_runtime import OffloadRuntime
 
+    timing = env.offload_timing()
+    if timing and not getattr(model_runner.server_args, "disable_cuda_graph", True):
+        raise ConfigError(f"{env.ASYNCTLS_OFFLOAD_TIMING}=1 times copies with CUDA events, which cannot be "
+                          "recorded inside a captured decode graph: add --disable-cuda-graph, or unset it")
     req_to_token = model_runner.req_to_token_pool.req_to_token
     b = cfg.block_size
     if pool.asynctls_kv_lists()[1] is None:  # MLA: one latent "head"; V is its first channels
@@ -33,7 +38,7 @@ def build_offload_runtime(model_runner, cfg: AsyncTLSConfig, pool):
     rt = OffloadRuntime(cfg, num_layers=pool.layer_num, kv_heads=heads, head_dim=dim, v_head_dim=v_dim,
                         dtype=pool.dtype, device=torch.device(model_runner.device),
                         num_rows=req_to_token.shape[0], max_blocks=math.ceil(req_to_token.shape[1] / b),
-                        host_blocks=(allocator.size + pool.page_size) // b + 1)
+                        host_blocks=(allocator.size + pool.page_size) // b + 1, timing=timing)
     rt.device_page = allocator.device_page
     model_runner.req_to_token_pool.asynctls_offload = rt  # request end/abort -> rt (patches.offload)
     return rt
