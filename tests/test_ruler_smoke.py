@@ -49,6 +49,11 @@ def test_ruler_smoke(tmp_path: str, capsys: pytest.CaptureFixture[str]) -> None:
     # SmolLM2 finds a single needle in 1k tokens with dense attention (2/2 when last run).
     assert scores[(TASK, "full")] > 0.0
     assert len(payload["samples"]) == 2 * len(methods.split(","))
+    # the sparse run's own account is kept with the scores: it really decoded at the budget
+    if "asynctls" in methods:
+        stats = payload["timings"]["asynctls@256.asynctls"]
+        assert stats["sparse_request_steps"] > 0 and stats["attended_tokens_max"] == 256
+        assert "full.asynctls" not in payload["timings"]  # the dense backend reports none
 
     with open(os.path.join(out, "ruler.png"), "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"

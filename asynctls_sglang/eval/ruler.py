@@ -151,6 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             results += _evaluate(run, url.rstrip("/"), data, args.prompt_format, wrapper,
                                  args.concurrency)
             timings[f"{run.label}.eval_s"] = round(time.monotonic() - run_start, 1)
+            stats = _backend_stats(url.rstrip("/"))
+            if stats is not None:  # the sparse path's own account: steps, attended tokens
+                timings[f"{run.label}.asynctls"] = stats
+                log(f"[{run.label}] backend: {stats.get('sparse_request_steps')} sparse request steps, "
+                    f"attended tokens per step {stats.get('attended_tokens_min')}.."
+                    f"{stats.get('attended_tokens_max')}, {stats.get('ops')}")
         except (ServerError, RuntimeError, OSError) as error:  # OSError: URLError, refused, timeout
             # One failed run (server crash, bad flag) must not lose the sweep's other runs;
             # data that cannot be generated fails them all.
@@ -174,6 +180,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"[ruler] runs that failed: {', '.join(failed)} (server logs in {out}/logs)")
         return 1
     return 0
+
+
+def _backend_stats(url: str) -> dict[str, Any] | None:
+    """The asynctls backend's statistics from /get_server_info (None for other backends)."""
+    try:
+        info = client.get_json(f"{url}/get_server_info")
+    except (OSError, ValueError):
+        return None
+    states = info.get("internal_states") or [{}]
+    stats = states[0].get("asynctls") if isinstance(states[0], dict) else None
+    return dict(stats) if isinstance(stats, dict) else None
 
 
 def _merge(folders: Sequence[str], out: str, task_names: Sequence[str]) -> int:
