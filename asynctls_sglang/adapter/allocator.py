@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from sglang.srt.mem_cache.allocator.paged import PagedTokenToKVPoolAllocator
+from sglang.srt.utils.common import get_num_new_pages
 
 from asynctls_sglang.config import AsyncTLSConfig
 
@@ -86,37 +87,26 @@ class OffloadPagedAllocator(PagedTokenToKVPoolAllocator):
 
     # SGLang's allocation API -----------------------------------------------------------------------
     def alloc(self, need_size: int):
-        out = super().alloc(need_size)
-        if out is not None and not self._map_page_starts(out, need_size // self.page_size):
-            super()._release_page_ids(torch.unique(out // self.page_size))
-            return None
-        return out
+        return self._mapped(super().alloc(need_size), need_size // self.page_size)
 
     def alloc_extend(self, prefix_lens, prefix_lens_cpu, seq_lens, seq_lens_cpu, last_loc, extend_num_tokens,
                      num_new_pages=None):
-        from sglang.srt.utils.common import get_num_new_pages
-
         out = super().alloc_extend(prefix_lens, prefix_lens_cpu, seq_lens, seq_lens_cpu, last_loc,
                                    extend_num_tokens, num_new_pages)
-        if out is None:
-            return None
-        n_new = get_num_new_pages(seq_lens=seq_lens_cpu, page_size=self.page_size, prefix_lens=prefix_lens_cpu)
-        if not self._map_page_starts(out, n_new):
-            self._undo(out)
-            return None
-        return out
+        return self._mapped(out, get_num_new_pages(seq_lens=seq_lens_cpu, page_size=self.page_size,
+                                                   prefix_lens=prefix_lens_cpu))
 
     def alloc_decode(self, seq_lens, seq_lens_cpu, last_loc):
-        from sglang.srt.utils.common import get_num_new_pages
-
         out = super().alloc_decode(seq_lens, seq_lens_cpu, last_loc)
-        if out is None:
-            return None
-        n_new = get_num_new_pages(seq_lens=seq_lens_cpu, page_size=self.page_size, decode=True)
-        if not self._map_page_starts(out, n_new):
-            self._undo(out)
-            return None
-        return out
+        return self._mapped(out, get_num_new_pages(seq_lens=seq_lens_cpu, page_size=self.page_size, decode=True))
+
+    def _mapped(self, out: torch.Tensor | None, n_new: int) -> torch.Tensor | None:
+        """out with a device page for each of its n_new new logical pages, or None (nothing kept)
+        when SGLang's allocation failed or the device pool is short."""
+        if out is None or self._map_page_starts(out, n_new):
+            return out
+        self._undo(out)
+        return None
 
     def _undo(self, out: torch.Tensor) -> None:
         """Give back the logical pages that start in out (allocated by the failed call)."""

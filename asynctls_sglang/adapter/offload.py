@@ -6,6 +6,7 @@ memory.offload_runtime.OffloadRuntime, which imports nothing from SGLang.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -85,12 +86,9 @@ class OffloadDecodeMixin:
 
     def _device_tables(self):
         """Context: SGLang's dense kernels see device slots in req_to_token (a prefill)."""
-        import contextlib
-
-        table = getattr(self, "_extend_table", None)
-        if table is None:
+        if self._extend_table is None:
             return contextlib.nullcontext()
-        return swapped_attr(self, "req_to_token_pool", _DeviceTable(self.req_to_token_pool, table))
+        return swapped_attr(self, "req_to_token_pool", _DeviceTable(self.req_to_token_pool, self._extend_table))
 
     def _offload_after_extend(self, q, layer, fb) -> None:
         """Per layer of a prefill: seed the resident cache for the first decode step; after the

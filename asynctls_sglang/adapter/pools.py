@@ -43,10 +43,6 @@ class AsyncTLSPoolMixin:
             cfg, num_layers=self.layer_num, num_slots=slots + self.page_size, kv_heads=kv_heads,
             head_dim=head_dim, is_mla=is_mla, dtype=self.dtype, device=device, ops=ops_for_device(device))
 
-    def asynctls_kv_lists(self) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-        """Per-layer device K and V buffers [slots, Hk, D] (MLA: the latent buffers and None)."""
-        raise NotImplementedError
-
     def _device_loc(self, loc_info):
         """SGLang's (logical, with offload) write locations -> this pool's slots. Identity unless
         the offload allocator registered its page map; a logical page without a device page
@@ -74,7 +70,8 @@ class AsyncTLSMHAPool(AsyncTLSPoolMixin, MHATokenToKVPool):
         super().__init__(*args, **kwargs)
         self._init_asynctls(kv_heads=self.head_num, head_dim=self.head_dim, is_mla=False)
 
-    def asynctls_kv_lists(self):
+    def asynctls_kv_lists(self) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Per-layer device K and V buffers [slots, Hk, D] (the offloading engine reads them)."""
         return self.k_buffer, self.v_buffer
 
     def set_kv_buffer(self, layer, loc_info, cache_k, cache_v, k_scale=None, v_scale=None,
@@ -91,7 +88,8 @@ class AsyncTLSMLAPool(AsyncTLSPoolMixin, MLATokenToKVPool):
         super().__init__(*args, **kwargs)
         self._init_asynctls(kv_heads=1, head_dim=self.kv_lora_rank + self.qk_rope_head_dim, is_mla=True)
 
-    def asynctls_kv_lists(self):
+    def asynctls_kv_lists(self) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Per-layer latent buffers [slots, 1, 576], and None: V is their first channels."""
         return self.kv_buffer, None
 
     def set_kv_buffer(self, layer, loc_info, cache_k, cache_v, *args, **kwargs):
