@@ -117,6 +117,13 @@ def write_json(path: str, config: Mapping[str, Any], table: Table,
         json.dump(payload, handle, indent=1)
 
 
+def read_json(path: str) -> tuple[dict[str, Any], list[SampleResult]]:
+    """What write_json wrote: the payload and its per-sample results."""
+    with open(path) as handle:
+        payload = json.load(handle)
+    return payload, [SampleResult(**record) for record in payload["samples"]]
+
+
 def plot(path: str, table: Table, title: str) -> None:
     """Left: average score against budget (shared methods as dashed lines). Right: per-task bars."""
     import matplotlib

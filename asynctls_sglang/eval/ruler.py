@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import shlex
 import signal
@@ -198,11 +197,9 @@ def _merge(folders: Sequence[str], out: str, task_names: Sequence[str]) -> int:
     timings: dict[str, Any] = {}
     config: dict[str, Any] = {}
     for folder in folders:
-        with open(os.path.join(folder, "ruler.json")) as handle:
-            stored = json.load(handle)
+        stored, fresh = report.read_json(os.path.join(folder, "ruler.json"))
         config = config or dict(stored["config"])
         seen = {(r.method, r.budget) for r in results}
-        fresh = [report.SampleResult(**record) for record in stored["samples"]]
         results += [r for r in fresh if (r.method, r.budget) not in seen]
         timings.update({f"{os.path.basename(folder.rstrip('/'))}/{key}": value
                         for key, value in stored["timings"].items()})
@@ -235,9 +232,7 @@ def _resume(out: str, runs: Sequence[Run], task_names: Sequence[str],
     path = os.path.join(out, "ruler.json")
     if not os.path.isfile(path):
         return [], {}, set()
-    with open(path) as handle:
-        stored = json.load(handle)
-    loaded = [report.SampleResult(**record) for record in stored.get("samples", [])]
+    stored, loaded = report.read_json(path)
     kept: list[report.SampleResult] = []
     done: set[str] = set()
     for run in runs:
