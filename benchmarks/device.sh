@@ -1,6 +1,6 @@
 #!/bin/bash
 # Runs on the lent H200 from the repository root (see benchmarks/README.md):
-#   bash benchmarks/device.sh STAGE...      stages: stash setup model ktest gtest kbench e2e ruler recipes pack
+#   bash benchmarks/device.sh STAGE...      stages: stash setup model ktest gtest kbench e2e ruler rulerp recipes pack
 # (TAG=_x names a second run's logs/JSON; pack folds $OUT into one tar: $OUT returns 8 files at most)
 # stash copies the carried .carry/{m1,m2,ruler} into /tmp/stash (on a warm machine /tmp outlives a
 # call: carry one piece per call, back to back); model joins the SmolLM2 GGUF pieces and converts
@@ -52,6 +52,13 @@ for stage in "$@"; do
              --out /tmp/ruler --resume --server-args "${RULER_SERVER_ARGS:-}" ${RULER_ARGS:-}
            cp /tmp/ruler/ruler.json /tmp/ruler/table.txt /tmp/ruler/ruler.png "$OUT/" 2>/dev/null
            tar -C /tmp/ruler -cJf "$OUT/ruler_logs.tar.xz" logs 2>/dev/null; cat /tmp/ruler/table.txt 2>/dev/null ;;
+    rulerp) # every (method, budget) of RULER_JOBS as its own harness process on this GPU, merged
+           # shellcheck disable=SC2086
+           JOB_TIMEOUT=${JOB_TIMEOUT:-500} RULER_COMMON="--device cuda --samples ${SAMPLES:-50} --concurrency 32 --data-cache /tmp/stash/ruler/data ${RULER_ARGS:-}" \
+             SERVER_ARGS="--dtype bfloat16 --cuda-graph-max-bs-decode 32 --cuda-graph-backend-prefill disabled --mem-fraction-static ${MEM:-0.15} ${RULER_SERVER_ARGS:-}" \
+             run rulerp 580 bash benchmarks/ruler_parallel.sh /tmp/rulerp ${RULER_JOBS:-"full|--methods full" "a256|--methods asynctls --budgets 256" "a512|--methods asynctls --budgets 512" "a1024|--methods asynctls --budgets 1024" "o512|--methods offload --budgets 512" "q512|--methods quest --budgets 512"}
+           cp /tmp/rulerp/merged/ruler.json /tmp/rulerp/merged/table.txt /tmp/rulerp/merged/ruler.png "$OUT/" 2>/dev/null
+           tar -C /tmp -cJf "$OUT/rulerp_runs.tar.xz" rulerp 2>/dev/null; cat /tmp/rulerp/merged/table.txt 2>/dev/null ;;
     *) el "unknown stage $stage" ;;
   esac
 done
