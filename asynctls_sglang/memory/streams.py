@@ -58,11 +58,15 @@ class LayerEvents:
     """One CUDA event per layer: recorded on a side stream, waited on by the compute stream.
 
     Each event remembers whether it was recorded in the current step (see new_step) or in an
-    earlier one. NOTE: while a CUDA graph is being captured, only events recorded in the same
-    step (hence in the same capture) are waited on: a replay ends only after every stream it
-    forked has joined back, and replays on one stream run one after the other, so copies of an
-    earlier replay are complete. Eager work that precedes a replay must be joined by the caller
-    (TransferEngine.before_replay).
+    earlier one, and whether it was recorded inside a CUDA-graph capture. NOTE (which waits are
+    made, see must_wait): while a graph is captured, only events recorded in the same step of
+    the same capture: a replay ends only after every stream it forked has joined back, and
+    replays on one stream run one after the other, so copies of an earlier replay are complete,
+    and work recorded outside the capture cannot be a dependency of the graph (CUDA refuses it:
+    cudaErrorStreamCaptureIsolation; SGLang runs eager warm-up forwards right before each
+    capture, which record such events). Eager work that precedes a replay is joined by the
+    caller (TransferEngine.before_replay). Outside a capture, an event last recorded inside one
+    stands for no eager work and is not waited on.
     """
 
     def __init__(self, num_layers: int, device: torch.device | str, timing: bool = False) -> None:
@@ -70,6 +74,7 @@ class LayerEvents:
         on = _on_cuda(self.device)
         self.events = [torch.cuda.Event(enable_timing=timing) if on else None for _ in range(num_layers)]
         self.state: list[str | None] = [None] * num_layers  # None, "earlier" or "this" step
+        self.in_capture = [False] * num_layers  # recorded while a graph was being captured
 
     def new_step(self) -> None:
         self.state = [None if s is None else "earlier" for s in self.state]
@@ -80,10 +85,20 @@ class LayerEvents:
             event.record(stream.stream if stream is not None and stream.stream is not None
                          else torch.cuda.current_stream(self.device))
         self.state[layer] = "this"
+        self.in_capture[layer] = capturing()
+
+    def must_wait(self, layer: int, now_capturing: bool) -> bool:
+        """Whether wait(layer) orders anything (the rule in the class docstring)."""
+        state = self.state[layer]
+        if state is None:
+            return False
+        if now_capturing:
+            return state == "this" and self.in_capture[layer]
+        return not self.in_capture[layer]
 
     def wait(self, layer: int) -> None:
         """The current stream waits for the event of `layer` (no-op if never recorded / CPU)."""
-        event, state = self.events[layer], self.state[layer]
-        if event is None or state is None or (state == "earlier" and capturing()):
+        event = self.events[layer]
+        if event is None or not self.must_wait(layer, capturing()):
             return
         torch.cuda.current_stream(self.device).wait_event(event)

@@ -1,13 +1,13 @@
 """The offloading engine in SGLang's real engine on a GPU: CUDA-graph decode (fixed-shape path,
 copy stream forked and joined inside the capture, UVA gathers from pinned host memory), logical
-ids over a host pool 4x the device pool. Skipped without CUDA. NOT RUN YET (written on a CPU-only
-machine): the first H200 run is its debut."""
+ids over a host pool 4x the device pool. Skipped without CUDA. First run on the H200 failed at
+capture (an eager warm-up event waited inside the graph; fixed in memory.streams.LayerEvents)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from engine_helpers import asynctls_stats, engine, greedy, random_prompts
+from engine_helpers import asynctls_stats, assert_same_up_to_near_ties, engine, greedy, greedy_with_margins, random_prompts
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -25,7 +25,7 @@ LONG = random_prompts([700, 1500], seed=2)
 def test_gpu_graph_decode_with_offload(tiny_model_dir, kind):
     model = tiny_model_dir(kind)
     with engine(model, "asynctls", CFG, **GPU_ARGS) as eng:
-        off = greedy(eng, SHORT + LONG, 16)
+        off = greedy_with_margins(eng, SHORT + LONG, 16)
     with engine(model, "asynctls", EXACT, **GPU_ARGS) as eng:
         exact = greedy(eng, SHORT + LONG, 16)
         exact_stats = asynctls_stats(eng)
@@ -35,12 +35,10 @@ def test_gpu_graph_decode_with_offload(tiny_model_dir, kind):
         stats = asynctls_stats(eng)
     print(kind, "exact", exact_stats["offload"])
     print(kind, "pipeline", stats["offload"])
-    same = sum(a == b for x, y in zip(exact, off) for a, b in zip(x, y))
-    total = sum(len(x) for x in off)
-    print(kind, f"offload (depth 0, large cache): {same}/{total} tokens equal to offload off")
-    assert same >= 0.9 * total  # bf16: near-tied argmaxes may flip late (see test_engine_gpu.py)
-    assert all(o[:4] == s[:4] for o, s in zip(exact, off))
-    assert sum(a == b for x, y in zip(piped, off[:len(SHORT)]) for a, b in zip(x, y)) >= 0.9 * 16 * len(SHORT)
+    # the same kernels read the same K/V (resident copies): every difference must be a near tie
+    same = assert_same_up_to_near_ties(exact, off, tol=0.25)
+    print(kind, f"offload (depth 0, large cache): {same}/{sum(len(x) for x, _ in off)} tokens equal to offload off")
+    assert_same_up_to_near_ties(piped, off[:len(SHORT)], tol=0.25)
     assert all(len(o) == 16 for o in batched)
     assert exact_stats["offload"]["tokens_dropped"] == 0 and exact_stats["offload"]["blocks_late"] == 0
     assert stats["offload"]["bytes_moved"] > 0 and stats["offload"]["decode_steps"] > 0
