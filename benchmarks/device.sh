@@ -32,7 +32,7 @@ for stage in "$@"; do
            python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -2
            python3 -c "import asynctls_sglang.plugin as p; p.register(); print('plugin ok')" 2>&1 | tail -1 ;;
     ktest) run ktest ${KT_TMO:-300} python3 -m pytest tests/kernels ${KT_ARGS:--q} -p no:cacheprovider ;;
-    gtest) run gtest ${GT_TMO:-300} python3 -m pytest tests/gpu tests/test_offload_gpu.py tests/kernels/test_gpu_graph.py ${GT_ARGS:--q -s} -p no:cacheprovider ;;
+    gtest) run gtest${TAG:-} ${GT_TMO:-300} python3 -m pytest ${GT_FILES:-tests/gpu tests/test_offload_gpu.py tests/kernels/test_gpu_graph.py} ${GT_ARGS:--q -s} -p no:cacheprovider ;;
     kbench) run kbench${TAG:-} 400 python3 benchmarks/kernel_bench.py ${KB_ARGS:---quick} --out "$OUT/kbench${TAG:-}.json" ;;
     recipes) run recipes 560 python3 benchmarks/recipe_smoke.py ${RECIPE_ARGS:-} --out "$OUT/recipes.json" ;;
     pack) (cd "$OUT" && tar -cJf "all${TAG:-}.tar.xz" --exclude='all*.tar.xz' . && find . -type f ! -name 'all*.tar.xz' -delete) ;;

@@ -72,7 +72,7 @@ async def run_point(engine, bs: int, ctx: int, out_len: int, vocab: int, seed: i
             "itl_ms_p99": round(step_ms[min(len(step_ms) - 1, int(0.99 * len(step_ms)))], 3) if step_ms else None}
 
 
-def run_backend(args, backend: str, asynctls: dict) -> list[dict]:
+def run_backend(args, backend: str, asynctls: dict, eager: bool = False) -> list[dict]:
     # 128k points plus their output pass the configs' 131072 positions (random weights: harmless).
     os.environ.setdefault("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN", "1")
     import sglang as sgl
@@ -92,6 +92,8 @@ def run_backend(args, backend: str, asynctls: dict) -> list[dict]:
               random_seed=0, log_level="warning")
     if backend == "asynctls":
         kw["page_size"] = asynctls.get("block_size", 64)
+    if eager:
+        kw["disable_cuda_graph"] = True
     kw.update(json.loads(args.extra))
     t0 = time.perf_counter()
     engine = sgl.Engine(**kw)
@@ -107,7 +109,7 @@ def run_backend(args, backend: str, asynctls: dict) -> list[dict]:
                 info = engine.get_server_info()["internal_states"][0].get("asynctls", {})
                 r["attended_tokens_last"] = info.get("attended_tokens_last")
                 if "offload" in info:  # cumulative over the points so far (docs/offload.md: metrics)
-                    r["backend"] += "+offload"
+                    r["backend"] += "+offload" + ("(eager, timed)" if eager else "")
                     r["offload"] = info["offload"]
             print("[e2e] " + json.dumps(r), flush=True)
             rows.append(r)
@@ -155,7 +157,9 @@ def plot(rows: list[dict], path: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qwen3_8b")
-    ap.add_argument("--backends", default="flashinfer,asynctls")
+    ap.add_argument("--backends", default="flashinfer,asynctls",
+                    help="comma list: SGLang backends, asynctls, asynctls_offload (offload on), "
+                         "asynctls_offload_timed (offload on, eager decode, transfer time hidden/exposed)")
     ap.add_argument("--budgets", default="2048", help="asynctls token budgets (one engine each)")
     ap.add_argument("--points", default="1x32768,8x32768,8x65536")
     ap.add_argument("--out-len", type=int, default=64)
@@ -170,11 +174,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="e2e.json")
     args = ap.parse_args(argv)
     rows: list[dict] = []
-    for backend in args.backends.split(","):
+    for name in args.backends.split(","):
+        # asynctls_offload: the asynctls backend with the offloading engine on
+        backend = "asynctls" if name.startswith("asynctls") else name
         budgets = [int(b) for b in args.budgets.split(",")] if backend == "asynctls" else [0]
+        timed = name == "asynctls_offload_timed"  # eager decode: copies and waits timed with CUDA events
+        os.environ["ASYNCTLS_OFFLOAD_TIMING"] = "1" if timed else "0"
         for k in budgets:
-            cfg = {**json.loads(args.asynctls), **({"token_budget": k} if k else {})}
-            rows += run_backend(args, backend, cfg)
+            cfg = {**json.loads(args.asynctls), **({"token_budget": k} if k else {}),
+                   **({"offload": True} if name.startswith("asynctls_offload") else {})}
+            rows += run_backend(args, backend, cfg, eager=timed)
             json.dump({"model": args.model, "args": vars(args), "rows": rows}, open(args.out, "w"), indent=1)
     print(table(rows, args.backends.split(",")[0]))
     plot(rows, os.path.splitext(args.out)[0] + ".png")
