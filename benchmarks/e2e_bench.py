@@ -196,6 +196,10 @@ def main(argv=None) -> int:
     ap.add_argument("--chunked-prefill", type=int, default=16384)
     ap.add_argument("--mem-frac", type=float, default=0.85)
     ap.add_argument("--asynctls", default="{}", help="extra AsyncTLS fields (JSON)")
+    ap.add_argument("--offload", default="{}",
+                    help="AsyncTLS fields of the asynctls_offload backends only (JSON), e.g. "
+                         "'{\"host_pool_tokens\": 393216}': the default host pool is 4x the device pool, "
+                         "more pinned memory than a host has when the device pool is large")
     ap.add_argument("--extra", default="{}", help="extra sglang.Engine arguments (JSON)")
     ap.add_argument("--shared-prefix", action="store_true",
                     help="requests of a point share a ctx-32 token prefix (prefilled once, radix "
@@ -216,7 +220,7 @@ def main(argv=None) -> int:
         os.environ["ASYNCTLS_OFFLOAD_TIMING"] = "1" if timed else "0"
         for k in budgets:
             cfg = {**json.loads(args.asynctls), **({"token_budget": k} if k else {}),
-                   **({"offload": True} if name.startswith("asynctls_offload") else {})}
+                   **({"offload": True, **json.loads(args.offload)} if name.startswith("asynctls_offload") else {})}
             rows += run_backend(args, backend, cfg, eager=timed)
             json.dump({"model": args.model, "args": vars(args), "rows": rows}, open(args.out, "w"), indent=1)
     print(table(rows, args.backends.split(",")[0]))
