@@ -207,7 +207,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fixed-kv-tokens", type=int, default=0,
                     help="cap every backend's device KV pool at this many tokens (max_total_tokens) and "
                          "submit each point's bs distinct requests at once: reports the batch each "
-                         "backend reaches and its throughput (with offload, host_pool_tokens in --asynctls "
+                         "backend reaches and its throughput (with offload, host_pool_tokens in --offload "
                          "sets the logical capacity)")
     ap.add_argument("--out", default="e2e.json")
     args = ap.parse_args(argv)
