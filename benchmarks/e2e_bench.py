@@ -91,6 +91,32 @@ async def run_fixed_memory(engine, n_req: int, ctx: int, out_len: int, vocab: in
             "itl_ms_median": None, "itl_ms_p99": None}
 
 
+def offload_device_tokens(fixed_tokens: int, asynctls: dict, model_cfg: dict, requests: int,
+                          context_length: int) -> tuple[int, int]:
+    """(device KV tokens, tokens' worth of resident buffers) so that an offload run's device pool
+    plus its resident block buffers take the bytes of `fixed_tokens` KV tokens (same GPU memory as
+    the full-attention run; the index, about 3% of the KV, is not counted on either side)."""
+    from asynctls_sglang.config import AsyncTLSConfig
+    from asynctls_sglang.memory.offload_runtime import resident_row_bytes
+
+    cfg = AsyncTLSConfig.from_dict(asynctls)
+    layers = model_cfg["num_hidden_layers"]
+    if model_cfg.get("kv_lora_rank"):  # MLA: one latent "head"
+        heads, dim, v_dim = 1, model_cfg["kv_lora_rank"] + model_cfg["qk_rope_head_dim"], None
+    else:
+        heads = model_cfg["num_key_value_heads"]
+        dim = v_dim = model_cfg.get("head_dim") or model_cfg["hidden_size"] // model_cfg["num_attention_heads"]
+    row = resident_row_bytes(cfg, num_layers=layers, kv_heads=heads, head_dim=dim, v_head_dim=v_dim,
+                             dtype_size=2, max_blocks=-(-context_length // cfg.block_size))
+    token_bytes = layers * heads * (dim + (v_dim or 0)) * 2
+    resident = -(-(requests + 1) * row // token_bytes)
+    device = (fixed_tokens - resident) // cfg.block_size * cfg.block_size
+    if device <= 0:
+        raise SystemExit(f"--fixed-kv-tokens {fixed_tokens} does not hold the resident buffers of {requests} "
+                         f"offloaded requests ({resident} tokens' worth)")
+    return device, resident
+
+
 def run_backend(args, backend: str, asynctls: dict, eager: bool = False) -> list[dict]:
     # 128k points plus their output pass the configs' 131072 positions (random weights: harmless).
     os.environ.setdefault("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN", "1")
@@ -113,9 +139,14 @@ def run_backend(args, backend: str, asynctls: dict, eager: bool = False) -> list
         kw["page_size"] = asynctls.get("block_size", 64)
     if eager:
         kw["disable_cuda_graph"] = True
+    resident = 0
     if args.fixed_kv_tokens:
-        # the paper's offload experiment: the same device KV budget for every backend
-        kw.update(max_total_tokens=args.fixed_kv_tokens, max_running_requests=max(16, 2 * max_bs))
+        # the paper's offload experiment: the same device KV memory for every backend
+        tokens = args.fixed_kv_tokens
+        if asynctls.get("offload"):
+            tokens, resident = offload_device_tokens(tokens, asynctls, json.load(open(os.path.join(model_dir, "config.json"))),
+                                                     max_bs, args.context_length)
+        kw.update(max_total_tokens=tokens, max_running_requests=max_bs)
     kw.update(json.loads(args.extra))
     t0 = time.perf_counter()
     engine = sgl.Engine(**kw)
@@ -126,7 +157,8 @@ def run_backend(args, backend: str, asynctls: dict, eager: bool = False) -> list
         for i, (bs, ctx) in enumerate(points):
             if args.fixed_kv_tokens:
                 r = engine.loop.run_until_complete(run_fixed_memory(engine, bs, ctx, args.out_len, vocab, 100 + i))
-                r["fixed_kv_tokens"] = args.fixed_kv_tokens
+                r.update(fixed_kv_tokens=args.fixed_kv_tokens, device_kv_tokens=kw["max_total_tokens"],
+                         resident_buffer_tokens=resident)
             else:
                 r = engine.loop.run_until_complete(run_point(engine, bs, ctx, args.out_len, vocab, 100 + i,
                                                              args.shared_prefix))
