@@ -11,11 +11,7 @@ set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 T0=$(date +%s)
 el() { echo "[$(($(date +%s) - T0))s] $*"; }
-export PATH="$(dirname "$(command -v python3)"):$PATH"  # the recipes call `python`
-export PYTHONPATH=/tmp/site:$PWD:/tmp/smolpkg PYTHONUNBUFFERED=1 ASYNCTLS_CACHE_DIR=/tmp/acache SGLANG_DISABLE_REQUEST_LOGGING=1
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TORCHDYNAMO_DISABLE=1
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-export FLASHINFER_WORKSPACE_BASE=$PWD/.carry/jit TVM_FFI_CACHE_DIR=$PWD/.carry/jit/tvm-ffi TRITON_CACHE_DIR=$PWD/.carry/jit/triton
+. benchmarks/device_env.sh
 DEADLINE=${DEADLINE:-580}
 run() {  # run NAME TIMEOUT CMD...
   local name=$1 tmo=$2; shift 2
