@@ -37,7 +37,8 @@ class AsyncTLSConfig:
     block_budget: int = 128
     #: k_t: tokens attended per request and KV head, sink and local window included.
     token_budget: int = 2048
-    #: r: index channels for the token-level scores. None: head_dim // 4 (GQA), 128 (MLA).
+    #: r: index channels for the token-level scores. None: 128 for MLA; for GQA head_dim // 4 (the
+    #: paper's 32 of 128) but at least 32 (at most head_dim): 16 of 64 lost RULER needles (docs/results.md).
     index_channels: int | None = None
     #: Bits per quantised index-key channel (only 4 is implemented).
     index_bits: int = 4
@@ -181,7 +182,7 @@ class AsyncTLSConfig:
         """r for a model whose (latent) key has head_dim channels; raises if impossible."""
         r = self.index_channels
         if r is None:
-            r = min(128, head_dim) if is_mla else max(2, head_dim // 4)
+            r = min(128, head_dim) if is_mla else min(head_dim, max(32, head_dim // 4))
             r -= r % 2
         if r > head_dim:
             _fail("index_channels", f"r = {r} is larger than the key head dim ({head_dim}) of this model")

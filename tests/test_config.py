@@ -17,6 +17,12 @@ def test_defaults_are_the_papers():
     assert cfg.channels_for(576, is_mla=True) == 128  # r = 128 for MLA
 
 
+@pytest.mark.parametrize("head_dim, r", [(64, 32), (96, 32), (128, 32), (256, 64), (16, 16)])
+def test_default_channels_keep_at_least_32_for_small_heads(head_dim, r):
+    # 16 channels of SmolLM2's 64-dim heads lost RULER needles that 32 keep (docs/results.md)
+    assert AsyncTLSConfig().channels_for(head_dim, is_mla=False) == r
+
+
 @pytest.mark.parametrize("changes, words", [
     ({"token_budget": 9000}, ["--asynctls-token-budget", "8192"]),
     ({"block_size": 48}, ["--asynctls-block-size", "power of two"]),
