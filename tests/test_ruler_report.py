@@ -48,8 +48,11 @@ def test_full_runs_once_and_sparse_methods_per_budget() -> None:
     runs = plan_runs(["full", "asynctls", "quest"], [256, 512], device="cpu")
     assert [run.label for run in runs] == ["full", "asynctls@256", "quest@256", "asynctls@512", "quest@512"]
     assert runs[0].server_args == ["--attention-backend", "torch_native"]
-    assert runs[1].server_args == ["--asynctls-token-budget", "256"]
-    assert runs[2].server_args == ["--asynctls-selection", "quest", "--asynctls-token-budget", "256"]
+    # sparse from the budget on (the launcher's default threshold would decode RULER 8k densely)
+    assert runs[1].server_args == ["--asynctls-token-budget", "256", "--asynctls-dense-threshold", "256"]
+    assert runs[2].server_args == ["--asynctls-selection", "quest", "--asynctls-token-budget", "256",
+                                   "--asynctls-dense-threshold", "256"]
+    assert runs[3].server_args[-1] == "512"
 
 
 def test_plan_options_backend_and_threshold() -> None:
@@ -64,7 +67,7 @@ def test_plan_options_backend_and_threshold() -> None:
 def test_offload_method_turns_the_engine_on() -> None:
     runs = plan_runs(["asynctls", "offload"], [512], device="cuda")
     assert [run.label for run in runs] == ["asynctls@512", "offload@512"]
-    assert runs[1].server_args == ["--asynctls-offload", "--asynctls-token-budget", "512"]
+    assert runs[1].server_args == ["--asynctls-offload", "--asynctls-token-budget", "512", "--asynctls-dense-threshold", "512"]
 
 
 def test_device_args_size_the_pool_for_the_requests_in_flight() -> None:

@@ -33,8 +33,10 @@ def plan_runs(methods: Sequence[str], budgets: Sequence[int], device: str,
     runs: list[Run] = []
     if "full" in methods:
         runs.append(Run("full", None, ["--attention-backend", full_backend or DENSE_BACKENDS[device]]))
-    threshold = [] if dense_threshold is None else ["--asynctls-dense-threshold", str(dense_threshold)]
     for budget in budgets:
+        # NOTE: sparse from the budget on unless told otherwise: the launcher's default threshold
+        # (8192) would decode a RULER 8k prompt densely and measure nothing of the method
+        threshold = ["--asynctls-dense-threshold", str(budget if dense_threshold is None else dense_threshold)]
         if "asynctls" in methods:
             runs.append(Run("asynctls", budget, ["--asynctls-token-budget", str(budget), *threshold]))
         if "offload" in methods:

@@ -56,7 +56,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--full-backend", default=None, help="dense backend for `full` "
                    "(default torch_native on CPU, flashinfer on GPU)")
     p.add_argument("--dense-threshold", type=int, default=None,
-                   help="pass --asynctls-dense-threshold to sparse runs (default: launcher's)")
+                   help="--asynctls-dense-threshold of the sparse runs (default: each run's token budget, so "
+                        "every prompt longer than the budget decodes sparsely)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--mem-fraction-static", type=float, default=None)
     p.add_argument("--server-args", default="", help="extra launcher arguments, one string")
