@@ -48,11 +48,12 @@ for stage in "$@"; do
              --out /tmp/ruler --resume --server-args "${RULER_SERVER_ARGS:-}" ${RULER_ARGS:-}
            cp /tmp/ruler/ruler.json /tmp/ruler/table.txt /tmp/ruler/ruler.png "$OUT/" 2>/dev/null
            tar -C /tmp/ruler -cJf "$OUT/ruler_logs.tar.xz" logs 2>/dev/null; cat /tmp/ruler/table.txt 2>/dev/null ;;
-    rulerp) # every (method, budget) of RULER_JOBS as its own harness process on this GPU, merged
-           # shellcheck disable=SC2086
+    rulerp) # every job of RULER_JOBS ("name|harness args[|server args];...") as its own harness
+           # process on this GPU, merged
+           IFS=';' read -r -a jobs <<< "${RULER_JOBS:-full|--methods full;a256|--methods asynctls --budgets 256;a512|--methods asynctls --budgets 512;a1024|--methods asynctls --budgets 1024;o512|--methods offload --budgets 512;q512|--methods quest --budgets 512}"
            JOB_TIMEOUT=${JOB_TIMEOUT:-500} RULER_COMMON="--device cuda --samples ${SAMPLES:-50} --concurrency 32 --data-cache /tmp/stash/ruler/data ${RULER_ARGS:-}" \
              SERVER_ARGS="--dtype bfloat16 --cuda-graph-max-bs-decode 32 --cuda-graph-backend-prefill disabled --mem-fraction-static ${MEM:-0.15} ${RULER_SERVER_ARGS:-}" \
-             run rulerp 580 bash benchmarks/ruler_parallel.sh /tmp/rulerp ${RULER_JOBS:-"full|--methods full" "a256|--methods asynctls --budgets 256" "a512|--methods asynctls --budgets 512" "a1024|--methods asynctls --budgets 1024" "o512|--methods offload --budgets 512" "q512|--methods quest --budgets 512"}
+             run rulerp 580 bash benchmarks/ruler_parallel.sh /tmp/rulerp "${jobs[@]}"
            cp /tmp/rulerp/merged/ruler.json /tmp/rulerp/merged/table.txt /tmp/rulerp/merged/ruler.png "$OUT/" 2>/dev/null
            tar -C /tmp -cJf "$OUT/rulerp_runs.tar.xz" rulerp 2>/dev/null; cat /tmp/rulerp/merged/table.txt 2>/dev/null ;;
     *) el "unknown stage $stage" ;;
