@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from asynctls_sglang import env
 
 SELECTIONS = ("tls", "quest")
+TOKEN_HEADS = ("max", "mean")
 
 
 class ConfigError(ValueError):
@@ -54,6 +55,11 @@ class AsyncTLSConfig:
     #: "tls": two-level (blocks, then tokens). "quest": block-only baseline that attends all
     #: tokens of the top token_budget // block_size blocks (same number of attended tokens).
     selection: str = "tls"
+    #: How the approximate token scores of a KV group's query heads combine before the one token
+    #: top-k of the group: "max" (a token counts as much as the head that scores it highest) or
+    #: "mean" (the paper's group average). "max" keeps what a single retrieval head attends to,
+    #: which a group average of its siblings' diffuse scores drops (docs/results.md: RULER).
+    token_heads: str = "max"
     #: Prefill tokens (per layer) whose queries and keys calibrate the index channels; the first
     #: prefill of at least this many tokens (or the first of any length, if none is) fixes them.
     calibration_tokens: int = 256
@@ -102,6 +108,8 @@ class AsyncTLSConfig:
         if self.sink_tokens + self.local_window >= self.token_budget:
             _fail("token_budget", f"must exceed sink_tokens + local_window "
                   f"({self.sink_tokens} + {self.local_window}), got {self.token_budget}")
+        if self.token_heads not in TOKEN_HEADS:
+            _fail("token_heads", f"must be one of {TOKEN_HEADS}, got {self.token_heads!r}")
         if self.selection not in SELECTIONS:
             _fail("selection", f"must be one of {SELECTIONS}, got {self.selection!r}")
         if self.selection == "quest" and self.token_budget % self.block_size:

@@ -100,3 +100,31 @@ def test_small_budget_attends_exactly_the_budget_with_sink_and_local():
     for h in range(2):
         blocks = set(sel.blocks[h].tolist())
         assert all(p // 16 in blocks for p in sel.positions[h, 20:].tolist())
+
+
+def _retrieval_group():
+    """One KV head, three query heads: head 0 looks for one needle token (channel 0), its two
+    siblings score the needle down and every other token mildly up (channel 1)."""
+    t, d = 40, 8
+    k = torch.zeros(t, 1, d)
+    k[:, 0, 1] = 2.0
+    needle = 17
+    k[needle, 0] = 0.0
+    k[needle, 0, 0] = 10.0
+    q = torch.zeros(3, d)
+    q[0, 0] = 1.0
+    q[1:, 0], q[1:, 1] = -0.6, 1.0
+    return q, k, needle
+
+
+@pytest.mark.parametrize("heads, kept", [("max", True), ("mean", False)])
+def test_token_heads_max_keeps_a_single_heads_needle(heads, kept):
+    from asynctls_sglang.reference.index_keys import quantize_index_keys, token_scores
+
+    q, k, needle = _retrieval_group()
+    channels = torch.arange(8).view(1, 8)
+    codes, sz = quantize_index_keys(k, channels)
+    scores = token_scores(q, codes, sz, channels, heads)[0]
+    assert (needle in scores.topk(5).indices.tolist()) is kept
+    with pytest.raises(Exception):
+        AsyncTLSConfig(token_heads="median")

@@ -60,7 +60,7 @@ def positions_in_blocks(q: torch.Tensor, index: LayerIndex, req_to_token: torch.
         chosen = ops.truncate_candidates(pos, ok, cfg.selected_tokens)
     else:
         tok = ops.score_tokens(q, index.codes, index.scale_zero, index.channels, req_to_token,
-                               req_pool_indices, pos, ok)
+                               req_pool_indices, pos, ok, heads=cfg.token_heads)
         chosen = ops.select_tokens(tok, pos, cfg.selected_tokens)
     if forced is None:
         forced = ops.forced_positions(seq_lens, hk, cfg.sink_tokens, cfg.local_window)

@@ -98,24 +98,27 @@ def candidate_positions(blocks: torch.Tensor, seq_lens: torch.Tensor, block_size
 
 def score_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor,
                  channels: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
-                 pos: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
-    """INT4 index-key scores of candidate positions, averaged over the group.
+                 pos: torch.Tensor, ok: torch.Tensor, heads: str = "max") -> torch.Tensor:
+    """INT4 index-key scores of candidate positions, combined over the group's query heads
+    (heads "max" or "mean", see AsyncTLSConfig.token_heads).
 
     q: [bs, Hq, D]; codes [slots, Hk, r//2]; scale_zero [slots, Hk, 2]; channels [Hk, r];
     pos/ok: [bs, Hk, N] -> [bs, Hk, N] fp32, -inf where not ok.
     """
     bs, hq, d = q.shape
     hk, r = channels.shape
-    qg = q.float().view(bs, hk, hq // hk, d).mean(2)  # [bs, Hk, D]
-    qsub = torch.gather(qg, 2, channels.unsqueeze(0).expand(bs, -1, -1))  # [bs, Hk, r]
+    g = hq // hk
+    qh = q.float().view(bs, hk, g, d)
+    qsub = torch.gather(qh, 3, channels.view(1, hk, 1, r).expand(bs, -1, g, -1))  # [bs, Hk, G, r]
     rows = req_pool_indices.long().view(bs, 1, 1)
     slots = req_to_token[rows, pos.clamp(max=req_to_token.shape[1] - 1)].long()  # [bs, Hk, N]
-    heads = torch.arange(hk, device=q.device).view(1, hk, 1)
-    c = codes[slots, heads]  # [bs, Hk, N, r//2]
-    sz = scale_zero[slots, heads].float()  # [bs, Hk, N, 2]
+    head_ids = torch.arange(hk, device=q.device).view(1, hk, 1)
+    c = codes[slots, head_ids]  # [bs, Hk, N, r//2]
+    sz = scale_zero[slots, head_ids].float()  # [bs, Hk, N, 2]
     vals = torch.stack([(c & 0xF).float(), (c >> 4).float()], dim=-1).flatten(-2)  # [bs,Hk,N,r]
-    dot = torch.einsum("bhnr,bhr->bhn", vals, qsub)
-    scores = dot * sz[..., 0] + sz[..., 1] * qsub.sum(-1, keepdim=True)
+    dot = torch.einsum("bhnr,bhgr->bhgn", vals, qsub)
+    scores = dot * sz[..., 0].unsqueeze(2) + sz[..., 1].unsqueeze(2) * qsub.sum(-1, keepdim=True)
+    scores = scores.amax(2) if heads == "max" else scores.mean(2)
     return scores.masked_fill(~ok, NEG_INF)
 
 

@@ -55,14 +55,16 @@ def dequantize_index_keys(codes: torch.Tensor, scale_zero: torch.Tensor) -> torc
 
 
 def token_scores(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor,
-                 channels: torch.Tensor) -> torch.Tensor:
-    """Approximate q.k from the index keys, averaged over each KV head's group.
+                 channels: torch.Tensor, heads: str = "max") -> torch.Tensor:
+    """Approximate q.k from the index keys, combined over each KV head's group of query heads:
+    heads "max" (the highest head's score) or "mean" (the group average).
 
     q: [Hq, D]; codes [T, Hk, r//2]; scale_zero [T, Hk, 2]; channels [Hk, r] -> [Hk, T] fp32.
     """
     hq = q.shape[0]
     hk, r = channels.shape
-    qg = q.float().view(hk, hq // hk, -1).mean(1)  # [Hk, D]
-    qsub = torch.gather(qg, 1, channels)  # [Hk, r]
+    qh = q.float().view(hk, hq // hk, -1)  # [Hk, G, D]
+    qsub = torch.gather(qh, 2, channels.unsqueeze(1).expand(-1, hq // hk, -1))  # [Hk, G, r]
     keys = dequantize_index_keys(codes, scale_zero)  # [T, Hk, r]
-    return torch.einsum("hr,thr->ht", qsub, keys)
+    per_head = torch.einsum("hgr,thr->hgt", qsub, keys)
+    return per_head.amax(1) if heads == "max" else per_head.mean(1)

@@ -63,7 +63,7 @@ def select_tokens(q: torch.Tensor, keys: torch.Tensor, channels: torch.Tensor,
             chosen[h, :row.numel()] = row
     else:
         codes, sz = quantize_index_keys(keys, channels)
-        tok = token_scores(q, codes, sz, channels)  # [Hk, T]
+        tok = token_scores(q, codes, sz, channels, cfg.token_heads)  # [Hk, T]
         cand_scores = torch.gather(tok, 1, cand.clamp(max=t - 1))
         cand_scores = cand_scores.masked_fill(~ok, float("-inf"))
         rank = topk_indices(cand_scores, n_pick)

@@ -58,9 +58,10 @@ TOKEN_SHAPES = by_device([
 ])
 
 
+@pytest.mark.parametrize("heads", ["max", "mean"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lens, hq, hk, d, r, b, kb, sink, local", TOKEN_SHAPES)
-def test_score_tokens(lens, hq, hk, d, r, b, kb, sink, local, dtype):
+def test_score_tokens(lens, hq, hk, d, r, b, kb, sink, local, dtype, heads):
     bs = len(lens)
     pool = make_pool(lens, b, seed=r)
     gen = torch.Generator().manual_seed(d)
@@ -78,8 +79,11 @@ def test_score_tokens(lens, hq, hk, d, r, b, kb, sink, local, dtype):
     blocks[..., -1] = -1
     pos, ok = triton_ops.candidate_positions(blocks, pool.seq_lens, b, sink, local)
     args = (q, codes, scale_zero, channels, pool.req_to_token, pool.req_pool_indices, pos, ok)
-    want = torch_ops.score_tokens(*args)
+    want = torch_ops.score_tokens(*args, heads=heads)
     out = poison(torch.empty(pos.shape, device=DEVICE))
-    got = triton_ops.score_tokens(*args, out=out)
+    got = triton_ops.score_tokens(*args, heads=heads, out=out)
     assert want.isinf().any() and want.isfinite().any(), "the case must mix candidates and non-candidates"
+    if hq > hk:  # the two combinations really differ (a kernel ignoring `heads` fails one of them)
+        other = torch_ops.score_tokens(*args, heads="mean" if heads == "max" else "max")
+        assert not torch.allclose(want[want.isfinite()], other[want.isfinite()])
     assert_close(got, want, FP32, "token scores", scale=r ** 0.5 * 10)

@@ -9,7 +9,8 @@ from asynctls_sglang.kernels.common.token_score_kernel import token_score_kernel
 
 def score_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor,
                  channels: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
-                 pos: torch.Tensor, ok: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+                 pos: torch.Tensor, ok: torch.Tensor, heads: str = "max", *,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
     """Same contract as torch_ops.score_tokens (fp32, summed in another order: close, not equal).
 
     q: [bs, Hq, D] float; codes [slots, Hk, r // 2] uint8; scale_zero [slots, Hk, 2] float;
@@ -22,6 +23,7 @@ def score_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor,
     hk, r = channels.shape
     n = pos.shape[2]
     check(q.dtype in FLOATS and hq % hk == 0, f"q float, Hq ({hq}) a multiple of Hk ({hk})")
+    check(heads in ("max", "mean"), f"heads must be 'max' or 'mean', got {heads!r}")
     check(codes.dim() == 3 and codes.shape[1:] == (hk, r // 2) and codes.dtype == torch.uint8,
           f"codes must be [slots, {hk}, {r // 2}] uint8")
     check(scale_zero.dim() == 3 and scale_zero.shape[1:] == (hk, 2), "scale_zero must be [slots, Hk, 2]")
@@ -41,5 +43,5 @@ def score_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor,
         q.stride(0), q.stride(1), codes.stride(0), codes.stride(1), scale_zero.stride(0),
         scale_zero.stride(1), channels.stride(0), req_to_token.stride(0), pos.stride(0),
         pos.stride(1), ok.stride(0), ok.stride(1), out.stride(0), out.stride(1),
-        G=g, R2=r // 2, BLOCK_G=pow2(g), BLOCK_R=pow2(r // 2, 2), BLOCK_N=block_n)
+        G=g, R2=r // 2, HEAD_MAX=heads == "max", BLOCK_G=pow2(g), BLOCK_R=pow2(r // 2, 2), BLOCK_N=block_n)
     return out

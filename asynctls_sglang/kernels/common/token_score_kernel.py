@@ -8,10 +8,11 @@ def token_score_kernel(q, codes, scale_zero, channels, req_to_token, req_pool_in
                        scores, N,
                        s_qb, s_qh, s_ct, s_ch, s_zt, s_zh, s_wh, s_rr, s_pb, s_ph, s_kb, s_kh,
                        s_ob, s_oh,
-                       G: tl.constexpr, R2: tl.constexpr,
+                       G: tl.constexpr, R2: tl.constexpr, HEAD_MAX: tl.constexpr,
                        BLOCK_G: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Grid (cdiv(N, BLOCK_N), Hk, bs). score = scale * (codes . q_r) + zero * sum(q_r), with
-    q_r the group-mean query at the head's r channels; -inf where the candidate is not ok."""
+    """Grid (cdiv(N, BLOCK_N), Hk, bs). Per query head g of the group, score_g = scale * (codes . q_g)
+    + zero * sum(q_g) with q_g at the head's r channels; the token's score is the max over g
+    (HEAD_MAX) or the score of the group-mean query (= the mean over g); -inf where not ok."""
     i_n, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_r = tl.arange(0, BLOCK_R)
     m_r = o_r < R2
@@ -22,10 +23,6 @@ def token_score_kernel(q, codes, scale_zero, channels, req_to_token, req_pool_in
     b_co = tl.load(channels + i_h * s_wh + 2 * o_r + 1, mask=m_r, other=0)
     p_q = q + i_b.to(tl.int64) * s_qb + (i_h * G + o_g)[:, None] * s_qh
     m_q = m_g[:, None] & m_r[None, :]
-    # [BLOCK_R] group mean at the index channels
-    b_qe = tl.sum(tl.load(p_q + b_ce[None, :], mask=m_q, other=0.0).to(tl.float32), axis=0) / G
-    b_qo = tl.sum(tl.load(p_q + b_co[None, :], mask=m_q, other=0.0).to(tl.float32), axis=0) / G
-    b_qsum = tl.sum(b_qe, axis=0) + tl.sum(b_qo, axis=0)
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < N
     # [BLOCK_N]
@@ -39,10 +36,25 @@ def token_score_kernel(q, codes, scale_zero, channels, req_to_token, req_pool_in
                   mask=m_ok[:, None] & m_r[None, :], other=0)
     b_lo = (b_c & 15).to(tl.float32)
     b_hi = (b_c >> 4).to(tl.float32)
-    # [BLOCK_N]
-    b_dot = tl.sum(b_lo * b_qe[None, :] + b_hi * b_qo[None, :], axis=1)
     p_z = scale_zero + b_slot * s_zt + i_h * s_zh
     b_scale = tl.load(p_z, mask=m_ok, other=0.0).to(tl.float32)
     b_zero = tl.load(p_z + 1, mask=m_ok, other=0.0).to(tl.float32)
-    b_s = tl.where(m_ok, b_dot * b_scale + b_zero * b_qsum, float("-inf"))
+    if HEAD_MAX:
+        b_s = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
+        p_qg = q + i_b.to(tl.int64) * s_qb + (i_h * G) * s_qh
+        for g in tl.static_range(G):
+            # [BLOCK_R] head g at the index channels
+            b_qe = tl.load(p_qg + g * s_qh + b_ce, mask=m_r, other=0.0).to(tl.float32)
+            b_qo = tl.load(p_qg + g * s_qh + b_co, mask=m_r, other=0.0).to(tl.float32)
+            b_qsum = tl.sum(b_qe, axis=0) + tl.sum(b_qo, axis=0)
+            b_dot = tl.sum(b_lo * b_qe[None, :] + b_hi * b_qo[None, :], axis=1)
+            b_s = tl.maximum(b_s, b_dot * b_scale + b_zero * b_qsum)
+    else:
+        # [BLOCK_R] group mean at the index channels
+        b_qe = tl.sum(tl.load(p_q + b_ce[None, :], mask=m_q, other=0.0).to(tl.float32), axis=0) / G
+        b_qo = tl.sum(tl.load(p_q + b_co[None, :], mask=m_q, other=0.0).to(tl.float32), axis=0) / G
+        b_qsum = tl.sum(b_qe, axis=0) + tl.sum(b_qo, axis=0)
+        b_dot = tl.sum(b_lo * b_qe[None, :] + b_hi * b_qo[None, :], axis=1)
+        b_s = b_dot * b_scale + b_zero * b_qsum
+    b_s = tl.where(m_ok, b_s, float("-inf"))
     tl.store(scores + i_b.to(tl.int64) * s_ob + i_h * s_oh + o_n, b_s, mask=m_n)
