@@ -58,3 +58,33 @@ def test_eager_step_after_a_capture_skips_events_recorded_in_it(capture):
     assert not ev.must_wait(0, False)
     ev.record(0)
     assert ev.must_wait(0, False)
+
+
+class _FakeStream:
+    def __init__(self, log, name):
+        self.log, self.name = log, name
+
+    def wait_stream(self, other):
+        self.log.append((self.name, "waits", other.name))
+
+
+def test_side_stream_joins_a_capture_only_if_forked_into_it(capture, monkeypatch):
+    from asynctls_sglang.memory.streams import SideStream
+
+    log = []
+    current = _FakeStream(log, "compute")
+    monkeypatch.setattr(streams.torch.cuda, "current_stream", lambda device=None: current)
+    side = SideStream("h2d", "cpu")
+    side.stream = _FakeStream(log, "side")
+    side.fork()  # eager work before the capture
+    capture["on"] = True
+    side.join_into_current()  # the graph never used this stream: joining it would break capture
+    assert log == [("side", "waits", "compute")]
+    side.fork()
+    side.join_into_current()
+    assert log[-2:] == [("side", "waits", "compute"), ("compute", "waits", "side")]
+    side.join_into_current()  # already joined in this capture
+    assert len(log) == 3
+    capture["on"] = False
+    side.join_into_current()  # eager joins always happen
+    assert log[-1] == ("compute", "waits", "side")

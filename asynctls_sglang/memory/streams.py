@@ -22,6 +22,7 @@ class SideStream:
         self.name = name
         self.device = torch.device(device)
         self.stream = torch.cuda.Stream(self.device) if _on_cuda(self.device) else None
+        self.forked_in_capture = False  # this stream is part of the graph being captured
 
     def fork(self) -> None:
         """Order everything issued next on this stream after what the caller's stream has issued.
@@ -31,6 +32,8 @@ class SideStream:
         """
         if self.stream is not None:
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            if capturing():
+                self.forked_in_capture = True
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -42,9 +45,19 @@ class SideStream:
 
     def join_into_current(self) -> None:
         """The caller's stream waits for everything issued on this stream (e.g. before capture
-        ends, every forked stream must be joined back)."""
-        if self.stream is not None:
-            torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        ends, every forked stream must be joined back).
+
+        NOTE: inside a capture only a stream forked into it is joined: joining one that holds
+        only eager work records an event outside the graph, which CUDA refuses
+        (cudaErrorStreamCaptureIsolation; seen on the H200 when a capture used the copy stream
+        but not the write-through stream)."""
+        if self.stream is None:
+            return
+        if capturing():
+            if not self.forked_in_capture:
+                return
+            self.forked_in_capture = False
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
 
     def __repr__(self) -> str:
         return f"SideStream({self.name!r}, {self.device})"
