@@ -48,9 +48,10 @@ class AsyncTLSConfig:
     #: The most recent tokens (the new one included), always attended.
     local_window: int = 64
     #: Requests whose length is at most this decode densely, exactly as the stock backend.
-    #: None: the larger of the token budget (below it a sparse step attends to everything anyway)
-    #: and block_budget x block_size (below it the coarse level keeps every block, and the
-    #: selection's fixed cost outweighs a dense read of so short a context: 8192 by default).
+    #: None: the token budget (below it a sparse step could only attend to everything anyway).
+    #: NOTE: under CUDA graphs every row runs the fixed-shape selection and dense rows are padded
+    #: to max(token_budget, dense_threshold) columns, so a higher threshold widens every step's
+    #: attention (H200, 8 x 128k: 13.6 ms per step with 8192, docs/results.md).
     dense_threshold: int | None = None
     #: "tls": two-level (blocks, then tokens). "quest": block-only baseline that attends all
     #: tokens of the top token_budget // block_size blocks (same number of attended tokens).
@@ -152,10 +153,8 @@ class AsyncTLSConfig:
 
     @property
     def dense_len(self) -> int:
-        """The effective dense threshold (dense_threshold, or its default when None)."""
-        if self.dense_threshold is None:
-            return max(self.token_budget, self.block_budget * self.block_size)
-        return self.dense_threshold
+        """The effective dense threshold (dense_threshold, or the token budget when None)."""
+        return self.token_budget if self.dense_threshold is None else self.dense_threshold
 
     @property
     def quest_blocks(self) -> int:
