@@ -88,7 +88,15 @@ class OffloadDecodeMixin:
         """Context: SGLang's dense kernels see device slots in req_to_token (a prefill)."""
         if self._extend_table is None:
             return contextlib.nullcontext()
-        return swapped_attr(self, "req_to_token_pool", _DeviceTable(self.req_to_token_pool, self._extend_table))
+        stack = contextlib.ExitStack()
+        stack.enter_context(swapped_attr(self, "req_to_token_pool",
+                                         _DeviceTable(self.req_to_token_pool, self._extend_table)))
+        if isinstance(getattr(self, "req_to_token", None), torch.Tensor):
+            # NOTE: SGLang's Triton backend (the dense base on a GPU) builds its prefix kv_indices
+            # from the req_to_token it cached at construction, not from req_to_token_pool: without
+            # this the prefill read prefix K/V at logical slot ids (wrong pages, or past the pool)
+            stack.enter_context(swapped_attr(self, "req_to_token", self._extend_table))
+        return stack
 
     def _offload_after_extend(self, q, layer, fb) -> None:
         """Per layer of a prefill: seed the resident cache for the first decode step; after the

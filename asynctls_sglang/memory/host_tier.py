@@ -144,6 +144,10 @@ class HostKVTier:
                 copy_blocks(dev_k[layer], self.k[layer], src_block, dst_block, count, self.block_size)
                 if self.v is not None and dev_v is not None:
                     copy_blocks(dev_v[layer], self.v[layer], src_block, dst_block, count, self.block_size)
+        # NOTE: the block ids are the caller's temporaries; without this the next allocations on
+        # the forward stream (demote's, right after a prefill) reuse and overwrite them while these
+        # copies still read them: out-of-range block ids, an illegal memory access on the H200
+        self.write_stream.keep_alive(src_block, dst_block, count)
         self.written.record(0, self.write_stream)
 
     def wait_written(self) -> None:

@@ -281,6 +281,7 @@ class OffloadRuntime:
         wanted = ops.select_blocks(block_scores(q_last, index, lens, cfg, ops, step.pages), cfg.selected_blocks)
         need = torch.cat([step.need_fixed, torch.where(step.dense.view(-1, 1, 1), -1, wanted)], 2)
         dev_pages = self.device_slots(step.pages * b) // b
+        self.engine.wait(layer)  # NOTE: plan() rewrites this layer's plan buffers, which an earlier copy may read
         plan = self.cache.plan(layer, rows, need, dev_pages, host_blocks=lens // b, counters=self.seed_counters)
         self.engine.issue(layer, plan, source=(k_pool, v_pool if self.host.v is not None else None))
 

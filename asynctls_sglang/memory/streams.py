@@ -35,6 +35,15 @@ class SideStream:
             if capturing():
                 self.forked_in_capture = True
 
+    def keep_alive(self, *tensors: torch.Tensor) -> None:
+        """Tensors that work queued on this stream reads: the caching allocator must not hand
+        their memory to the caller's stream before that work ran (they are usually the caller's
+        temporaries). No-op off the GPU."""
+        if self.stream is not None:
+            for t in tensors:
+                if t.is_cuda:
+                    t.record_stream(self.stream)
+
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         if self.stream is None:

@@ -98,6 +98,8 @@ class TransferEngine:
                 copy_blocks(v_src[layer], self.v[layer], plan.src_block, plan.dst_block, plan.count,
                             self.host.block_size, plan.head)
             end = self._event()
+        # NOTE: plan tensors may be the caller's temporaries (seed's plan after a prefill)
+        self.copy_stream.keep_alive(plan.src_block, plan.dst_block, plan.head, plan.count)
         if start is not None:
             self._copy_times.append((start, end))
         self.done.record(layer, self.copy_stream)
