@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from asynctls_sglang.config import TOKEN_HEADS
 from asynctls_sglang.kernels.common.launch import FLOATS, cdiv, check, check_out, pow2
 from asynctls_sglang.kernels.common.token_score_kernel import token_score_kernel
 
@@ -23,7 +24,7 @@ def score_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor,
     hk, r = channels.shape
     n = pos.shape[2]
     check(q.dtype in FLOATS and hq % hk == 0, f"q float, Hq ({hq}) a multiple of Hk ({hk})")
-    check(heads in ("max", "mean"), f"heads must be 'max' or 'mean', got {heads!r}")
+    check(heads in TOKEN_HEADS, f"heads must be one of {TOKEN_HEADS}, got {heads!r}")
     check(codes.dim() == 3 and codes.shape[1:] == (hk, r // 2) and codes.dtype == torch.uint8,
           f"codes must be [slots, {hk}, {r // 2}] uint8")
     check(scale_zero.dim() == 3 and scale_zero.shape[1:] == (hk, 2), "scale_zero must be [slots, Hk, 2]")

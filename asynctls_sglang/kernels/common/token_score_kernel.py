@@ -16,13 +16,10 @@ def token_score_kernel(q, codes, scale_zero, channels, req_to_token, req_pool_in
     i_n, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_r = tl.arange(0, BLOCK_R)
     m_r = o_r < R2
-    o_g = tl.arange(0, BLOCK_G)
-    m_g = o_g < G
     # [BLOCK_R] channels of the low / high nibble
     b_ce = tl.load(channels + i_h * s_wh + 2 * o_r, mask=m_r, other=0)
     b_co = tl.load(channels + i_h * s_wh + 2 * o_r + 1, mask=m_r, other=0)
-    p_q = q + i_b.to(tl.int64) * s_qb + (i_h * G + o_g)[:, None] * s_qh
-    m_q = m_g[:, None] & m_r[None, :]
+    p_qg = q + i_b.to(tl.int64) * s_qb + (i_h * G) * s_qh  # the group's first query head
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < N
     # [BLOCK_N]
@@ -41,20 +38,27 @@ def token_score_kernel(q, codes, scale_zero, channels, req_to_token, req_pool_in
     b_zero = tl.load(p_z + 1, mask=m_ok, other=0.0).to(tl.float32)
     if HEAD_MAX:
         b_s = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
-        p_qg = q + i_b.to(tl.int64) * s_qb + (i_h * G) * s_qh
         for g in tl.static_range(G):
             # [BLOCK_R] head g at the index channels
             b_qe = tl.load(p_qg + g * s_qh + b_ce, mask=m_r, other=0.0).to(tl.float32)
             b_qo = tl.load(p_qg + g * s_qh + b_co, mask=m_r, other=0.0).to(tl.float32)
-            b_qsum = tl.sum(b_qe, axis=0) + tl.sum(b_qo, axis=0)
-            b_dot = tl.sum(b_lo * b_qe[None, :] + b_hi * b_qo[None, :], axis=1)
-            b_s = tl.maximum(b_s, b_dot * b_scale + b_zero * b_qsum)
+            b_s = tl.maximum(b_s, _dequant_dot(b_lo, b_hi, b_qe, b_qo, b_scale, b_zero))
     else:
         # [BLOCK_R] group mean at the index channels
+        o_g = tl.arange(0, BLOCK_G)
+        p_q = p_qg + o_g[:, None] * s_qh
+        m_q = (o_g < G)[:, None] & m_r[None, :]
         b_qe = tl.sum(tl.load(p_q + b_ce[None, :], mask=m_q, other=0.0).to(tl.float32), axis=0) / G
         b_qo = tl.sum(tl.load(p_q + b_co[None, :], mask=m_q, other=0.0).to(tl.float32), axis=0) / G
-        b_qsum = tl.sum(b_qe, axis=0) + tl.sum(b_qo, axis=0)
-        b_dot = tl.sum(b_lo * b_qe[None, :] + b_hi * b_qo[None, :], axis=1)
-        b_s = b_dot * b_scale + b_zero * b_qsum
+        b_s = _dequant_dot(b_lo, b_hi, b_qe, b_qo, b_scale, b_zero)
     b_s = tl.where(m_ok, b_s, float("-inf"))
     tl.store(scores + i_b.to(tl.int64) * s_ob + i_h * s_oh + o_n, b_s, mask=m_n)
+
+
+@triton.jit
+def _dequant_dot(b_lo, b_hi, b_qe, b_qo, b_scale, b_zero):
+    """[BLOCK_N] q . k of INT4 keys (low / high nibble codes [BLOCK_N, BLOCK_R]) with a query at
+    their channels (b_qe / b_qo [BLOCK_R]): scale * (codes . q) + zero * sum(q)."""
+    b_qsum = tl.sum(b_qe, axis=0) + tl.sum(b_qo, axis=0)
+    b_dot = tl.sum(b_lo * b_qe[None, :] + b_hi * b_qo[None, :], axis=1)
+    return b_dot * b_scale + b_zero * b_qsum
