@@ -127,7 +127,8 @@ def run_backend(args, backend: str, asynctls: dict, eager: bool = False) -> list
     register()
     os.environ["ASYNCTLS_CONFIG"] = json.dumps(asynctls)
     model_dir = os.path.join(HERE, "models", args.model)
-    vocab = json.load(open(os.path.join(model_dir, "config.json")))["vocab_size"]
+    model_cfg = json.load(open(os.path.join(model_dir, "config.json")))
+    vocab = model_cfg["vocab_size"]
     points = parse_points(args.points)
     max_bs = max(b for b, _ in points)
     kw = dict(model_path=model_dir, load_format="dummy", skip_tokenizer_init=True, attention_backend=backend,
@@ -144,8 +145,7 @@ def run_backend(args, backend: str, asynctls: dict, eager: bool = False) -> list
         # the paper's offload experiment: the same device KV memory for every backend
         tokens = args.fixed_kv_tokens
         if asynctls.get("offload"):
-            tokens, resident = offload_device_tokens(tokens, asynctls, json.load(open(os.path.join(model_dir, "config.json"))),
-                                                     max_bs, args.context_length)
+            tokens, resident = offload_device_tokens(tokens, asynctls, model_cfg, max_bs, args.context_length)
         kw.update(max_total_tokens=tokens, max_running_requests=max_bs)
     kw.update(json.loads(args.extra))
     t0 = time.perf_counter()
@@ -243,13 +243,15 @@ def main(argv=None) -> int:
                          "sets the logical capacity)")
     ap.add_argument("--out", default="e2e.json")
     args = ap.parse_args(argv)
+    from asynctls_sglang import env
+
     rows: list[dict] = []
     for name in args.backends.split(","):
         # asynctls_offload: the asynctls backend with the offloading engine on
         backend = "asynctls" if name.startswith("asynctls") else name
         budgets = [int(b) for b in args.budgets.split(",")] if backend == "asynctls" else [0]
         timed = name == "asynctls_offload_timed"  # eager decode: copies and waits timed with CUDA events
-        os.environ["ASYNCTLS_OFFLOAD_TIMING"] = "1" if timed else "0"
+        os.environ[env.ASYNCTLS_OFFLOAD_TIMING] = "1" if timed else "0"
         for k in budgets:
             cfg = {**json.loads(args.asynctls), **({"token_budget": k} if k else {}),
                    **({"offload": True, **json.loads(args.offload)} if name.startswith("asynctls_offload") else {})}
