@@ -15,6 +15,9 @@ from typing import Any, Mapping
 from asynctls_sglang import env
 
 SELECTIONS = ("tls", "quest")
+#: The default dense threshold's floor without offload (see AsyncTLSConfig.dense_threshold).
+DENSE_FLOOR = 8192
+DENSE_BACKENDS = ("auto", "torch_native", "triton", "flashinfer")
 TOKEN_HEADS = ("max", "mean")
 
 
@@ -48,10 +51,10 @@ class AsyncTLSConfig:
     #: The most recent tokens (the new one included), always attended.
     local_window: int = 64
     #: Requests whose length is at most this decode densely, exactly as the stock backend.
-    #: None: the token budget (below it a sparse step could only attend to everything anyway).
-    #: NOTE: under CUDA graphs every row runs the fixed-shape selection and dense rows are padded
-    #: to max(token_budget, dense_threshold) columns, so a higher threshold widens every step's
-    #: attention (H200, 8 x 128k: 13.6 ms per step with 8192, docs/results.md).
+    #: None: max(token_budget, DENSE_FLOOR) without offload (up to ~8k tokens the stock kernel is
+    #: cheaper than the selection at any batch size: docs/results.md), the token budget with
+    #: offload (a dense row must keep all its blocks resident). Under CUDA graphs a batch whose
+    #: requests are all at or under it replays the stock kernel's graph (patches.graph_variants).
     dense_threshold: int | None = None
     #: "tls": two-level (blocks, then tokens). "quest": block-only baseline that attends all
     #: tokens of the top token_budget // block_size blocks (same number of attended tokens).
@@ -64,7 +67,9 @@ class AsyncTLSConfig:
     #: Prefill tokens (per layer) whose queries and keys calibrate the index channels; the first
     #: prefill of at least this many tokens (or the first of any length, if none is) fixes them.
     calibration_tokens: int = 256
-    #: Dense kernel set for prefill and short decodes: "auto" = torch_native on CPU, triton on GPU.
+    #: Dense kernel set for prefill and short decodes: "torch_native", "triton", "flashinfer"
+    #: (GQA without offload), or "auto" = torch_native on CPU; on GPU flashinfer for GQA models
+    #: when it is installed and offload is off (what SGLang itself runs there), else triton.
     dense_backend: str = "auto"
     #: Keep the full KV of every layer in pinned host memory and only a resident cache of
     #: blocks on the GPU (the asynchronous offloading engine; docs/offload.md).
@@ -116,8 +121,11 @@ class AsyncTLSConfig:
         if self.selection == "quest" and self.token_budget % self.block_size:
             _fail("token_budget", f"with selection 'quest' it must be a multiple of block_size "
                   f"({self.block_size}), got {self.token_budget}")
-        if self.dense_backend not in ("auto", "torch_native", "triton"):
-            _fail("dense_backend", f"must be auto, torch_native or triton, got {self.dense_backend!r}")
+        if self.dense_backend not in DENSE_BACKENDS:
+            _fail("dense_backend", f"must be one of {DENSE_BACKENDS}, got {self.dense_backend!r}")
+        if self.dense_backend == "flashinfer" and self.offload:
+            _fail("dense_backend", "flashinfer does not run with offload (its prefill reads the device pool "
+                  "through tables the offload engine does not swap): use triton or auto")
         self._validate_offload()
 
     def _validate_offload(self) -> None:
@@ -153,8 +161,10 @@ class AsyncTLSConfig:
 
     @property
     def dense_len(self) -> int:
-        """The effective dense threshold (dense_threshold, or the token budget when None)."""
-        return self.token_budget if self.dense_threshold is None else self.dense_threshold
+        """The effective dense threshold (dense_threshold, or its default when None)."""
+        if self.dense_threshold is not None:
+            return self.dense_threshold
+        return self.token_budget if self.offload else max(self.token_budget, DENSE_FLOOR)
 
     @property
     def quest_blocks(self) -> int:

@@ -1,7 +1,7 @@
 """The `asynctls` attention backend.
 
-Prefill (extend) is dense and runs on SGLang's own kernels (torch_native on CPU, Triton on
-GPU); it also feeds the online calibration of the index channels. Decode runs the two-level
+Prefill (extend) is dense and runs on SGLang's own kernels (torch_native on CPU; FlashInfer on
+GPU for GQA models, Triton for MLA and with offload: ``dense_backend``); it also feeds the online calibration of the index channels. Decode runs the two-level
 selection on the index that the pool keeps and attends exactly over the chosen tokens.
 Requests no longer than ``dense_threshold`` (default: the token budget) decode on the stock kernel (a batch made only of
 such requests is handed to it unchanged).
@@ -9,10 +9,12 @@ such requests is handed to it unchanged).
 Per-step metadata is planned once per forward; per-layer calls only launch ops.
 - Eager (``init_forward_metadata``): the plan splits the batch into sparse and dense rows from
   SGLang's host copy of the lengths; an all-dense batch goes to the stock kernel untouched.
-- CUDA graphs (``init_forward_metadata_out_graph``, before capture and every replay): shapes
-  are fixed, so every row runs the selection over a block table as wide as the model's
-  context, and the rows at or below ``dense_threshold`` replace their selection with all of
-  their positions on the device (``torch.where``), then one attention launch serves both.
+- CUDA graphs (``init_forward_metadata_out_graph``, before capture and every replay): each batch
+  size has two graphs (patches.graph_variants): "dense", the stock kernel, replayed when every
+  request is at or under ``dense_threshold``, and "sparse": shapes are fixed, so every row runs
+  the selection over a block table as wide as the model's context, and the rows at or below the
+  threshold replace their selection with all of their positions on the device (``torch.where``);
+  one attention launch serves both, each row reading only its own column count.
   NOTE: nothing in the graph path reads a device value on the host.
 """
 from __future__ import annotations
@@ -65,6 +67,7 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         self.asynctls_allocator = model_runner.token_to_kv_pool_allocator
         self._extend_table = None
         self._loaded = None
+        self.asynctls_capture_mode: str | None = None  # set by patches.graph_variants while capturing
 
     # metadata ------------------------------------------------------------------------------------
     def init_forward_metadata(self, forward_batch) -> None:
@@ -136,7 +139,24 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
             stats.sparse_rows += n_sparse
             stats.dense_rows += int(lens.shape[0]) - n_sparse
             stats.max_batch = max(stats.max_batch, int(lens.shape[0]))
-        self._plan = DecodePlan(all_dense=False, graph=True, max_blocks=self._graph_blocks())
+        if in_capture:  # patches.graph_variants captures each batch size once per mode
+            mode = self.asynctls_capture_mode or "sparse"
+        else:  # informational: the replayed graph was picked by the runner with the same rule
+            mode = self.asynctls_graph_mode_for(lens) if self.asynctls_graph_modes() else "sparse"
+        self._plan = DecodePlan(all_dense=mode == "dense", graph=True, max_blocks=self._graph_blocks())
+
+    def asynctls_graph_modes(self) -> tuple[str, ...] | None:
+        """The decode graphs to capture per batch size (patches.graph_variants): a "dense" one (the
+        stock kernel) for batches whose requests are all at or under the dense threshold, and the
+        "sparse" one; None (one graph) with offload, whose rows always read the resident cache."""
+        if self.asynctls_offload is not None or self.asynctls_cfg.dense_len <= 0:
+            return None
+        return ("sparse", "dense")
+
+    def asynctls_graph_mode_for(self, seq_lens_cpu) -> str:
+        if seq_lens_cpu is None or seq_lens_cpu.numel() == 0:
+            return "sparse"
+        return "dense" if int(seq_lens_cpu.max()) <= self.asynctls_cfg.dense_len else "sparse"
 
     def _graph_blocks(self) -> int:
         context = self.req_to_token_pool.req_to_token.shape[1]
@@ -184,9 +204,9 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         req_to_token = self.req_to_token_pool.req_to_token
         cap = float(getattr(layer, "logit_cap", 0.0) or 0.0)
         if plan.graph:
-            positions = self._graph_positions(q3, layer, forward_batch, plan)
+            positions, counts, active = self._graph_positions(q3, layer, forward_batch, plan)
             o = ops.sparse_decode_attention(q3, k_buf, v_buf, req_to_token, forward_batch.req_pool_indices,
-                                            positions, layer.scaling, cap)
+                                            positions, layer.scaling, cap, counts=counts, active=active)
             return o.to(q.dtype).reshape(bs, hq * layer.v_head_dim)
         for rows, sparse in ((plan.sparse_rows, True), (plan.dense_rows, False)):
             if rows is None:
@@ -212,8 +232,10 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
             out.index_copy_(0, rows, o.to(out.dtype))
         return out.view(bs, hq * layer.v_head_dim)
 
-    def _graph_positions(self, q3, layer, fb, plan: DecodePlan) -> torch.Tensor:
-        """Fixed-shape selection for every row; dense rows take all their positions."""
+    def _graph_positions(self, q3, layer, fb, plan: DecodePlan) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Fixed-shape selection for every row; dense rows take all their positions.
+        -> (positions [bs, Hk, max(K, dense_len)], the columns each row reads (its length when dense,
+        else K: the padding costs nothing), K: the column count the attention's splits are sized for)."""
         cfg = self.asynctls_cfg
         pool = self.token_to_kv_pool
         ops = self.asynctls_ops
@@ -225,19 +247,22 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         if first:
             # NOTE: per-step tensors, built at the first layer (inside the graph when capturing)
             # and reused by the later layers of the same step: they depend on lengths only.
-            self._step = (
+            self._step = [
                 ops.block_table(req_to_token, fb.req_pool_indices, plan.max_blocks, cfg.block_size),
                 ops.forced_positions(fb.seq_lens, hk, cfg.sink_tokens, cfg.local_window),
                 ops.dense_positions(fb.seq_lens, hk, width),
-                (fb.seq_lens <= cfg.dense_len).view(-1, 1, 1))
-        pages, forced, dense, is_dense = self._step
+                (fb.seq_lens <= cfg.dense_len).view(-1, 1, 1),
+                None]  # the columns each row reads, once the selection's width is known
+        pages, forced, dense, is_dense, counts = self._step
         sparse = select_positions(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens,
                                   plan.max_blocks, cfg, ops, pages=pages, forced=forced)  # [bs, Hk, K]
-        if width > sparse.shape[2]:
-            sparse = torch.nn.functional.pad(sparse, (0, width - sparse.shape[2]), value=-1)
+        active = sparse.shape[2]
+        if width > active:
+            sparse = torch.nn.functional.pad(sparse, (0, width - active), value=-1)
         if first:
             self.asynctls_stats.record(sparse, rows=~is_dense.view(-1))
-        return torch.where(is_dense, dense, sparse)
+            counts = self._step[4] = torch.where(is_dense.view(-1), fb.seq_lens, active)
+        return torch.where(is_dense, dense, sparse), counts, active
 
     # introspection -------------------------------------------------------------------------------
     def asynctls_snapshot(self) -> dict:
@@ -259,14 +284,35 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
 _CLASSES: dict[type, type] = {}
 
 
-def _dense_base(model_runner, cfg: AsyncTLSConfig) -> type:
+def dense_base_name(cfg: AsyncTLSConfig, device: str, is_mla: bool) -> str:
+    """The dense SGLang backend the asynctls class derives from (config.dense_backend, resolved)."""
     name = cfg.dense_backend
-    if name == "auto":
-        name = "torch_native" if str(model_runner.device).startswith("cpu") else "triton"
+    if name == "flashinfer" and is_mla:
+        raise ConfigError(f"{flag_name('dense_backend')} flashinfer serves GQA/MHA models only; "
+                          "MLA models use triton (or auto)")
+    if name != "auto":
+        return name
+    if not str(device).startswith("cuda"):
+        return "torch_native"
+    if is_mla or cfg.offload:
+        return "triton"
+    try:
+        import flashinfer  # noqa: F401
+    except ImportError:
+        return "triton"
+    return "flashinfer"
+
+
+def _dense_base(model_runner, cfg: AsyncTLSConfig) -> type:
+    name = dense_base_name(cfg, str(model_runner.device), bool(getattr(model_runner, "use_mla_backend", False)))
     if name == "torch_native":
         from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
 
         return TorchNativeAttnBackend
+    if name == "flashinfer":
+        from sglang.srt.layers.attention.flashinfer_backend import FlashInferAttnBackend
+
+        return FlashInferAttnBackend
     from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
 
     return TritonAttnBackend

@@ -135,9 +135,9 @@ class OffloadDecodeMixin:
             step = rt.decode_step(req_to_token, fb.req_pool_indices, fb.seq_lens, plan.max_blocks,
                                   math.ceil(dense_len / cfg.block_size), ops)
             width = max(cfg.token_budget, dense_len)
-            self._step = (step, ops.forced_positions(fb.seq_lens, hk, cfg.sink_tokens, cfg.local_window),
-                          ops.dense_positions(fb.seq_lens, hk, width), width)
-        step, forced, dense, width = self._step
+            self._step = [step, ops.forced_positions(fb.seq_lens, hk, cfg.sink_tokens, cfg.local_window),
+                          ops.dense_positions(fb.seq_lens, hk, width), width, None]
+        step, forced, dense, width, counts = self._step
         # NOTE: the copies planned for this layer at the previous step land before anything below
         # reads the resident buffers or rewrites this layer's plan buffers.
         rt.engine.wait(l)
@@ -157,15 +157,18 @@ class OffloadDecodeMixin:
         blocks = ops.select_blocks(scores.masked_fill(~readable, float("-inf")), cfg.selected_blocks)
         sparse = positions_in_blocks(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens, blocks, cfg,
                                      ops, forced=forced)
-        if width > sparse.shape[2]:
-            sparse = torch.nn.functional.pad(sparse, (0, width - sparse.shape[2]), value=-1)
+        active = sparse.shape[2]
+        if width > active:
+            sparse = torch.nn.functional.pad(sparse, (0, width - active), value=-1)
         positions = torch.where(step.dense.view(-1, 1, 1), dense, sparse)
         table, req, columns = rt.buffer_table(l, step, positions)
         if l == 0:
             self.asynctls_stats.record(columns, rows=~step.dense)
+            # the columns each row reads: the padding past them costs the attention nothing
+            counts = self._step[4] = torch.where(step.dense, fb.seq_lens, active)
         cap = float(getattr(layer, "logit_cap", 0.0) or 0.0)
         o = ops.sparse_decode_attention(q3, rt.engine.k[l], rt.value_buffer(l, layer.v_head_dim), table, req,
-                                        columns, layer.scaling, cap)
+                                        columns, layer.scaling, cap, counts=counts, active=active)
         if cfg.prefetch_depth == 1:
             # NOTE: after the attention that read the victims' old contents (the copy stream forks here)
             rt.prefetch(l, step, wanted)

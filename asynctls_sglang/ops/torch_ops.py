@@ -157,16 +157,21 @@ def truncate_candidates(pos: torch.Tensor, ok: torch.Tensor, k: int) -> torch.Te
 def sparse_decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
                             req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
                             positions: torch.Tensor, sm_scale: float,
-                            logit_cap: float = 0.0) -> torch.Tensor:
+                            logit_cap: float = 0.0, *, counts: torch.Tensor | None = None,
+                            active: int | None = None) -> torch.Tensor:
     """Exact attention of each group over its KV head's positions, read in place from the pool.
 
     q: [bs, Hq, D]; k_buffer [slots, Hk, D]; v_buffer [slots, Hk, Dv] (MLA: a view of the
-    latent buffer); positions [bs, Hk, K] int64 (-1 unused). -> [bs, Hq, Dv] fp32.
+    latent buffer); positions [bs, Hk, K] int64 (-1 unused); counts [bs] (optional): row b reads
+    only its first counts[b] columns. ``active`` only sizes the GPU kernel's splits. -> [bs, Hq, Dv] fp32.
     """
     bs, hq, d = q.shape
     hk = positions.shape[1]
     rows = req_pool_indices.long().view(bs, 1, 1)
     valid = positions >= 0
+    if counts is not None:
+        columns = torch.arange(positions.shape[2], device=positions.device)
+        valid = valid & (columns.view(1, 1, -1) < counts.long().view(bs, 1, 1))
     slots = req_to_token[rows, positions.clamp(min=0)].long()  # [bs, Hk, K]
     heads = torch.arange(hk, device=q.device).view(1, hk, 1)
     ks = k_buffer[slots, heads].float()  # [bs, Hk, K, D]

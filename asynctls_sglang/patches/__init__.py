@@ -7,6 +7,7 @@ from asynctls_sglang.patches import (
     backend_registry,
     capture_guard,
     cpu_engine,
+    graph_variants,
     kv_pool,
     mla_dispatch,
     offload,
@@ -21,6 +22,7 @@ def apply_all() -> None:
     check_sglang_version()
     backend_registry.apply()
     capture_guard.apply()
+    graph_variants.apply()
     mla_dispatch.apply()
     kv_pool.apply()
     offload.apply()

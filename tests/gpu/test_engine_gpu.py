@@ -38,3 +38,24 @@ def test_gpu_graph_decode_exact_and_sparse(tiny_model_dir, kind):
     assert stats["ops"] == "triton_ops"
     assert stats["attended_tokens_last"] == CFG["token_budget"]
     assert all(len(o) == 16 for o in long_out + batched)
+
+
+@pytest.mark.parametrize("kind, stock", [("qwen3", "flashinfer"), ("deepseek_v2", "triton")])
+def test_gpu_short_batches_replay_the_stock_graph(tiny_model_dir, kind, stock):
+    """Batches whose requests are all under the dense threshold replay the graph captured on the
+    dense base backend (flashinfer for GQA, triton for MLA): the same tokens as that backend, no
+    sparse step; a batch with a longer request replays the sparse graph (patches.graph_variants)."""
+    model = tiny_model_dir(kind)
+    cfg = dict(CFG, dense_threshold=1000)
+    with engine(model, stock, page_size=16, **GPU_ARGS) as eng:
+        want = greedy(eng, SHORT, 16)
+    with engine(model, "asynctls", cfg, **GPU_ARGS) as eng:
+        before = asynctls_stats(eng)
+        got = greedy(eng, SHORT, 16)
+        mid = asynctls_stats(eng)
+        greedy(eng, SHORT[:1] + LONG, 16, batched=True)
+        after = asynctls_stats(eng)
+    print(kind, "dense-graph stats", before, mid, after)
+    assert got == want
+    assert mid["sparse_request_steps"] == before["sparse_request_steps"]
+    assert after["sparse_request_steps"] > mid["sparse_request_steps"]

@@ -117,3 +117,39 @@ def test_workspace_is_reused_and_results_repeat():
     again = triton_ops.sparse_decode_attention(*args, out=out, workspace=ws)
     assert again.data_ptr() == out.data_ptr() and torch.equal(first, again)
     assert_close(first, torch_ops.sparse_decode_attention(*args), FP32, "with workspace")
+
+
+@pytest.mark.parametrize("active", [None, 24], ids=["splits-for-width", "splits-for-24"])
+@pytest.mark.parametrize("mla", [False, True], ids=["gqa-g4", "mla"])
+def test_counts_limit_each_row_to_its_leading_columns(mla, active):
+    """counts[b] columns of row b are read and nothing after them, though the later columns hold
+    valid positions (a kernel that read them would differ): equal to the torch op on positions cut
+    at counts; a count of 0 gives zeros, a count beyond the width reads the whole row."""
+    lens = [150, 90, 120, 61]
+    hq, hk, d, dv = (8, 1, 576, 512) if mla else (8, 2, 64, 64)
+    pool = make_pool(lens, 16, seed=11)
+    gen = torch.Generator().manual_seed(11)
+    k_buffer = torch.randn(pool.n_slots, hk, d, generator=gen).to(DEVICE)
+    v_buffer = k_buffer[..., :dv] if mla else torch.randn(pool.n_slots, hk, dv, generator=gen).to(DEVICE)
+    q = torch.randn(len(lens), hq, d, generator=gen).to(DEVICE)
+    pos = triton_ops.dense_positions(pool.seq_lens, hk, 60).contiguous()  # every column valid
+    counts = torch.tensor([37, 0, 60, 500], device=DEVICE)
+    cut = torch.where(torch.arange(60, device=DEVICE).view(1, 1, -1) < counts.view(-1, 1, 1), pos, -1)
+    args = (q, k_buffer, v_buffer, pool.req_to_token, pool.req_pool_indices)
+    out = poison(torch.empty(len(lens), hq, dv, device=DEVICE))
+    got = triton_ops.sparse_decode_attention(*args, pos, 0.1, out=out, counts=counts, active=active)
+    want = torch_ops.sparse_decode_attention(*args, cut, 0.1)
+    assert_close(got, want, FP32, "attention with counts")
+    assert_close(torch_ops.sparse_decode_attention(*args, pos, 0.1, counts=counts), want, FP32, "torch op with counts")
+    assert (got[1] == 0).all(), "a row with count 0 reads nothing"
+
+
+def test_plan_splits_sized_for_the_active_columns():
+    from asynctls_sglang.kernels.common.merge import MAX_SPLITS, plan_splits
+
+    cpu = torch.device("cpu")  # 8 "SMs" off the GPU
+    assert plan_splits(8192, 1, cpu, 32, 64) == (16, 512)  # two waves of 8 over the whole width
+    splits, per = plan_splits(8192, 1, cpu, 32, 64, active=2048)
+    assert per == 128 and splits == 64  # 2048 active columns in 16 splits, the width covered by 64
+    splits, per = plan_splits(65536, 1, cpu, 32, 64, active=512)
+    assert splits <= MAX_SPLITS and splits * per >= 65536

@@ -20,14 +20,19 @@ class SplitWorkspace(NamedTuple):
 
 
 def plan_splits(n_tokens: int, n_units: int, device: torch.device, block_n: int,
-                min_tokens: int) -> tuple[int, int]:
+                min_tokens: int, active: int | None = None) -> tuple[int, int]:
     """(splits, tokens per split) for `n_units` (request, head-block) programs over `n_tokens`
     positions: enough splits for about two waves of the GPU, each of at least `min_tokens`
-    positions (a multiple of block_n). Shapes only: the same answer every step."""
+    positions (a multiple of block_n). ``active`` (<= n_tokens): the columns most rows actually
+    read (per-row counts; the rest is padding whose splits exit at once): the splits are sized for
+    it, and as many more as cover n_tokens, up to MAX_SPLITS. Shapes only: the same answer every step."""
+    n_tokens = max(n_tokens, 1)
+    active = n_tokens if active is None else max(1, min(active, n_tokens))
     want = cdiv(2 * sm_count(device), max(n_units, 1))
-    splits = max(1, min(want, cdiv(n_tokens, min_tokens), MAX_SPLITS))
-    per_split = cdiv(cdiv(max(n_tokens, 1), splits), block_n) * block_n
-    return cdiv(max(n_tokens, 1), per_split), per_split
+    splits = max(1, min(want, cdiv(active, min_tokens), MAX_SPLITS))
+    per_split = cdiv(cdiv(active, splits), block_n) * block_n
+    per_split = max(per_split, cdiv(cdiv(n_tokens, MAX_SPLITS), block_n) * block_n)
+    return cdiv(n_tokens, per_split), per_split
 
 
 def split_workspace(bs: int, hq: int, splits: int, dv: int, device: torch.device,

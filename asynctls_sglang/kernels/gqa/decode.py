@@ -14,13 +14,16 @@ def gqa_sparse_decode(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.T
                       req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
                       positions: torch.Tensor, sm_scale: float, logit_cap: float = 0.0, *,
                       out: torch.Tensor | None = None,
-                      workspace: SplitWorkspace | None = None) -> torch.Tensor:
+                      workspace: SplitWorkspace | None = None,
+                      counts: torch.Tensor | None = None, active: int | None = None) -> torch.Tensor:
     """Exact attention of each group over its KV head's positions, K/V read in place.
 
     q: [bs, Hq, D]; k_buffer [slots, Hk, D]; v_buffer [slots, Hk, Dv] (same dtype as q, unit
     last strides); req_to_token [rows, ctx] int32; req_pool_indices [bs]; positions
     [bs, Hk, K] int64, -1 unused -> [bs, Hq, Dv] fp32 (zeros for a head with no position).
     fp32 accumulation; bf16/fp16 probabilities feed the second product in the input dtype.
+    counts [bs] (optional, on the device): each row reads only its first counts[b] columns;
+    active: the column count the splits are sized for (see plan_splits).
     Not checked at run time: positions < ctx, slots in range.
     """
     bs, hq, d = q.shape
@@ -34,15 +37,17 @@ def gqa_sparse_decode(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.T
     for name, t in (("q", q), ("k_buffer", k_buffer), ("v_buffer", v_buffer), ("positions", positions),
                     ("req_to_token", req_to_token)):
         check(t.stride(-1) == 1, f"{name} needs a unit last stride")
+    check(counts is None or (counts.shape == (bs,) and not counts.dtype.is_floating_point),
+          f"counts must be [{bs}] integers")
     out = check_out(out, (bs, hq, dv), torch.float32, q.device, "sparse_decode_attention")
     if bs == 0:
         return out
     g = hq // hk
-    splits, per_split = plan_splits(kk, bs * hk, q.device, BLOCK_N, min_tokens=64)
+    splits, per_split = plan_splits(kk, bs * hk, q.device, BLOCK_N, min_tokens=64, active=active)
     ws = split_workspace(bs, hq, splits, dv, q.device, workspace)
     gqa_decode_split_kernel[(bs, hk, splits)](
         q, k_buffer, v_buffer, req_to_token, req_pool_indices, positions,
-        ws.mid_o, ws.mid_lse, sm_scale, logit_cap, kk, per_split,
+        positions if counts is None else counts, ws.mid_o, ws.mid_lse, sm_scale, logit_cap, kk, per_split,
         q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0),
         v_buffer.stride(1), req_to_token.stride(0), positions.stride(0), positions.stride(1),
         ws.mid_o.stride(0), ws.mid_o.stride(1), ws.mid_o.stride(2),
@@ -50,5 +55,5 @@ def gqa_sparse_decode(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.T
         G=g, D=d, DV=dv, BLOCK_G=pow2(g, 16), BLOCK_D=pow2(d, 16), BLOCK_DV=pow2(dv, 16),
         BLOCK_N=BLOCK_N, HAS_CAP=logit_cap > 0,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=4, num_stages=2)
+        HAS_COUNTS=counts is not None, num_warps=4, num_stages=2)
     return merge_splits(ws, splits, out)

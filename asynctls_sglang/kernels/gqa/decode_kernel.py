@@ -6,13 +6,14 @@ from asynctls_sglang.kernels.common.softmax import LOG2E, cap_logits, online_sof
 
 
 @triton.jit
-def gqa_decode_split_kernel(q, k_buf, v_buf, req_to_token, req_pool_indices, positions,
+def gqa_decode_split_kernel(q, k_buf, v_buf, req_to_token, req_pool_indices, positions, counts,
                             mid_o, mid_lse, sm_scale, logit_cap, K, SPLIT,
                             s_qb, s_qh, s_kt, s_kh, s_vt, s_vh, s_rr, s_pb, s_ph,
                             s_mb, s_mh, s_ms, s_lb, s_lh,
                             G: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
                             BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                            BLOCK_N: tl.constexpr, HAS_CAP: tl.constexpr, PRECISION: tl.constexpr):
+                            BLOCK_N: tl.constexpr, HAS_CAP: tl.constexpr, PRECISION: tl.constexpr,
+                            HAS_COUNTS: tl.constexpr):
     """Grid (bs, Hk, S). Positions [SPLIT * i_s, SPLIT * (i_s + 1)) of the head's list; the G
     query heads of the group are the rows of one tensor-core product, so each K/V row is read
     once per group. Writes the split's normalised output and base-2 log-sum-exp."""
@@ -33,9 +34,13 @@ def gqa_decode_split_kernel(q, k_buf, v_buf, req_to_token, req_pool_indices, pos
     # [BLOCK_G, BLOCK_DV]
     b_acc = tl.zeros([BLOCK_G, BLOCK_DV], dtype=tl.float32)
     p_pos = positions + i_b.to(tl.int64) * s_pb + i_h * s_ph
-    n_end = tl.minimum(i_s * SPLIT + SPLIT, K)
-    for i_n in range(0, SPLIT, BLOCK_N):
-        o_n = i_s * SPLIT + i_n + tl.arange(0, BLOCK_N)
+    n_len = K
+    if HAS_COUNTS:  # the row reads only its first counts[b] columns: a split past them exits at once
+        n_len = tl.minimum(tl.load(counts + i_b).to(tl.int32), K)
+    n_start = i_s * SPLIT
+    n_end = tl.minimum(n_start + SPLIT, n_len)
+    for i_n in range(n_start, n_end, BLOCK_N):
+        o_n = i_n + tl.arange(0, BLOCK_N)
         # [BLOCK_N]
         b_pos = tl.load(p_pos + o_n, mask=o_n < n_end, other=-1)
         m_n = b_pos >= 0

@@ -22,7 +22,8 @@ def mla_sparse_decode(q: torch.Tensor, kv_buffer: torch.Tensor, dv: int,
                       req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
                       positions: torch.Tensor, sm_scale: float, logit_cap: float = 0.0, *,
                       out: torch.Tensor | None = None,
-                      workspace: SplitWorkspace | None = None) -> torch.Tensor:
+                      workspace: SplitWorkspace | None = None,
+                      counts: torch.Tensor | None = None, active: int | None = None) -> torch.Tensor:
     """Exact MLA decode over chosen positions, each latent row read once for K and V.
 
     q: [bs, Hq, D] (D = Dv + rope, e.g. 512 + 64); kv_buffer [slots, 1, D] (same dtype, unit
@@ -37,20 +38,22 @@ def mla_sparse_decode(q: torch.Tensor, kv_buffer: torch.Tensor, dv: int,
     check(positions.shape[:2] == (bs, 1) and positions.dtype == torch.int64, f"positions [{bs}, 1, K] int64")
     for name, t in (("q", q), ("kv_buffer", kv_buffer), ("positions", positions), ("req_to_token", req_to_token)):
         check(t.stride(-1) == 1, f"{name} needs a unit last stride")
+    check(counts is None or (counts.shape == (bs,) and not counts.dtype.is_floating_point),
+          f"counts must be [{bs}] integers")
     out = check_out(out, (bs, hq, dv), torch.float32, q.device, "sparse_decode_attention")
     if bs == 0:
         return out
     n_hb = cdiv(hq, BLOCK_H)
-    splits, per_split = plan_splits(kk, bs * n_hb, q.device, BLOCK_N, min_tokens=64)
+    splits, per_split = plan_splits(kk, bs * n_hb, q.device, BLOCK_N, min_tokens=64, active=active)
     ws = split_workspace(bs, hq, splits, dv, q.device, workspace)
     mla_decode_split_kernel[(bs, n_hb, splits)](
         q, kv_buffer, req_to_token, req_pool_indices, positions,
-        ws.mid_o, ws.mid_lse, sm_scale, logit_cap, kk, per_split, hq,
+        positions if counts is None else counts, ws.mid_o, ws.mid_lse, sm_scale, logit_cap, kk, per_split, hq,
         q.stride(0), q.stride(1), kv_buffer.stride(0), req_to_token.stride(0), positions.stride(0),
         ws.mid_o.stride(0), ws.mid_o.stride(1), ws.mid_o.stride(2),
         ws.mid_lse.stride(0), ws.mid_lse.stride(1),
         D=d, DV=dv, BLOCK_H=BLOCK_H, BLOCK_DV=pow2(dv, 16), BLOCK_R=pow2(d - dv, 16),
         BLOCK_N=BLOCK_N, HAS_CAP=logit_cap > 0,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=4, num_stages=2)
+        HAS_COUNTS=counts is not None, num_warps=4, num_stages=2)
     return merge_splits(ws, splits, out)

@@ -6,13 +6,14 @@ from asynctls_sglang.kernels.common.softmax import LOG2E, cap_logits, online_sof
 
 
 @triton.jit
-def mla_decode_split_kernel(q, kv_buf, req_to_token, req_pool_indices, positions,
+def mla_decode_split_kernel(q, kv_buf, req_to_token, req_pool_indices, positions, counts,
                             mid_o, mid_lse, sm_scale, logit_cap, K, SPLIT, HQ,
                             s_qb, s_qh, s_kt, s_rr, s_pb,
                             s_mb, s_mh, s_ms, s_lb, s_lh,
                             D: tl.constexpr, DV: tl.constexpr,
                             BLOCK_H: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_R: tl.constexpr,
-                            BLOCK_N: tl.constexpr, HAS_CAP: tl.constexpr, PRECISION: tl.constexpr):
+                            BLOCK_N: tl.constexpr, HAS_CAP: tl.constexpr, PRECISION: tl.constexpr,
+                            HAS_COUNTS: tl.constexpr):
     """Grid (bs, cdiv(Hq, BLOCK_H), S). Each latent row [D] = [DV latent | D - DV rope] is read
     once and serves both products: logits = q_latent . row[:DV] + q_rope . row[DV:], and the
     value is row[:DV]."""
@@ -34,9 +35,13 @@ def mla_decode_split_kernel(q, kv_buf, req_to_token, req_pool_indices, positions
     # [BLOCK_H, BLOCK_DV]
     b_acc = tl.zeros([BLOCK_H, BLOCK_DV], dtype=tl.float32)
     p_pos = positions + i_b.to(tl.int64) * s_pb
-    n_end = tl.minimum(i_s * SPLIT + SPLIT, K)
-    for i_n in range(0, SPLIT, BLOCK_N):
-        o_n = i_s * SPLIT + i_n + tl.arange(0, BLOCK_N)
+    n_len = K
+    if HAS_COUNTS:  # the row reads only its first counts[b] columns: a split past them exits at once
+        n_len = tl.minimum(tl.load(counts + i_b).to(tl.int32), K)
+    n_start = i_s * SPLIT
+    n_end = tl.minimum(n_start + SPLIT, n_len)
+    for i_n in range(n_start, n_end, BLOCK_N):
+        o_n = i_n + tl.arange(0, BLOCK_N)
         # [BLOCK_N]
         b_pos = tl.load(p_pos + o_n, mask=o_n < n_end, other=-1)
         m_n = b_pos >= 0

@@ -1,0 +1,109 @@
+"""Decode graphs per mode (patches.graph_variants) and the dense base backend choice.
+
+The CUDA-graph runner itself needs a GPU (tests/gpu/test_engine_gpu.py replays both modes); here
+the hooks run against stand-ins of the runner and the backend, and the hooked SGLang methods are
+checked to exist with the arguments the hooks pass.
+"""
+from __future__ import annotations
+
+import inspect
+import types
+
+import pytest
+import torch
+
+from asynctls_sglang.adapter.backend import AsyncTLSBackendMixin, dense_base_name
+from asynctls_sglang.config import AsyncTLSConfig, ConfigError
+from asynctls_sglang.patches import graph_variants
+
+
+def _backend(offload=False, **cfg):
+    """An object with the backend's mode methods (unbound, on a namespace)."""
+    ns = types.SimpleNamespace(asynctls_cfg=AsyncTLSConfig(offload=offload, **cfg),
+                               asynctls_offload=object() if offload else None, asynctls_capture_mode=None)
+    ns.asynctls_graph_modes = types.MethodType(AsyncTLSBackendMixin.asynctls_graph_modes, ns)
+    ns.asynctls_graph_mode_for = types.MethodType(AsyncTLSBackendMixin.asynctls_graph_mode_for, ns)
+    return ns
+
+
+def test_hooked_runner_methods_take_the_arguments_the_hooks_pass():
+    from sglang.srt.model_executor.runner.decode_cuda_graph_runner import DecodeCudaGraphRunner
+
+    params = list(inspect.signature(DecodeCudaGraphRunner.capture_one_shape).parameters)
+    assert params[:5] == ["self", "size", "forward", "stream_idx", "variant_label"]
+    assert list(inspect.signature(DecodeCudaGraphRunner._resolve_lora_variant).parameters) == ["self", "forward_batch"]
+    from sglang.srt.model_executor.runner.shape_key import ShapeKey
+
+    assert ShapeKey(8, None, graph_variants.variant(None, "dense")) != ShapeKey(8, None, graph_variants.variant(None, "sparse"))
+
+
+def test_each_batch_size_is_captured_once_per_mode_with_the_mode_set():
+    backend = _backend(token_budget=256)
+    runner = types.SimpleNamespace(attn_backend=backend)
+    calls = []
+
+    def capture(self, size, forward, stream_idx, label):
+        calls.append((size, label, backend.asynctls_capture_mode))
+
+    graph_variants._capture_one_shape(capture, runner, 8, None, None, None)
+    graph_variants._capture_one_shape(capture, runner, 4, None, None, "lora")
+    assert calls == [(8, "+asynctls-sparse", "sparse"), (8, "+asynctls-dense", "dense"),
+                     (4, "lora+asynctls-sparse", "sparse"), (4, "lora+asynctls-dense", "dense")]
+    assert backend.asynctls_capture_mode is None
+
+    def failing(self, size, forward, stream_idx, label):
+        raise RuntimeError("capture failed")
+
+    with pytest.raises(RuntimeError):
+        graph_variants._capture_one_shape(failing, runner, 8, None, None, None)
+    assert backend.asynctls_capture_mode is None
+
+
+def test_replay_picks_the_dense_graph_only_when_every_request_is_short():
+    backend = _backend(token_budget=256, dense_threshold=1000)
+    runner = types.SimpleNamespace(attn_backend=backend)
+
+    def resolve(lens):
+        return graph_variants._resolve_variant(lambda self, fb: None, runner,
+                                               types.SimpleNamespace(seq_lens_cpu=torch.tensor(lens)))
+
+    assert resolve([10, 1000]) == "+asynctls-dense"
+    assert resolve([10, 1001]) == "+asynctls-sparse"
+    assert resolve([5000]) == "+asynctls-sparse"
+
+
+@pytest.mark.parametrize("runner", [types.SimpleNamespace(attn_backend=object()),
+                                    types.SimpleNamespace(attn_backend=_backend(offload=True, token_budget=256,
+                                                                                local_window=64))],
+                         ids=["other-backend", "offload"])
+def test_one_graph_per_size_for_other_backends_and_offload(runner):
+    calls = []
+    graph_variants._capture_one_shape(lambda self, *a: calls.append(a[-1]), runner, 8, None, None, "lora")
+    assert calls == ["lora"]
+    fb = types.SimpleNamespace(seq_lens_cpu=torch.tensor([10]))
+    assert graph_variants._resolve_variant(lambda self, fb: "nolora", runner, fb) == "nolora"
+
+
+def test_default_dense_threshold():
+    assert AsyncTLSConfig(token_budget=2048).dense_len == 8192
+    assert AsyncTLSConfig(token_budget=16384, block_budget=512).dense_len == 16384
+    assert AsyncTLSConfig(token_budget=2048, dense_threshold=100).dense_len == 100
+    assert AsyncTLSConfig(token_budget=2048, offload=True).dense_len == 2048  # dense rows stay resident
+
+
+def test_dense_base_choice():
+    gqa = AsyncTLSConfig()
+    assert dense_base_name(gqa, "cpu", is_mla=False) == "torch_native"
+    assert dense_base_name(gqa, "cuda:0", is_mla=True) == "triton"
+    assert dense_base_name(AsyncTLSConfig(offload=True), "cuda:0", is_mla=False) == "triton"
+    try:
+        import flashinfer  # noqa: F401
+        want = "flashinfer"
+    except ImportError:
+        want = "triton"
+    assert dense_base_name(gqa, "cuda:0", is_mla=False) == want
+    assert dense_base_name(AsyncTLSConfig(dense_backend="triton"), "cuda:0", is_mla=False) == "triton"
+    with pytest.raises(ConfigError, match="MLA"):
+        dense_base_name(AsyncTLSConfig(dense_backend="flashinfer"), "cuda:0", is_mla=True)
+    with pytest.raises(ConfigError, match="offload"):
+        AsyncTLSConfig(dense_backend="flashinfer", offload=True)
