@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
 import json
 import os
 import random
@@ -26,8 +27,8 @@ def parse_points(text: str) -> list[tuple[int, int]]:
     return [tuple(int(x) for x in p.lower().split("x")) for p in text.split(",")]  # type: ignore[misc]
 
 
-async def _request(engine, ids, params):
-    marks = []
+async def _request(engine, ids, params, marks: list | None = None):
+    marks = [] if marks is None else marks  # (time, completion tokens) per streamed chunk
     t0 = time.perf_counter()
     stream = await engine.async_generate(input_ids=ids, sampling_params=params, stream=True)
     async for chunk in stream:
@@ -35,11 +36,72 @@ async def _request(engine, ids, params):
     return t0, marks
 
 
+async def _profile_decode(engine, tasks, steps: int, out_dir: str) -> None:
+    """Once every request of the point has streamed a few tokens (all of them decoding), record
+    `steps` forward steps with SGLang's profiler (GPU kernels only; it stops by itself)."""
+    from sglang.srt.managers.io_struct import ProfileReq
+
+    while not all(t.done() for t in tasks):
+        await asyncio.sleep(0.05)
+        if all(len(m) >= 4 for m in _PROGRESS.values()) and len(_PROGRESS) == len(tasks):
+            await engine.tokenizer_manager.start_profile(ProfileReq(
+                output_dir=out_dir, num_steps=steps, activities=["GPU"], with_stack=False, record_shapes=False))
+            return
+
+
+_PROGRESS: dict[int, list] = {}  # request index -> its token marks, while a profiled point runs
+
+
+_GROUPS = (  # (group, substrings of kernel names), first match wins; the rest is "other"
+    ("asynctls selection", ("block_score", "topk", "select_", "candidate", "token_score", "compact", "truncate")),
+    ("asynctls attention", ("gqa_decode", "mla_decode", "merge_splits")),
+    ("asynctls index upkeep", ("summary", "index_key", "write_index")),
+    ("dense attention", ("BatchDecode", "BatchPrefill", "flashinfer", "_fwd_kernel", "decode_att", "fmha", "flash")),
+    ("GEMM", ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "Gemm")),
+    ("copies", ("Memcpy", "memcpy", "gather_host")),
+)
+
+
+def kernel_group(name: str) -> str:
+    for group, keys in _GROUPS:
+        if any(k in name for k in keys):
+            return group
+    return "other"
+
+
+def summarize_trace(path: str, steps: int) -> dict:
+    """Per-step GPU time of a chrome trace (SGLang's profiler output): busy time by kernel group
+    and the top kernels, and the span from the first to the last kernel (busy + idle gaps)."""
+    import gzip
+
+    with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
+        events = json.load(f)["traceEvents"]
+    kernels = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+    if not kernels:
+        return {"steps": steps, "error": "no GPU kernels in the trace"}
+    span = max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels)
+    by_name: dict[str, list] = {}
+    for e in kernels:
+        entry = by_name.setdefault(e["name"][:90], [0.0, 0])
+        entry[0] += e["dur"]
+        entry[1] += 1
+    groups: dict[str, float] = {}
+    for name, (dur, _) in by_name.items():
+        groups[kernel_group(name)] = groups.get(kernel_group(name), 0.0) + dur
+    busy = sum(d for d, _ in by_name.values())
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:20]
+    return {"steps": steps, "span_ms_per_step": round(span / steps / 1000, 3),
+            "busy_ms_per_step": round(busy / steps / 1000, 3),
+            "groups_ms_per_step": {g: round(d / steps / 1000, 3) for g, d in sorted(groups.items(), key=lambda kv: -kv[1])},
+            "top_kernels": [{"name": n, "ms_per_step": round(d / steps / 1000, 4), "calls_per_step": c / steps}
+                            for n, (d, c) in top]}
+
+
 SHARED_TAIL = 32  # distinct tokens after the shared prefix (--shared-prefix)
 
 
 async def run_point(engine, bs: int, ctx: int, out_len: int, vocab: int, seed: int,
-                    shared_prefix: bool = False) -> dict:
+                    shared_prefix: bool = False, profile_steps: int = 0, profile_dir: str = "") -> dict:
     rng = random.Random(seed)
     if shared_prefix:
         # One prefill of the common prefix (radix cache), then bs requests that each read all ctx
@@ -52,7 +114,14 @@ async def run_point(engine, bs: int, ctx: int, out_len: int, vocab: int, seed: i
         prompts = [[rng.randrange(1000, vocab - 1000) for _ in range(ctx)] for _ in range(bs)]
     params = {"max_new_tokens": out_len, "ignore_eos": True, "temperature": 0.0}
     t_submit = time.perf_counter()
-    results = await asyncio.gather(*[_request(engine, p, params) for p in prompts])
+    if profile_steps:
+        _PROGRESS.clear()
+        tasks = [asyncio.ensure_future(_request(engine, p, params, _PROGRESS.setdefault(i, [])))
+                 for i, p in enumerate(prompts)]
+        await _profile_decode(engine, tasks, profile_steps, profile_dir)
+        results = await asyncio.gather(*tasks)
+    else:
+        results = await asyncio.gather(*[_request(engine, p, params) for p in prompts])
     firsts = [m[0][0] for _, m in results]
     lasts = [m[-1][0] for _, m in results]
     step_ms = []
@@ -160,8 +229,14 @@ def run_backend(args, backend: str, asynctls: dict, eager: bool = False) -> list
                 r.update(fixed_kv_tokens=args.fixed_kv_tokens, device_kv_tokens=kw["max_total_tokens"],
                          resident_buffer_tokens=resident)
             else:
+                pdir = os.path.join(os.path.dirname(os.path.abspath(args.out)), f"profile_{backend}_{bs}x{ctx}")
                 r = engine.loop.run_until_complete(run_point(engine, bs, ctx, args.out_len, vocab, 100 + i,
-                                                             args.shared_prefix))
+                                                             args.shared_prefix, args.profile_steps, pdir))
+                if args.profile_steps:
+                    time.sleep(2)  # the trace is written by the scheduler process after its last step
+                    traces = sorted(glob.glob(os.path.join(pdir, "*.trace.json*")))
+                    r["profile"] = summarize_trace(traces[-1], args.profile_steps) if traces else {"error": "no trace"}
+                    print("[e2e] profile " + json.dumps(r["profile"]), flush=True)
             r.update(shared_prefix=args.shared_prefix, backend=backend + (f"(K={asynctls.get('token_budget', 2048)})" if backend == "asynctls" else ""))
             if backend == "asynctls":
                 info = engine.get_server_info()["internal_states"][0].get("asynctls", {})
@@ -241,6 +316,10 @@ def main(argv=None) -> int:
                          "submit each point's bs distinct requests at once: reports the batch each "
                          "backend reaches and its throughput (with offload, host_pool_tokens in --offload "
                          "sets the logical capacity)")
+    ap.add_argument("--profile-steps", type=int, default=0,
+                    help="record this many decode steps of each point with SGLang's profiler (GPU kernels) "
+                         "and report per-step GPU time by kernel group; the point's throughput then "
+                         "includes the profiler's overhead")
     ap.add_argument("--out", default="e2e.json")
     args = ap.parse_args(argv)
     from asynctls_sglang import env

@@ -50,3 +50,21 @@ def test_table_compares_fixed_memory_rows_by_run_throughput(bench):
              "decode_tok_s": 60.0, "output_tok_s": 250.0, "itl_ms_median": None, "itl_ms_p99": None}]
     text = bench.table(rows, "flashinfer")
     assert "| 4 of 4 |" in text and "| 2 of 4 |" in text and text.rstrip().endswith("| 2.50 |")
+
+
+def test_profile_summary_groups_kernels_per_step(bench, tmp_path):
+    """--profile-steps: a chrome trace's GPU kernels summed per step, by group and name."""
+    import gzip
+    import json
+
+    events = [{"ph": "X", "cat": "kernel", "name": n, "ts": ts, "dur": d} for n, ts, d in [
+        ("block_score_kernel", 0, 10), ("gqa_decode_split_kernel", 20, 30), ("nvjet_tst_128x256", 60, 40),
+        ("block_score_kernel", 200, 10), ("gqa_decode_split_kernel", 220, 30), ("nvjet_tst_128x256", 260, 40)]]
+    events.append({"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 999})
+    path = tmp_path / "x-TP-0.trace.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    summary = bench.summarize_trace(str(path), steps=2)
+    assert summary["span_ms_per_step"] == 0.15 and summary["busy_ms_per_step"] == 0.08
+    assert summary["groups_ms_per_step"] == {"GEMM": 0.04, "asynctls attention": 0.03, "asynctls selection": 0.01}
+    assert summary["top_kernels"][0] == {"name": "nvjet_tst_128x256", "ms_per_step": 0.04, "calls_per_step": 1.0}

@@ -94,6 +94,18 @@ def small_engine(qwen3, reference):
         yield eng
 
 
+def test_gqa_seed_brings_the_whole_first_selection(qwen3, reference):
+    """One step may copy only 2 blocks per request and head, yet after a prefill every block of
+    the first selection is resident (seeded in rounds): with covering budgets (every block wanted
+    at every step) nothing is late and the tokens are those of offload off."""
+    with engine(qwen3, "asynctls", dict(CFG, offload=True, prefetch_depth=1, resident_blocks=64,
+                                        max_miss_blocks_per_step=2)) as eng:
+        out = greedy(eng, SHORT)
+        stats = offload_stats(eng)
+    assert stats["blocks_late"] == 0 and stats["seed_blocks_moved"] > 2 * 2 * len(SHORT)
+    assert out == reference["short"]
+
+
 def test_gqa_small_cache_pipeline(small_engine, reference):
     eng = small_engine
     assert greedy(eng, SHORT) == reference["short"]  # covering budgets: every wanted block was in time
