@@ -53,6 +53,7 @@ _PROGRESS: dict[int, list] = {}  # request index -> its token marks, while a pro
 
 
 _GROUPS = (  # (group, substrings of kernel names), first match wins; the rest is "other"
+    ("other", ("RMSNorm", "norm::")),  # FlashInfer's norm kernels, before its attention's names
     ("asynctls selection", ("block_score", "topk", "select_", "candidate", "token_score", "compact", "truncate")),
     ("asynctls attention", ("gqa_decode", "mla_decode", "merge_splits")),
     ("asynctls index upkeep", ("summary", "index_key", "write_index")),

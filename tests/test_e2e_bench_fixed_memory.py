@@ -68,3 +68,10 @@ def test_profile_summary_groups_kernels_per_step(bench, tmp_path):
     assert summary["span_ms_per_step"] == 0.15 and summary["busy_ms_per_step"] == 0.08
     assert summary["groups_ms_per_step"] == {"GEMM": 0.04, "asynctls attention": 0.03, "asynctls selection": 0.01}
     assert summary["top_kernels"][0] == {"name": "nvjet_tst_128x256", "ms_per_step": 0.04, "calls_per_step": 1.0}
+
+
+def test_kernel_groups(bench):
+    assert bench.kernel_group("void flashinfer::norm::FusedAddRMSNormKernel<8u>") == "other"
+    assert bench.kernel_group("void flashinfer::BatchPrefillWithPagedKVCacheKernel<>") == "dense attention"
+    assert bench.kernel_group("topk_resident_kernel") == "asynctls selection"
+    assert bench.kernel_group("summary_fold_kernel") == "asynctls index upkeep"
