@@ -159,3 +159,21 @@ def test_mla_large_cache_is_token_identical(tiny_model_dir):
         stats = offload_stats(eng)
     assert on == off
     assert stats["tokens_dropped"] == 0 and stats["blocks_late"] == 0 and stats["bytes_moved"] > 0
+
+
+def test_mla_pipeline_fixed_shapes(tiny_model_dir, monkeypatch):
+    """The engines of tests/gpu/test_engine_offload_gpu.py[deepseek_v2] on the CPU: MLA with the
+    pipelined engine (depth 1, default cache) on the fixed-shape decode path (the CUDA-graph path,
+    run eagerly here), then the same prompts again in one batch (radix prefixes loaded back for
+    the prefill). Covering budgets for the short prompts: the tokens of offload off."""
+    path = tiny_model_dir("deepseek_v2")
+    with engine(path, "asynctls", CFG) as eng:
+        off = greedy(eng, SHORT)
+    monkeypatch.setenv("ASYNCTLS_FIXED_SHAPES", "1")
+    with engine(path, "asynctls", dict(CFG, offload=True)) as eng:
+        piped = greedy(eng, SHORT)
+        batched = greedy(eng, SHORT + LONG, batched=True)
+        stats = offload_stats(eng)
+    assert piped == off
+    assert all(len(o) == PARAMS["max_new_tokens"] for o in batched)
+    assert stats["prefix_blocks_loaded"] > 0 and stats["tokens_dropped"] == 0 and stats["bytes_moved"] > 0
