@@ -23,6 +23,7 @@ def _backend(offload=False, **cfg):
                                asynctls_offload=object() if offload else None, asynctls_capture_mode=None)
     ns.asynctls_graph_modes = types.MethodType(AsyncTLSBackendMixin.asynctls_graph_modes, ns)
     ns.asynctls_graph_mode_for = types.MethodType(AsyncTLSBackendMixin.asynctls_graph_mode_for, ns)
+    ns.asynctls_base_metadata_needed = types.MethodType(AsyncTLSBackendMixin.asynctls_base_metadata_needed, ns)
     return ns
 
 
@@ -107,3 +108,19 @@ def test_dense_base_choice():
         dense_base_name(AsyncTLSConfig(dense_backend="flashinfer"), "cuda:0", is_mla=True)
     with pytest.raises(ConfigError, match="offload"):
         AsyncTLSConfig(dense_backend="flashinfer", offload=True)
+
+
+def test_the_base_backend_plans_only_for_graphs_that_run_its_kernel():
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    backend = _backend(token_budget=256, dense_threshold=1000)
+
+    def fb(lens, mode=ForwardMode.DECODE):
+        return types.SimpleNamespace(seq_lens_cpu=torch.tensor(lens), forward_mode=mode)
+
+    assert backend.asynctls_base_metadata_needed(fb([10, 900]), in_capture=False)  # dense graph
+    assert not backend.asynctls_base_metadata_needed(fb([10, 5000]), in_capture=False)  # sparse graph
+    assert backend.asynctls_base_metadata_needed(fb([10, 5000]), in_capture=True)  # every capture
+    assert backend.asynctls_base_metadata_needed(fb([5000], ForwardMode.EXTEND), in_capture=False)
+    offload = _backend(offload=True, token_budget=256, local_window=64)
+    assert offload.asynctls_base_metadata_needed(fb([5000]), in_capture=False)  # one graph: unchanged
