@@ -273,7 +273,8 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = sorted({f"{r['bs']}x{r['ctx'] // 1024}k" for r in rows})
+    points = sorted({(r["bs"], r["ctx"]) for r in rows})  # by batch, then context
+    labels = [f"{bs}x{ctx // 1024}k" for bs, ctx in points]
     backends = list(dict.fromkeys(r["backend"] for r in rows))
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(1, len(backends))
