@@ -1,10 +1,11 @@
 """The `asynctls` attention backend.
 
 Prefill (extend) is dense and runs on SGLang's own kernels (torch_native on CPU; FlashInfer on
-GPU for GQA models, Triton for MLA and with offload: ``dense_backend``); it also feeds the online calibration of the index channels. Decode runs the two-level
-selection on the index that the pool keeps and attends exactly over the chosen tokens.
-Requests no longer than ``dense_threshold`` (default: the token budget) decode on the stock kernel (a batch made only of
-such requests is handed to it unchanged).
+GPU for GQA models, Triton for MLA and with offload: ``dense_backend``); it also feeds the
+online calibration of the index channels. Decode runs the two-level selection on the index that
+the pool keeps and attends exactly over the chosen tokens. Requests no longer than
+``dense_threshold`` (config.AsyncTLSConfig.dense_len) decode on the stock kernel (a batch made
+only of such requests is handed to it unchanged).
 
 Per-step metadata is planned once per forward; per-layer calls only launch ops.
 - Eager (``init_forward_metadata``): the plan splits the batch into sparse and dense rows from
@@ -30,7 +31,7 @@ from asynctls_sglang.adapter.pools import AsyncTLSPoolMixin
 from asynctls_sglang.adapter.stats import DecodeStats
 from asynctls_sglang.config import AsyncTLSConfig, ConfigError, flag_name
 from asynctls_sglang.ops.dispatch import ops_for_device
-from asynctls_sglang.ops.select import select_positions
+from asynctls_sglang.ops.select import select_positions, widen
 from asynctls_sglang.patches.capture_guard import capturing_graphs
 
 
@@ -243,7 +244,8 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
     def _graph_positions(self, q3, layer, fb, plan: DecodePlan) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Fixed-shape selection for every row; dense rows take all their positions.
         -> (positions [bs, Hk, max(K, dense_len)], the columns each row reads (its length when dense,
-        else K: the padding costs nothing), K: the column count the attention's splits are sized for)."""
+        else K = token_budget, the selection's width: the padding costs nothing), K: the column count
+        the attention's splits are sized for)."""
         cfg = self.asynctls_cfg
         pool = self.token_to_kv_pool
         ops = self.asynctls_ops
@@ -255,22 +257,19 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         if first:
             # NOTE: per-step tensors, built at the first layer (inside the graph when capturing)
             # and reused by the later layers of the same step: they depend on lengths only.
-            self._step = [
+            is_dense = fb.seq_lens <= cfg.dense_len
+            self._step = (
                 ops.block_table(req_to_token, fb.req_pool_indices, plan.max_blocks, cfg.block_size),
                 ops.forced_positions(fb.seq_lens, hk, cfg.sink_tokens, cfg.local_window),
                 ops.dense_positions(fb.seq_lens, hk, width),
-                (fb.seq_lens <= cfg.dense_len).view(-1, 1, 1),
-                None]  # the columns each row reads, once the selection's width is known
+                is_dense.view(-1, 1, 1),
+                torch.where(is_dense, fb.seq_lens, cfg.token_budget))  # the columns each row reads
         pages, forced, dense, is_dense, counts = self._step
-        sparse = select_positions(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens,
-                                  plan.max_blocks, cfg, ops, pages=pages, forced=forced)  # [bs, Hk, K]
-        active = sparse.shape[2]
-        if width > active:
-            sparse = torch.nn.functional.pad(sparse, (0, width - active), value=-1)
+        sparse = widen(select_positions(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens,
+                                        plan.max_blocks, cfg, ops, pages=pages, forced=forced), width)
         if first:
             self.asynctls_stats.record(sparse, rows=~is_dense.view(-1))
-            counts = self._step[4] = torch.where(is_dense.view(-1), fb.seq_lens, active)
-        return torch.where(is_dense, dense, sparse), counts, active
+        return torch.where(is_dense, dense, sparse), counts, cfg.token_budget
 
     # introspection -------------------------------------------------------------------------------
     def asynctls_snapshot(self) -> dict:

@@ -14,7 +14,7 @@ import torch
 from asynctls_sglang import env
 from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
 from asynctls_sglang.config import AsyncTLSConfig, ConfigError
-from asynctls_sglang.ops.select import block_scores, positions_in_blocks
+from asynctls_sglang.ops.select import block_scores, positions_in_blocks, widen
 from asynctls_sglang.utils import swapped_attr
 
 
@@ -135,8 +135,10 @@ class OffloadDecodeMixin:
             step = rt.decode_step(req_to_token, fb.req_pool_indices, fb.seq_lens, plan.max_blocks,
                                   math.ceil(dense_len / cfg.block_size), ops)
             width = max(cfg.token_budget, dense_len)
-            self._step = [step, ops.forced_positions(fb.seq_lens, hk, cfg.sink_tokens, cfg.local_window),
-                          ops.dense_positions(fb.seq_lens, hk, width), width, None]
+            # counts: the columns each row reads (the padding past them costs the attention nothing)
+            self._step = (step, ops.forced_positions(fb.seq_lens, hk, cfg.sink_tokens, cfg.local_window),
+                          ops.dense_positions(fb.seq_lens, hk, width), width,
+                          torch.where(step.dense, fb.seq_lens, cfg.token_budget))
         step, forced, dense, width, counts = self._step
         # NOTE: the copies planned for this layer at the previous step land before anything below
         # reads the resident buffers or rewrites this layer's plan buffers.
@@ -155,20 +157,15 @@ class OffloadDecodeMixin:
         readable = rt.readable(l, step, scores.shape[2])
         rt.count_late(step, wanted, readable)
         blocks = ops.select_blocks(scores.masked_fill(~readable, float("-inf")), cfg.selected_blocks)
-        sparse = positions_in_blocks(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens, blocks, cfg,
-                                     ops, forced=forced)
-        active = sparse.shape[2]
-        if width > active:
-            sparse = torch.nn.functional.pad(sparse, (0, width - active), value=-1)
+        sparse = widen(positions_in_blocks(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens, blocks,
+                                           cfg, ops, forced=forced), width)
         positions = torch.where(step.dense.view(-1, 1, 1), dense, sparse)
         table, req, columns = rt.buffer_table(l, step, positions)
         if l == 0:
             self.asynctls_stats.record(columns, rows=~step.dense)
-            # the columns each row reads: the padding past them costs the attention nothing
-            counts = self._step[4] = torch.where(step.dense, fb.seq_lens, active)
         cap = float(getattr(layer, "logit_cap", 0.0) or 0.0)
         o = ops.sparse_decode_attention(q3, rt.engine.k[l], rt.value_buffer(l, layer.v_head_dim), table, req,
-                                        columns, layer.scaling, cap, counts=counts, active=active)
+                                        columns, layer.scaling, cap, counts=counts, active=cfg.token_budget)
         if cfg.prefetch_depth == 1:
             # NOTE: after the attention that read the victims' old contents (the copy stream forks here)
             rt.prefetch(l, step, wanted)

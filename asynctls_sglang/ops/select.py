@@ -65,3 +65,10 @@ def positions_in_blocks(q: torch.Tensor, index: LayerIndex, req_to_token: torch.
     if forced is None:
         forced = ops.forced_positions(seq_lens, hk, cfg.sink_tokens, cfg.local_window)
     return torch.cat([forced, chosen], dim=2)
+
+
+def widen(positions: torch.Tensor, width: int) -> torch.Tensor:
+    """positions [bs, Hk, K] padded with -1 to `width` columns (as is when K >= width): the
+    selection beside the dense rows' positions in one fixed-width tensor."""
+    k = positions.shape[2]
+    return positions if k >= width else torch.nn.functional.pad(positions, (0, width - k), value=-1)

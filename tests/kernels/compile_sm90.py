@@ -194,6 +194,19 @@ def cases():
                 triton_ops.sparse_decode_attention(torch.empty(bs, hq, 576, dtype=dt), kv, kv[..., :512], r2t, rows,
                                                    torch.empty(bs, 1, kk, dtype=torch.int64), 0.1, cap)
             out.append((f"mla_decode {lens[0]}x{len(lens)} hq{hq} k{kk} cap{cap} {dt}", f))
+
+        def counted(dt=dt):  # per-row column counts (the CUDA-graph path: dense rows padded past K)
+            r2t, rows, _, _ = _pool([131072] * 8, 64)
+            slots, counts = r2t.numel(), torch.empty(8, dtype=torch.int64)
+            triton_ops.sparse_decode_attention(
+                torch.empty(8, 32, 128, dtype=dt), torch.empty(slots, 8, 128, dtype=dt),
+                torch.empty(slots, 8, 128, dtype=dt), r2t, rows, torch.empty(8, 8, 8192, dtype=torch.int64),
+                0.1, counts=counts, active=2048)
+            kv = torch.empty(slots, 1, 576, dtype=dt)
+            triton_ops.sparse_decode_attention(torch.empty(8, 20, 576, dtype=dt), kv, kv[..., :512], r2t, rows,
+                                               torch.empty(8, 1, 8192, dtype=torch.int64), 0.1, counts=counts,
+                                               active=2048)
+        out.append((f"gqa+mla_decode with counts 131072x8 {dt}", counted))
     # copy_blocks (offload gather / write-through), per head and whole blocks
     for dt in (torch.bfloat16, torch.float32, torch.float16):
         for b, hk, d, per_head in ((64, 8, 128, True), (64, 8, 128, False), (64, 1, 576, False), (16, 2, 64, True)):

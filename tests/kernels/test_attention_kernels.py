@@ -34,6 +34,15 @@ def _positions(lens, hk, budget, seed, empty_head=False):
     return pos.to(DEVICE)
 
 
+def _qkv(pool, bs, hq, hk, d, dv, mla, gen, dtype=torch.float32):
+    """Random q [bs, Hq, D] and pool buffers k [slots, Hk, D], v [slots, Hk, Dv] (MLA: v is the
+    first Dv channels of k), drawn k, v, q from gen."""
+    k_buffer = torch.randn(pool.n_slots, hk, d, generator=gen).to(dtype).to(DEVICE)
+    v_buffer = k_buffer[..., :dv] if mla else torch.randn(pool.n_slots, hk, dv, generator=gen).to(dtype).to(DEVICE)
+    q = torch.randn(bs, hq, d, generator=gen).to(dtype).to(DEVICE)
+    return q, k_buffer, v_buffer
+
+
 # (seq lens, Hq, Hk, D, Dv, budget, logit cap)
 GQA = by_device([
     case([50, 130], 4, 4, 64, 64, 40, 0.0, id="mha-D64"),
@@ -57,11 +66,8 @@ MLA = by_device([
 
 def _run(lens, hq, hk, d, dv, budget, cap, dtype, mla, empty_head=False):
     pool = make_pool(lens, 16, seed=hq + d)
-    gen = torch.Generator().manual_seed(budget)
     bs = len(lens)
-    k_buffer = torch.randn(pool.n_slots, hk, d, generator=gen).to(dtype).to(DEVICE)
-    v_buffer = k_buffer[..., :dv] if mla else torch.randn(pool.n_slots, hk, dv, generator=gen).to(dtype).to(DEVICE)
-    q = torch.randn(bs, hq, d, generator=gen).to(dtype).to(DEVICE)
+    q, k_buffer, v_buffer = _qkv(pool, bs, hq, hk, d, dv, mla, torch.Generator().manual_seed(budget), dtype)
     pos = _positions(lens, hk, budget, seed=bs, empty_head=empty_head)
     args = (q, k_buffer, v_buffer, pool.req_to_token, pool.req_pool_indices, pos, 1 / math.sqrt(d), cap)
     out = poison(torch.empty(bs, hq, dv, device=DEVICE))
@@ -90,10 +96,7 @@ def test_budget_beyond_context_is_dense(mla):
     lens = [45, 100]
     hq, hk, d, dv = (8, 1, 576, 512) if mla else (8, 2, 128, 128)
     pool = make_pool(lens, 16, seed=9)
-    gen = torch.Generator().manual_seed(9)
-    k_buffer = torch.randn(pool.n_slots, hk, d, generator=gen).to(DEVICE)
-    v_buffer = k_buffer[..., :dv] if mla else torch.randn(pool.n_slots, hk, dv, generator=gen).to(DEVICE)
-    q = torch.randn(len(lens), hq, d, generator=gen).to(DEVICE)
+    q, k_buffer, v_buffer = _qkv(pool, len(lens), hq, hk, d, dv, mla, torch.Generator().manual_seed(9))
     pos = triton_ops.dense_positions(pool.seq_lens, hk, 128)
     got = triton_ops.sparse_decode_attention(q, k_buffer, v_buffer, pool.req_to_token,
                                              pool.req_pool_indices, pos, 1 / math.sqrt(d))
@@ -128,10 +131,7 @@ def test_counts_limit_each_row_to_its_leading_columns(mla, active):
     lens = [150, 90, 120, 61]
     hq, hk, d, dv = (8, 1, 576, 512) if mla else (8, 2, 64, 64)
     pool = make_pool(lens, 16, seed=11)
-    gen = torch.Generator().manual_seed(11)
-    k_buffer = torch.randn(pool.n_slots, hk, d, generator=gen).to(DEVICE)
-    v_buffer = k_buffer[..., :dv] if mla else torch.randn(pool.n_slots, hk, dv, generator=gen).to(DEVICE)
-    q = torch.randn(len(lens), hq, d, generator=gen).to(DEVICE)
+    q, k_buffer, v_buffer = _qkv(pool, len(lens), hq, hk, d, dv, mla, torch.Generator().manual_seed(11))
     pos = triton_ops.dense_positions(pool.seq_lens, hk, 60).contiguous()  # every column valid
     counts = torch.tensor([37, 0, 60, 500], device=DEVICE)
     cut = torch.where(torch.arange(60, device=DEVICE).view(1, 1, -1) < counts.view(-1, 1, 1), pos, -1)

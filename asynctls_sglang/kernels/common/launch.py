@@ -17,6 +17,12 @@ def check(cond: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def check_counts(counts, bs: int) -> None:
+    """Per-row column counts of a decode attention: None, or [bs] integers (on the device)."""
+    check(counts is None or (tuple(counts.shape) == (bs,) and not counts.dtype.is_floating_point),
+          f"counts must be [{bs}] integers")
+
+
 def pow2(n: int, least: int = 1) -> int:
     """The smallest power of two >= max(n, least)."""
     return max(triton.next_power_of_2(max(int(n), 1)), least)

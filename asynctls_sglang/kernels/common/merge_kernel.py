@@ -27,3 +27,15 @@ def merge_splits_kernel(mid_o, mid_lse, out, S,
     # [BLOCK_DV]
     b_out = tl.sum(b_o * b_w[:, None], axis=0) / tl.where(b_sum > 0, b_sum, 1.0)
     tl.store(out + i_b * s_ob + i_q * s_oh + o_v, b_out, mask=m_v)
+
+
+@triton.jit
+def split_columns(counts, i_b, i_s, K, SPLIT, HAS_COUNTS: tl.constexpr):
+    """[start, end) of the columns split i_s of row i_b reads: its SPLIT columns of the K, cut at
+    counts[i_b] when HAS_COUNTS (the row reads only its first counts[b] columns, so a split past
+    them is empty and its program exits at once)."""
+    n_len = K
+    if HAS_COUNTS:
+        n_len = tl.minimum(tl.load(counts + i_b).to(tl.int32), K)
+    n_start = i_s * SPLIT
+    return n_start, tl.minimum(n_start + SPLIT, n_len)

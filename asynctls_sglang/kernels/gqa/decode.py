@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from asynctls_sglang.kernels.common.launch import FLOATS, check, check_out, pow2
+from asynctls_sglang.kernels.common.launch import FLOATS, check_counts, check, check_out, pow2
 from asynctls_sglang.kernels.common.merge import SplitWorkspace, merge_splits, plan_splits, split_workspace
 from asynctls_sglang.kernels.gqa.decode_kernel import gqa_decode_split_kernel
 
@@ -37,8 +37,7 @@ def gqa_sparse_decode(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.T
     for name, t in (("q", q), ("k_buffer", k_buffer), ("v_buffer", v_buffer), ("positions", positions),
                     ("req_to_token", req_to_token)):
         check(t.stride(-1) == 1, f"{name} needs a unit last stride")
-    check(counts is None or (counts.shape == (bs,) and not counts.dtype.is_floating_point),
-          f"counts must be [{bs}] integers")
+    check_counts(counts, bs)
     out = check_out(out, (bs, hq, dv), torch.float32, q.device, "sparse_decode_attention")
     if bs == 0:
         return out

@@ -2,6 +2,7 @@
 import triton
 import triton.language as tl
 
+from asynctls_sglang.kernels.common.merge_kernel import split_columns
 from asynctls_sglang.kernels.common.softmax import LOG2E, cap_logits, online_softmax_step
 
 
@@ -34,11 +35,7 @@ def gqa_decode_split_kernel(q, k_buf, v_buf, req_to_token, req_pool_indices, pos
     # [BLOCK_G, BLOCK_DV]
     b_acc = tl.zeros([BLOCK_G, BLOCK_DV], dtype=tl.float32)
     p_pos = positions + i_b.to(tl.int64) * s_pb + i_h * s_ph
-    n_len = K
-    if HAS_COUNTS:  # the row reads only its first counts[b] columns: a split past them exits at once
-        n_len = tl.minimum(tl.load(counts + i_b).to(tl.int32), K)
-    n_start = i_s * SPLIT
-    n_end = tl.minimum(n_start + SPLIT, n_len)
+    n_start, n_end = split_columns(counts, i_b, i_s, K, SPLIT, HAS_COUNTS)
     for i_n in range(n_start, n_end, BLOCK_N):
         o_n = i_n + tl.arange(0, BLOCK_N)
         # [BLOCK_N]

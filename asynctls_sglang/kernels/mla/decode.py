@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from asynctls_sglang.kernels.common.launch import FLOATS, cdiv, check, check_out, pow2
+from asynctls_sglang.kernels.common.launch import FLOATS, check_counts, cdiv, check, check_out, pow2
 from asynctls_sglang.kernels.common.merge import SplitWorkspace, merge_splits, plan_splits, split_workspace
 from asynctls_sglang.kernels.mla.decode_kernel import mla_decode_split_kernel
 
@@ -38,8 +38,7 @@ def mla_sparse_decode(q: torch.Tensor, kv_buffer: torch.Tensor, dv: int,
     check(positions.shape[:2] == (bs, 1) and positions.dtype == torch.int64, f"positions [{bs}, 1, K] int64")
     for name, t in (("q", q), ("kv_buffer", kv_buffer), ("positions", positions), ("req_to_token", req_to_token)):
         check(t.stride(-1) == 1, f"{name} needs a unit last stride")
-    check(counts is None or (counts.shape == (bs,) and not counts.dtype.is_floating_point),
-          f"counts must be [{bs}] integers")
+    check_counts(counts, bs)
     out = check_out(out, (bs, hq, dv), torch.float32, q.device, "sparse_decode_attention")
     if bs == 0:
         return out
