@@ -1,0 +1,30 @@
+"""Start-up refusals of patches.validate_config (run where SGLang validates its own arguments)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from asynctls_sglang.config import ConfigError
+from asynctls_sglang.patches import validate_config
+
+
+def _args(**changes):
+    base = dict(attention_backend="asynctls", decode_attention_backend=None, page_size=64,
+                speculative_algorithm=None, enable_mixed_chunk=False)
+    return SimpleNamespace(**{**base, **changes})
+
+
+def _post_init(args):
+    return validate_config._post_init(lambda self: "checked", args)
+
+
+def test_speculative_decoding_is_refused_at_start_up(monkeypatch):
+    """The pool's move_kv_cache raises by design: its only caller never starts."""
+    monkeypatch.delenv("ASYNCTLS_CONFIG", raising=False)
+    assert _post_init(_args()) == "checked"
+    with pytest.raises(ConfigError, match="speculative decoding"):
+        _post_init(_args(speculative_algorithm="EAGLE"))
+    with pytest.raises(ConfigError, match="page-size"):
+        _post_init(_args(page_size=16))
+    assert _post_init(_args(attention_backend="flashinfer", speculative_algorithm="EAGLE")) == "checked"
