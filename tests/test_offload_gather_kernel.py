@@ -12,6 +12,10 @@ if not torch.cuda.is_available():
 
 from offload_testing import bits  # noqa: E402
 
+from asynctls_sglang.kernels.interpret import patch_interpreter  # noqa: E402
+
+patch_interpreter()  # the kernel's loop has a run-time bound (the live count)
+
 from asynctls_sglang.kernels.common import gather_host  # noqa: E402
 from asynctls_sglang.kernels.common.gather_host_kernel import copy_blocks_kernel  # noqa: E402
 from asynctls_sglang.memory.block_copy import copy_blocks_torch  # noqa: E402
@@ -26,8 +30,10 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("programs", [32, 3, 2], ids=["one-program-per-entry", "three-programs", "two-programs"])
 @pytest.mark.parametrize("b, hk, d, per_head, dtype", CASES)
-def test_kernel_equals_torch_path(b, hk, d, per_head, dtype):
+def test_kernel_equals_torch_path(b, hk, d, per_head, dtype, programs, monkeypatch):
+    monkeypatch.setattr(gather_host, "PROGRAMS", programs)
     if DEVICE.type == "cpu" and type(copy_blocks_kernel).__name__ != "InterpretedFunction":
         pytest.skip("the kernel was defined before TRITON_INTERPRET was set in this process")
     gen = torch.Generator().manual_seed(b * d)
@@ -38,13 +44,17 @@ def test_kernel_equals_torch_path(b, hk, d, per_head, dtype):
     dst_block = torch.tensor([6, 0, 2, 4, 1, 3])  # entry 5 lies past the count: must not move
     head = torch.tensor([h % hk for h in (2, 0, 1, 1, 0, 2)])
     count = torch.tensor([5])
+    src2 = torch.flip(src, (0,)).contiguous()  # V: other payload, same shape
     want = torch.full((n_dst * b, hk, d), float("nan"), dtype=dtype)
-    got = want.clone().to(DEVICE)
+    want2 = want.clone()
+    got, got2 = want.clone().to(DEVICE), want.clone().to(DEVICE)
     copy_blocks_torch(src, want, src_block, dst_block, count, b, head if per_head else None)
-    host_src = src.pin_memory() if DEVICE.type == "cuda" else src  # UVA read on a GPU
-    gather_host.copy_blocks(host_src, got, src_block.to(DEVICE), dst_block.to(DEVICE), count.to(DEVICE), b,
-                            head.to(DEVICE) if per_head else None)
+    copy_blocks_torch(src2, want2, src_block, dst_block, count, b, head if per_head else None)
+    pin = (lambda t: t.pin_memory()) if DEVICE.type == "cuda" else (lambda t: t)  # UVA read on a GPU
+    gather_host.copy_blocks(pin(src), got, src_block.to(DEVICE), dst_block.to(DEVICE), count.to(DEVICE), b,
+                            head.to(DEVICE) if per_head else None, pair=(pin(src2), got2))
     assert torch.equal(bits(got.cpu()), bits(want))
+    assert torch.equal(bits(got2.cpu()), bits(want2))
     moved = (~want.isnan()).view(n_dst, b, hk, d).any(-1).any(1).sum()
     assert moved == (4 if per_head else 4 * hk)  # 4 live entries, entry 2 (-1) and 5 skipped
     assert p == src_block.shape[0]

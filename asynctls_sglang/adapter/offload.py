@@ -154,9 +154,7 @@ class OffloadDecodeMixin:
         wanted = ops.select_blocks(scores, cfg.selected_blocks)  # the prediction for the next step
         if cfg.prefetch_depth == 0:
             rt.prefetch(l, step, wanted)
-        readable = rt.readable(l, step, scores.shape[2])
-        rt.count_late(step, wanted, readable)
-        blocks = ops.select_blocks(scores.masked_fill(~readable, float("-inf")), cfg.selected_blocks)
+        blocks = ops.select_blocks(rt.readable_scores(l, step, scores, wanted), cfg.selected_blocks)
         sparse = widen(positions_in_blocks(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens, blocks,
                                            cfg, ops, forced=forced), width)
         positions = torch.where(step.dense.view(-1, 1, 1), dense, sparse)

@@ -141,9 +141,8 @@ class HostKVTier:
         self.write_stream.fork()
         with self.write_stream.active():
             for layer in range(self.num_layers):
-                copy_blocks(dev_k[layer], self.k[layer], src_block, dst_block, count, self.block_size)
-                if self.v is not None and dev_v is not None:
-                    copy_blocks(dev_v[layer], self.v[layer], src_block, dst_block, count, self.block_size)
+                pair = (dev_v[layer], self.v[layer]) if self.v is not None and dev_v is not None else None
+                copy_blocks(dev_k[layer], self.k[layer], src_block, dst_block, count, self.block_size, pair=pair)
         # NOTE: the block ids are the caller's temporaries; without this the next allocations on
         # the forward stream (demote's, right after a prefill) reuse and overwrite them while these
         # copies still read them: out-of-range block ids, an illegal memory access on the H200

@@ -114,6 +114,9 @@ class OffloadRuntime:
         self._join_side_streams = False  # device pages were given back: order their reuse
         #: logical page -> device page (None: SGLang's page ids are device pages, host blocks alike)
         self.device_page: torch.Tensor | None = None
+        #: the table reads (readable_scores, buffer_table) as Triton kernels: on a GPU, where their
+        #: torch form is ~40 small launches per layer (tests set it under the interpreter)
+        self.kernels = self.cache.device.type == "cuda"
 
     @property
     def device_nbytes(self) -> int:
@@ -189,10 +192,20 @@ class OffloadRuntime:
         in_window = ((ids == step.window.unsqueeze(1)) & (step.window.unsqueeze(1) >= 0)).any(-1)  # [bs, MB]
         return self.cache.resident_mask(layer, step.rows, num_blocks) | in_window.unsqueeze(1)
 
-    def count_late(self, step: DecodeStep, wanted: torch.Tensor, readable: torch.Tensor) -> None:
-        """Wanted blocks [bs, Hk, k_b] of sparse rows that attention cannot read at this step."""
+    def readable_scores(self, layer: int, step: DecodeStep, scores: torch.Tensor,
+                        wanted: torch.Tensor) -> torch.Tensor:
+        """Block scores [bs, Hk, NB] with -inf where attention cannot read the block now (neither
+        resident nor in the window); counts the wanted blocks [bs, Hk, k_b] of sparse rows that
+        are not readable (late). One kernel on a GPU (self.kernels), the torch code below off it."""
+        if self.kernels:
+            from asynctls_sglang.kernels.common.offload_tables import readable_scores
+
+            return readable_scores(scores, self.cache.blk2slot[layer], step.rows, step.window, wanted, step.dense,
+                                   self.late)
+        readable = self.readable(layer, step, scores.shape[2])
         ok = torch.gather(readable, 2, wanted.clamp(min=0))
         self.late += ((wanted >= 0) & ~ok & ~step.dense.view(-1, 1, 1)).sum()
+        return scores.masked_fill(~readable, float("-inf"))
 
     def prefetch(self, layer: int, step: DecodeStep, wanted: torch.Tensor) -> None:
         """Plan `need` (local blocks, the dense rows' blocks, then the wanted blocks in rank order)
@@ -211,6 +224,14 @@ class OffloadRuntime:
         k-th position becomes column h*K + k of row i, whose entry is its buffer row. Positions
         that are neither in the window nor resident become -1 (left out) and are counted."""
         bs, hk, k = positions.shape
+        req = torch.arange(bs, device=positions.device)
+        if self.kernels:
+            from asynctls_sglang.kernels.common.offload_tables import buffer_table
+
+            table, columns = buffer_table(positions, self.cache.blk2slot[layer], step.rows, step.window, self.dropped,
+                                          block_size=self.block_size, capacity=self.cache.capacity,
+                                          window_base=self.window_base)
+            return table, req, columns
         b, wn = self.block_size, step.window.shape[1]
         win = step.window.view(bs, 1, 1, wn)
         match = (positions.div(b, rounding_mode="floor").unsqueeze(-1) == win) & (win >= 0)
@@ -222,7 +243,6 @@ class OffloadRuntime:
         self.dropped += ((positions >= 0) & (rows < 0)).sum()
         column = torch.arange(hk * k, device=positions.device).view(1, hk, k)
         table = rows.clamp(min=0).reshape(bs, hk * k).to(torch.int32)
-        req = torch.arange(bs, device=positions.device)
         return table, req, torch.where(rows >= 0, column, -1)
 
     def logical_keys(self, layer: int, k_pool: torch.Tensor) -> "LogicalKeys":
@@ -319,9 +339,8 @@ class OffloadRuntime:
             count = torch.full((1,), pages.numel(), dtype=torch.int64, device=pages.device)
             self.host.wait_written()  # NOTE: a block is read from the host only after it landed there
             for layer in range(self.host.num_layers):
-                copy_blocks(self.host.k[layer], k_pool[layer], pages, dev, count, b)
-                if self.host.v is not None and v_pool is not None:
-                    copy_blocks(self.host.v[layer], v_pool[layer], pages, dev, count, b)
+                pair = (self.host.v[layer], v_pool[layer]) if self.host.v is not None and v_pool is not None else None
+                copy_blocks(self.host.k[layer], k_pool[layer], pages, dev, count, b, pair=pair)
             self.loaded_blocks += pages.numel()
         return pages
 

@@ -92,11 +92,9 @@ class TransferEngine:
             # NOTE: blocks are read from the host only after their write-through has landed.
             self.host.wait_written()
             start = self._event()
+            pair = (v_src[layer], self.v[layer]) if self.v is not None and v_src is not None else None
             copy_blocks(k_src[layer], self.k[layer], plan.src_block, plan.dst_block, plan.count,
-                        self.host.block_size, plan.head)
-            if self.v is not None and v_src is not None:
-                copy_blocks(v_src[layer], self.v[layer], plan.src_block, plan.dst_block, plan.count,
-                            self.host.block_size, plan.head)
+                        self.host.block_size, plan.head, pair)
             end = self._event()
         # NOTE: plan tensors may be the caller's temporaries (seed's plan after a prefill)
         self.copy_stream.keep_alive(plan.src_block, plan.dst_block, plan.head, plan.count)

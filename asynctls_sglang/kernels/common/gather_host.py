@@ -29,15 +29,21 @@ def _rows(buf: torch.Tensor) -> torch.Tensor:
     return flat.view(_BITS[buf.element_size()])
 
 
+#: programs of one copy launch (see copy_blocks_kernel)
+PROGRAMS = 32
+
+
 def copy_blocks(src: torch.Tensor, dst: torch.Tensor, src_block: torch.Tensor, dst_block: torch.Tensor,
-                count: torch.Tensor, block_size: int, head: torch.Tensor | None = None) -> None:
+                count: torch.Tensor, block_size: int, head: torch.Tensor | None = None,
+                pair: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """dst[dst_block[i]*B : +B] = src[src_block[i]*B : +B] for i < count[0] (bit-exact).
 
     src, dst: [tokens, Hk, D] same dtype (one may be pinned host memory, the other on the GPU;
     under TRITON_INTERPRET both on the CPU). src_block, dst_block: [P] int32/int64 block ids,
     -1 = skip. count: [1] int32/int64 on the kernel's device. head: [P] KV head per entry (copy
-    only that head's D columns) or None (all heads). Not checked at run time: ids in range,
-    head < Hk, distinct destinations (duplicates race).
+    only that head's D columns) or None (all heads). pair: (src2, dst2) copied by the same entries
+    in the same launch (V beside K; same shapes and dtype as src/dst, else a second launch).
+    Not checked at run time: ids in range, head < Hk, distinct destinations (duplicates race).
     """
     check(src.dtype == dst.dtype and src.shape[1:] == dst.shape[1:],
           f"copy_blocks: src {tuple(src.shape)} {src.dtype} vs dst {tuple(dst.shape)} {dst.dtype}")
@@ -46,12 +52,18 @@ def copy_blocks(src: torch.Tensor, dst: torch.Tensor, src_block: torch.Tensor, d
     check(count.numel() == 1, "copy_blocks: count must hold one element")
     check(block_size > 0 and block_size & (block_size - 1) == 0,
           f"copy_blocks: block_size must be a power of two (tl.arange), got {block_size}")
+    if pair is not None and not (pair[0].dtype == src.dtype and pair[0].shape[1:] == src.shape[1:]
+                                 and pair[1].dtype == dst.dtype and pair[1].shape[1:] == dst.shape[1:]):
+        copy_blocks(pair[0], pair[1], src_block, dst_block, count, block_size, head)
+        pair = None
     p = src_block.shape[0]
     if p == 0:
         return
     s2, d2 = _rows(src), _rows(dst)
+    s3, d3 = (_rows(pair[0]), _rows(pair[1])) if pair is not None else (s2, d2)
     w = src.shape[2] if head is not None else src.shape[1] * src.shape[2]
-    copy_blocks_kernel[(p,)](s2, d2, src_block, dst_block, head if head is not None else src_block, count,
-                             s2.stride(0), d2.stride(0), B=block_size, W=w,
-                             BLOCK_W=min(pow2(w, 16), max(16, 8192 // block_size)),
-                             PER_HEAD=head is not None)
+    g = min(p, PROGRAMS)
+    copy_blocks_kernel[(g,)](s2, d2, s3, d3, src_block, dst_block, head if head is not None else src_block, count, p,
+                             s2.stride(0), d2.stride(0), s3.stride(0), d3.stride(0), B=block_size, W=w,
+                             BLOCK_W=min(pow2(w, 16), max(16, 8192 // block_size)), G=g,
+                             PER_HEAD=head is not None, PAIR=pair is not None)

@@ -4,29 +4,34 @@ import triton.language as tl
 
 
 @triton.jit
-def copy_blocks_kernel(src, dst, src_block, dst_block, head, count, s_src, s_dst,
-                       B: tl.constexpr, W: tl.constexpr, BLOCK_W: tl.constexpr,
-                       PER_HEAD: tl.constexpr):
-    """Grid (P,), P the fixed plan capacity. Entry i_m < count[0] with src_block, dst_block >= 0
-    copies rows src_block*B .. +B of `src` to rows dst_block*B .. +B of `dst`, columns
-    [c, c + W) with c = head[i_m] * W (PER_HEAD) or 0. Entries past the count or with a -1 do
-    nothing, so the launch has a fixed grid and reads its real size from device memory.
-    Raw bits are copied: the wrapper passes integer views of the buffers."""
-    i_m = tl.program_id(0)
-    b_n = tl.load(count)
-    b_src = tl.load(src_block + i_m).to(tl.int64)
-    b_dst = tl.load(dst_block + i_m).to(tl.int64)
-    m_on = (i_m < b_n) & (b_src >= 0) & (b_dst >= 0)
-    if PER_HEAD:
-        o_c = tl.load(head + i_m).to(tl.int64) * W
-    else:
-        o_c = tl.zeros([], dtype=tl.int64)
+def copy_blocks_kernel(src, dst, src2, dst2, src_block, dst_block, head, count, P,
+                       s_src, s_dst, s_src2, s_dst2,
+                       B: tl.constexpr, W: tl.constexpr, BLOCK_W: tl.constexpr, G: tl.constexpr,
+                       PER_HEAD: tl.constexpr, PAIR: tl.constexpr):
+    """Grid (G,): a few programs that walk the plan (program g takes entries g, g + G, ...), so
+    the copy, bound by PCIe, holds a few SMs instead of one per entry while the model's kernels
+    run beside it (H200: a grid of one program per entry slowed a concurrent GEMM by 37%, G = 32
+    not at all, at the same 44-46 GB/s; benchmarks/copy_bench.py). Entry i_m < min(count[0], P)
+    with src_block, dst_block >= 0 copies rows src_block*B .. +B of `src` to rows dst_block*B .. +B
+    of `dst`, columns [c, c + W) with c = head[i_m] * W (PER_HEAD) or 0, and the same rows of
+    src2 -> dst2 (PAIR: K and V in one launch). Other entries do nothing; the real size is read
+    from device memory. Raw bits are copied: the wrapper passes integer views of the buffers."""
+    b_n = tl.minimum(tl.load(count), P)
     o_t = tl.arange(0, B)
-    p_src = src + (b_src * B + o_t)[:, None] * s_src + o_c
-    p_dst = dst + (b_dst * B + o_t)[:, None] * s_dst + o_c
-    for i_w in range(0, W, BLOCK_W):
-        o_w = i_w + tl.arange(0, BLOCK_W)
-        # [B, BLOCK_W]
-        m_x = m_on & (o_t[:, None] >= 0) & (o_w[None, :] < W)
-        b_x = tl.load(p_src + o_w[None, :], mask=m_x)
-        tl.store(p_dst + o_w[None, :], b_x, mask=m_x)
+    for i_m in range(tl.program_id(0), b_n, G):
+        b_src = tl.load(src_block + i_m).to(tl.int64)
+        b_dst = tl.load(dst_block + i_m).to(tl.int64)
+        m_on = (b_src >= 0) & (b_dst >= 0)
+        if PER_HEAD:
+            o_c = tl.load(head + i_m).to(tl.int64) * W
+        else:
+            o_c = tl.zeros([], dtype=tl.int64)
+        r_src = (b_src * B + o_t)[:, None]
+        r_dst = (b_dst * B + o_t)[:, None]
+        for i_w in range(0, W, BLOCK_W):
+            o_w = o_c + i_w + tl.arange(0, BLOCK_W)[None, :]
+            # [B, BLOCK_W]
+            m_x = m_on & (o_t[:, None] >= 0) & (o_w < o_c + W)
+            tl.store(dst + r_dst * s_dst + o_w, tl.load(src + r_src * s_src + o_w, mask=m_x), mask=m_x)
+            if PAIR:
+                tl.store(dst2 + r_dst * s_dst2 + o_w, tl.load(src2 + r_src * s_src2 + o_w, mask=m_x), mask=m_x)

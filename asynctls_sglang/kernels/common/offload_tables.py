@@ -1,0 +1,67 @@
+"""readable_scores / buffer_table: the offloading engine's per-layer table reads as one kernel each
+(same contracts as OffloadRuntime's torch code, memory.offload_runtime, bit-exact)."""
+from __future__ import annotations
+
+import torch
+
+from asynctls_sglang.kernels.common.launch import check, pow2
+from asynctls_sglang.kernels.common.offload_tables_kernel import buffer_table_kernel, readable_scores_kernel
+
+_BLOCK = 256
+
+
+def _check_tables(blk2slot: torch.Tensor, rows: torch.Tensor, window: torch.Tensor, bs: int, hk: int) -> None:
+    check(blk2slot.dim() == 3 and blk2slot.shape[1] == hk and blk2slot.stride(2) == 1,
+          f"blk2slot must be one layer's [rows, {hk}, MB + 1] with a unit last stride, got {tuple(blk2slot.shape)}")
+    check(rows.shape == (bs,), f"rows must be [{bs}]")
+    check(window.dim() == 2 and window.shape[0] == bs and window.stride(1) == 1, f"window must be [{bs}, Wn]")
+
+
+def readable_scores(scores: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Tensor, window: torch.Tensor,
+                    wanted: torch.Tensor, dense: torch.Tensor, late: torch.Tensor) -> torch.Tensor:
+    """scores [bs, Hk, NB] float -> a new tensor, -inf where the block is neither resident
+    (blk2slot[rows, h, block] >= 0) nor a window block of the row; late[()] += wanted blocks
+    [bs, Hk, kb] (-1 unused) of rows not dense that are not readable. NB <= MB + 1."""
+    bs, hk, nb = scores.shape
+    _check_tables(blk2slot, rows, window, bs, hk)
+    check(scores.stride(2) == 1, "scores need a unit last stride")
+    check(nb <= blk2slot.shape[2], f"scores have {nb} blocks, the table {blk2slot.shape[2]}")
+    check(wanted.dim() == 3 and wanted.shape[:2] == (bs, hk) and wanted.stride(2) == 1, "wanted must be [bs, Hk, kb]")
+    check(dense.shape == (bs,) and late.numel() == 1, "dense must be [bs], late one element")
+    out = torch.empty_like(scores)
+    if bs == 0 or nb == 0:
+        return out
+    block = min(_BLOCK, pow2(nb, 16))
+    readable_scores_kernel[(bs, hk, triton_cdiv(nb, block))](
+        scores, out, blk2slot, rows, window, wanted, dense, late, nb, window.shape[1], wanted.shape[2],
+        scores.stride(0), scores.stride(1), out.stride(0), out.stride(1), blk2slot.stride(0), blk2slot.stride(1),
+        window.stride(0), wanted.stride(0), wanted.stride(1),
+        BLOCK_N=block, BLOCK_W=pow2(window.shape[1], 2), BLOCK_K=pow2(wanted.shape[2], 16))
+    return out
+
+
+def buffer_table(positions: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Tensor, window: torch.Tensor,
+                 dropped: torch.Tensor, *, block_size: int, capacity: int,
+                 window_base: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions [bs, Hk, K] (-1 unused) -> (table [bs, Hk*K] int32, columns [bs, Hk, K] int64):
+    see OffloadRuntime.buffer_table; dropped[()] += positions left out."""
+    bs, hk, k = positions.shape
+    _check_tables(blk2slot, rows, window, bs, hk)
+    check(positions.stride(2) == 1, "positions need a unit last stride")
+    check(block_size & (block_size - 1) == 0, "block_size must be a power of two")
+    table = torch.empty(bs, hk * k, dtype=torch.int32, device=positions.device)
+    columns = torch.empty(bs, hk, k, dtype=torch.int64, device=positions.device)
+    if bs == 0 or k == 0:
+        return table, columns
+    block = min(_BLOCK, pow2(k, 16))
+    buffer_table_kernel[(bs, hk, triton_cdiv(k, block))](
+        positions, table, columns, blk2slot, rows, window, dropped,
+        k, window.shape[1], blk2slot.shape[2] - 1, capacity, window_base,
+        positions.stride(0), positions.stride(1), table.stride(0), columns.stride(0), columns.stride(1),
+        blk2slot.stride(0), blk2slot.stride(1), window.stride(0),
+        B=block_size, BLOCK_K=block, BLOCK_W=pow2(window.shape[1], 2))
+    return table, columns
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)

@@ -1,0 +1,67 @@
+"""The offloading engine's table reads as kernels (readable_scores, buffer_table) against their
+torch form in OffloadRuntime (the specification): bit-exact outputs and the same late/dropped
+counts, on random residency tables, windows with duplicates and absent blocks, unused positions,
+dense rows, the padding row."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asynctls_sglang.config import AsyncTLSConfig
+from asynctls_sglang.memory.offload_runtime import DecodeStep, OffloadRuntime
+
+CFG = AsyncTLSConfig(offload=True, block_size=16, block_budget=8, token_budget=64, sink_tokens=16,
+                     local_window=32)
+
+
+def _runtime(hk: int, max_blocks: int, rows: int, seed: int) -> OffloadRuntime:
+    rt = OffloadRuntime(CFG, num_layers=2, kv_heads=hk, head_dim=8, v_head_dim=8, dtype=torch.float32,
+                        device="cpu", num_rows=rows, max_blocks=max_blocks, host_blocks=4)
+    g = torch.Generator().manual_seed(seed)
+    cache = rt.cache
+    # random residency: each (row, head) holds a random set of blocks in random slots
+    for layer in range(cache.num_layers):
+        for r in range(1, rows):
+            for h in range(hk):
+                n = int(torch.randint(0, cache.capacity + 1, (1,), generator=g))
+                blocks = torch.randperm(max_blocks, generator=g)[:n]
+                slots = torch.randperm(cache.capacity, generator=g)[:n]
+                cache.blk2slot[layer, r, h, blocks] = slots.int()
+                cache.slot2blk[layer, r, h, slots] = blocks
+    return rt
+
+
+def _step(rt: OffloadRuntime, rows: torch.Tensor, lens: torch.Tensor, dense: torch.Tensor, g) -> DecodeStep:
+    bs = rows.shape[0]
+    window = torch.randint(-1, rt.cache.max_blocks, (bs, 5), generator=g)
+    window[:, 1] = window[:, 0]  # a duplicate window block (sink and local overlap)
+    none = torch.full((bs,), -1, dtype=torch.int64)
+    return DecodeStep(rows, lens, none, none, window, none, none, none, dense)
+
+
+@pytest.mark.parametrize("hk,max_blocks,bs", [(1, 40, 3), (4, 70, 5), (8, 300, 2)])
+def test_readable_scores_and_buffer_table_match_the_torch_form(hk, max_blocks, bs):
+    g = torch.Generator().manual_seed(hk * 1000 + max_blocks)
+    ref, ker = _runtime(hk, max_blocks, bs + 2, 7), _runtime(hk, max_blocks, bs + 2, 7)
+    ker.kernels = True
+    rows = torch.randperm(bs + 2, generator=g)[:bs]
+    rows[0] = 0  # SGLang's padding row
+    lens = torch.randint(1, max_blocks * 16, (bs,), generator=g)
+    dense = torch.rand(bs, generator=g) < 0.3
+    step = _step(ref, rows, lens, dense, g)
+    for layer in range(2):
+        nb = max_blocks - 3
+        scores = torch.randn(bs, hk, nb, generator=g)
+        wanted = torch.randint(-1, nb, (bs, hk, 9), generator=g)
+        a = ref.readable_scores(layer, step, scores, wanted)
+        b = ker.readable_scores(layer, step, scores, wanted)
+        assert torch.equal(a, b)
+        assert int(ref.late) == int(ker.late) and int(ref.late) > 0
+        positions = torch.randint(-1, max_blocks * 16, (bs, hk, 37), generator=g)
+        positions[:, :, -5:] = -1
+        t_ref, req_ref, c_ref = ref.buffer_table(layer, step, positions)
+        t_ker, req_ker, c_ker = ker.buffer_table(layer, step, positions)
+        assert torch.equal(t_ref, t_ker) and t_ker.dtype == torch.int32
+        assert torch.equal(c_ref, c_ker) and torch.equal(req_ref, req_ker)
+        assert int(ref.dropped) == int(ker.dropped) and int(ref.dropped) > 0
+        assert (c_ker >= 0).any()  # some positions are readable, so the table is exercised
