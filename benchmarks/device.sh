@@ -1,6 +1,6 @@
 #!/bin/bash
 # Runs on the lent H200 from the repository root (see benchmarks/README.md):
-#   bash benchmarks/device.sh STAGE...      stages: stash setup model ktest gtest kbench e2e ruler rulerp recipes pack
+#   bash benchmarks/device.sh STAGE...      stages: stash setup model ktest gtest copybench kbench e2e ruler rulerp recipes pack
 # (TAG=_x names a second run's logs/JSON; pack folds $OUT into one tar: $OUT returns 8 files at most)
 # stash copies the carried .carry/{m1,m2,ruler} into /tmp/stash (on a warm machine /tmp outlives a
 # call: carry one piece per call, back to back); model joins the SmolLM2 GGUF pieces and converts
@@ -36,6 +36,7 @@ for stage in "$@"; do
            python3 -c "import asynctls_sglang.plugin as p; p.register(); print('plugin ok')" 2>&1 | tail -1 ;;
     ktest) TIMEOUT_SIGNAL=INT run ktest ${KT_TMO:-300} python3 -m pytest tests/kernels ${KT_ARGS:--q} -p no:cacheprovider ;;
     gtest) TIMEOUT_SIGNAL=INT run gtest${TAG:-} ${GT_TMO:-300} python3 -m pytest ${GT_FILES:-tests/gpu tests/test_offload_gpu.py tests/kernels/test_gpu_graph.py} ${GT_ARGS:--q -s} -p no:cacheprovider ;;
+    copybench) run copybench${TAG:-} 200 python3 benchmarks/copy_bench.py ${CB_ARGS:-} --out "$OUT/copybench${TAG:-}.json" ;;
     kbench) run kbench${TAG:-} 400 python3 benchmarks/kernel_bench.py ${KB_ARGS:---quick} --out "$OUT/kbench${TAG:-}.json" ;;
     recipes) run recipes 560 python3 benchmarks/recipe_smoke.py ${RECIPE_ARGS:-} --out "$OUT/recipes.json" ;;
     pack) (cd "$OUT" && tar -cJf "all${TAG:-}.tar.xz" --exclude='all*.tar.xz' . && find . -type f ! -name 'all*.tar.xz' -delete) ;;
