@@ -122,8 +122,7 @@ def main(argv=None) -> int:
         nbytes = n * entry_bytes
 
         def engine():
-            copy_blocks(host[0], dev_buf[0], src, dst, count, b, hd)
-            copy_blocks(host[1], dev_buf[1], src, dst, count, b, hd)
+            copy_blocks(host[0], dev_buf[0], src, dst, count, b, hd, pair=(host[1], dev_buf[1]))
 
         def fused(rows_=64, nw=4, hm=False):
             k, v = (t.view(torch.int16) for t in (host_hm if hm else host))  # raw bits (NaN patterns too)

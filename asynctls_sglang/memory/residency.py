@@ -15,6 +15,10 @@ The rules, per row and KV head, for one plan() of `need` = pinned blocks, then s
   blocks, which are needed at every step, are never evicted;
 - cache row 0 is the padding row: it never plans or moves anything.
 Everything is fixed-shape device math: no .item(), nonzero, unique or boolean-mask indexing.
+On a GPU plan() is one Triton kernel (kernels.common.residency_plan, one program per batch row
+and KV head) after the clock's increment, instead of ~45 small torch ops (_plan_torch, the CPU
+path and the kernel's reference): same tables and counters, the plan in its own layout (see
+TransferPlan).
 """
 from __future__ import annotations
 
@@ -27,7 +31,15 @@ _BIG = torch.iinfo(torch.int64).max
 
 
 class TransferPlan(NamedTuple):
-    """Block copies host -> resident cache, front-packed, -1 past count (capacity P = bs*Hk*M)."""
+    """Block copies host -> resident cache (capacity P = bs*Hk*M entries).
+
+    Contract for consumers: only entries i < count[0] can be live, and an entry with -1 (src,
+    dst and head alike) is skipped; entries at or past count are -1. Which layout fills them
+    depends on the path: the torch path (_plan_torch) front-packs them (count = live entries);
+    the kernel path writes the admitted miss of rank q of (batch row i, head h) at
+    (i*Hk + h)*M + q, -1 in the others, and count = P. Copy all entries < count that are not
+    -1 (copy_blocks does), in any order: live entries have distinct destinations.
+    """
 
     src_block: torch.Tensor  # [P] int64 host (logical) block id
     dst_block: torch.Tensor  # [P] int64 resident block = cache_row * C + slot
@@ -38,9 +50,12 @@ class TransferPlan(NamedTuple):
 class ResidentBlockCache:
     def __init__(self, *, num_layers: int, num_rows: int, kv_heads: int, capacity: int, max_blocks: int,
                  max_miss: int, block_size: int, device: torch.device | str,
-                 global_cap_blocks: int | None = None) -> None:
+                 global_cap_blocks: int | None = None, use_kernel: bool | None = None) -> None:
         """num_rows: cache rows wanted (row 0, the padding row, included); global_cap_blocks bounds
-        rows * capacity (resident blocks per layer and KV head, all requests together)."""
+        rows * capacity (resident blocks per layer and KV head, all requests together).
+        use_kernel: plan() with the Triton kernel (True), the torch ops (False), or the kernel
+        exactly when the tables are on a CUDA device (None). True off the GPU needs
+        TRITON_INTERPRET=1 before the kernels are imported (tests)."""
         if global_cap_blocks is not None:
             num_rows = min(num_rows, 1 + global_cap_blocks // capacity)
         if num_rows < 2:
@@ -50,6 +65,7 @@ class ResidentBlockCache:
         self.num_layers, self.num_rows, self.kv_heads = num_layers, num_rows, kv_heads
         self.capacity, self.max_blocks, self.max_miss, self.block_size = capacity, max_blocks, max_miss, block_size
         self.device = dev
+        self.use_kernel = dev.type == "cuda" if use_kernel is None else use_kernel
         shape = (num_layers, num_rows, kv_heads)
         self.blk2slot = torch.full((*shape, max_blocks + 1), -1, dtype=torch.int32, device=dev)
         self.slot2blk = torch.full((*shape, capacity + 1), -1, dtype=torch.int64, device=dev)
@@ -100,13 +116,36 @@ class ResidentBlockCache:
         host_blocks [bs] (optional): blocks already written to the host; needed blocks at or past
         it (the open tail) are ignored; counters [layers, len(COUNTERS)] (optional): where to
         count this plan instead of self.counters (e.g. seeds after a prefill). The returned plan
-        views preallocated buffers [P] (P = bs*Hk*max_miss, front-packed). Tables are updated at once: the copies must land before
-        any read of the new slots (TransferEngine orders that).
+        views preallocated buffers [P] (P = bs*Hk*max_miss; layout: see TransferPlan). Tables are
+        updated at once: the copies must land before any read of the new slots (TransferEngine
+        orders that).
         """
+        self.clock[layer] += 1
+        if self.use_kernel and need.shape[0] > 0:
+            return self._plan_kernel(layer, rows, need, pages, host_blocks, counters)
+        return self._plan_torch(layer, rows, need, pages, host_blocks, counters)
+
+    def _plan_kernel(self, layer: int, rows: torch.Tensor, need: torch.Tensor, pages: torch.Tensor,
+                     host_blocks: torch.Tensor | None, counters: torch.Tensor | None) -> TransferPlan:
+        """plan() after the clock's increment, in one Triton launch (grid bs x Hk)."""
+        from asynctls_sglang.kernels.common.residency_plan import plan_residency
+
+        bs = need.shape[0]
+        plan = self.plan_buffers(layer, bs)
+        p = plan.src_block.shape[0] - 1
+        plan_residency(self.blk2slot[layer], self.slot2blk[layer], self.last_used[layer],
+                       self.clock[layer:layer + 1], (self.counters if counters is None else counters)[layer],
+                       rows, need, pages, host_blocks, plan.src_block, plan.dst_block, plan.head, plan.count,
+                       max_miss=self.max_miss)
+        return TransferPlan(plan.src_block[:p], plan.dst_block[:p], plan.head[:p], plan.count)
+
+    def _plan_torch(self, layer: int, rows: torch.Tensor, need: torch.Tensor, pages: torch.Tensor,
+                    host_blocks: torch.Tensor | None, counters: torch.Tensor | None) -> TransferPlan:
+        """plan() after the clock's increment, in torch ops (the CPU path and the kernel's
+        reference); the plan front-packed."""
         bs, hk, n = need.shape
         c, mb = self.capacity, self.max_blocks
         dev = need.device
-        self.clock[layer] += 1
         now = self.clock[layer]
         valid = (need >= 0) & (rows != 0).view(bs, 1, 1)
         if host_blocks is not None:
