@@ -42,8 +42,9 @@ class DecodeStep(NamedTuple):
     pages: torch.Tensor  # [bs, MB] int64 host block of each request block
     host_done: torch.Tensor  # [bs] blocks already on the host: (lens - 1) // B
     window: torch.Tensor  # [bs, Wn] request blocks read from the device pool, -1 absent
-    win_src: torch.Tensor  # [bs * Wn * B] device pool slots of the window
-    win_dst: torch.Tensor  # [bs * Wn * B] rows of the window region
+    win_src: torch.Tensor  # [bs * Wn] device pool page of each window block, -1 absent
+    win_dst: torch.Tensor  # [bs * Wn] block of the window region it goes to
+    win_count: torch.Tensor  # [1] bs * Wn (copy_blocks' count)
     need_fixed: torch.Tensor  # [bs, Hk, F] local blocks, then every block of a dense row
     dense: torch.Tensor  # [bs] bool: decodes over all its positions
 
@@ -158,17 +159,18 @@ class OffloadRuntime:
         pages = ops.block_table(req_to_token, rows, max_blocks, b)
         fixed = forced_blocks(lens, 1, b, cfg.sink_tokens, cfg.local_window)[:, 0]  # [bs, Wn]
         window = fixed
-        offs = torch.arange(b, device=lens.device)
-        cols = (window.clamp(min=0).unsqueeze(-1) * b + offs).clamp(max=req_to_token.shape[1] - 1)
-        win_src = self.device_slots(req_to_token[rows.view(bs, 1, 1), cols]).reshape(-1)
         wn = window.shape[1]
-        win_dst = (self.window_base + ((rows.view(bs, 1, 1) * wn + torch.arange(wn, device=lens.device).view(1, wn, 1))
-                                       * b + offs)).reshape(-1)
+        # NOTE: a window block is one device page (page size = block size): copied whole, the
+        # open tail's slots past the length too (never read)
+        first = req_to_token[rows.view(bs, 1), (window.clamp(min=0) * b).clamp(max=req_to_token.shape[1] - 1)]
+        win_src = torch.where(window >= 0, self.device_slots(first) // b, -1).reshape(-1)
+        win_dst = (self.window_base // b + rows.view(bs, 1) * wn + torch.arange(wn, device=lens.device)).reshape(-1)
+        win_count = torch.full((1,), bs * wn, dtype=torch.int64, device=lens.device)
         dense = lens <= cfg.dense_len
         all_blocks = torch.arange(dense_blocks, device=lens.device).view(1, -1).expand(bs, -1)
         dense_need = torch.where(dense.view(bs, 1), all_blocks, -1)
         need_fixed = torch.cat([fixed[:, self.n_sink:], dense_need], 1).unsqueeze(1).expand(-1, hk, -1)
-        return DecodeStep(rows, lens, pages, (lens - 1) // b, window, win_src, win_dst, need_fixed, dense)
+        return DecodeStep(rows, lens, pages, (lens - 1) // b, window, win_src, win_dst, win_count, need_fixed, dense)
 
     def device_slots(self, slots: torch.Tensor) -> torch.Tensor:
         """SGLang slot ids -> device pool slots (identity unless logical ids are in use; a slot
@@ -181,10 +183,11 @@ class OffloadRuntime:
         return torch.where(page >= 0, page * b + slots % b, 0)
 
     def copy_window(self, layer: int, step: DecodeStep, k_pool: torch.Tensor, v_pool: torch.Tensor | None) -> None:
-        """Window blocks (sink, local, the open tail with the new token) -> the window region."""
-        self.engine.k[layer].index_copy_(0, step.win_dst, k_pool.index_select(0, step.win_src))
-        if self.engine.v is not None and v_pool is not None:
-            self.engine.v[layer].index_copy_(0, step.win_dst, v_pool.index_select(0, step.win_src))
+        """Window blocks (sink, local, the open tail with the new token) -> the window region (one
+        copy_blocks launch for K and V on a GPU)."""
+        pair = (v_pool, self.engine.v[layer]) if self.engine.v is not None and v_pool is not None else None
+        copy_blocks(k_pool, self.engine.k[layer], step.win_src, step.win_dst, step.win_count, self.block_size,
+                    pair=pair)
 
     def readable(self, layer: int, step: DecodeStep, num_blocks: int) -> torch.Tensor:
         """[bs, Hk, num_blocks] bool: blocks attention can read now (resident or in the window)."""

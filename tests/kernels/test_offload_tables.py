@@ -36,7 +36,7 @@ def _step(rt: OffloadRuntime, rows: torch.Tensor, lens: torch.Tensor, dense: tor
     window = torch.randint(-1, rt.cache.max_blocks, (bs, 5), generator=g)
     window[:, 1] = window[:, 0]  # a duplicate window block (sink and local overlap)
     none = torch.full((bs,), -1, dtype=torch.int64)
-    return DecodeStep(rows, lens, none, none, window, none, none, none, dense)
+    return DecodeStep(rows, lens, none, none, window, none, none, none, none, dense)
 
 
 @pytest.mark.parametrize("hk,max_blocks,bs", [(1, 40, 3), (4, 70, 5), (8, 300, 2)])
