@@ -10,13 +10,14 @@ import torch
 from asynctls_sglang.config import AsyncTLSConfig
 from asynctls_sglang.memory.offload_runtime import DecodeStep, OffloadRuntime
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 CFG = AsyncTLSConfig(offload=True, block_size=16, block_budget=8, token_budget=64, sink_tokens=16,
                      local_window=32)
 
 
 def _runtime(hk: int, max_blocks: int, rows: int, seed: int) -> OffloadRuntime:
     rt = OffloadRuntime(CFG, num_layers=2, kv_heads=hk, head_dim=8, v_head_dim=8, dtype=torch.float32,
-                        device="cpu", num_rows=rows, max_blocks=max_blocks, host_blocks=4)
+                        device=DEVICE, num_rows=rows, max_blocks=max_blocks, host_blocks=4)
     g = torch.Generator().manual_seed(seed)
     cache = rt.cache
     # random residency: each (row, head) holds a random set of blocks in random slots
@@ -26,8 +27,8 @@ def _runtime(hk: int, max_blocks: int, rows: int, seed: int) -> OffloadRuntime:
                 n = int(torch.randint(0, cache.capacity + 1, (1,), generator=g))
                 blocks = torch.randperm(max_blocks, generator=g)[:n]
                 slots = torch.randperm(cache.capacity, generator=g)[:n]
-                cache.blk2slot[layer, r, h, blocks] = slots.int()
-                cache.slot2blk[layer, r, h, slots] = blocks
+                cache.blk2slot[layer, r, h, blocks.to(DEVICE)] = slots.int().to(DEVICE)
+                cache.slot2blk[layer, r, h, slots.to(DEVICE)] = blocks.to(DEVICE)
     return rt
 
 
@@ -35,15 +36,16 @@ def _step(rt: OffloadRuntime, rows: torch.Tensor, lens: torch.Tensor, dense: tor
     bs = rows.shape[0]
     window = torch.randint(-1, rt.cache.max_blocks, (bs, 5), generator=g)
     window[:, 1] = window[:, 0]  # a duplicate window block (sink and local overlap)
-    none = torch.full((bs,), -1, dtype=torch.int64)
-    return DecodeStep(rows, lens, none, none, window, none, none, none, none, dense)
+    none = torch.full((bs,), -1, dtype=torch.int64, device=DEVICE)
+    return DecodeStep(rows.to(DEVICE), lens.to(DEVICE), none, none, window.to(DEVICE), none, none, none, none,
+                      dense.to(DEVICE))
 
 
 @pytest.mark.parametrize("hk,max_blocks,bs", [(1, 40, 3), (4, 70, 5), (8, 300, 2)])
 def test_readable_scores_and_buffer_table_match_the_torch_form(hk, max_blocks, bs):
     g = torch.Generator().manual_seed(hk * 1000 + max_blocks)
     ref, ker = _runtime(hk, max_blocks, bs + 2, 7), _runtime(hk, max_blocks, bs + 2, 7)
-    ker.kernels = True
+    ref.kernels, ker.kernels = False, True
     rows = torch.randperm(bs + 2, generator=g)[:bs]
     rows[0] = 0  # SGLang's padding row
     lens = torch.randint(1, max_blocks * 16, (bs,), generator=g)
@@ -51,14 +53,15 @@ def test_readable_scores_and_buffer_table_match_the_torch_form(hk, max_blocks, b
     step = _step(ref, rows, lens, dense, g)
     for layer in range(2):
         nb = max_blocks - 3
-        scores = torch.randn(bs, hk, nb, generator=g)
-        wanted = torch.randint(-1, nb, (bs, hk, 9), generator=g)
+        scores = torch.randn(bs, hk, nb, generator=g).to(DEVICE)
+        wanted = torch.randint(-1, nb, (bs, hk, 9), generator=g).to(DEVICE)
         a = ref.readable_scores(layer, step, scores, wanted)
         b = ker.readable_scores(layer, step, scores, wanted)
         assert torch.equal(a, b)
         assert int(ref.late) == int(ker.late) and int(ref.late) > 0
         positions = torch.randint(-1, max_blocks * 16, (bs, hk, 37), generator=g)
         positions[:, :, -5:] = -1
+        positions = positions.to(DEVICE)
         t_ref, req_ref, c_ref = ref.buffer_table(layer, step, positions)
         t_ker, req_ker, c_ker = ker.buffer_table(layer, step, positions)
         assert torch.equal(t_ref, t_ker) and t_ker.dtype == torch.int32
