@@ -12,14 +12,12 @@ def bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def plan_entries(cache: ResidentBlockCache, plan: TransferPlan) -> set[tuple[int, int, int, int]]:
-    """{(cache row, head, host block, slot)} of a plan's live entries (those before count that
-    are not -1: the torch path front-packs them, the kernel path does not); checks the layout."""
+    """{(cache row, head, host block, slot)} of a plan's live entries; checks the packing (both
+    paths front-pack: every entry before count is live, every one after it -1)."""
     n = int(plan.count)
     src, dst, head = plan.src_block.tolist(), plan.dst_block.tolist(), plan.head.tolist()
-    live = [(s, d, h) for s, d, h in zip(src[:n], dst[:n], head[:n]) if s >= 0]
-    assert all(d >= 0 and h >= 0 for _, d, h in live), "live entries must be complete"
-    assert all(x == -1 for s, d, h in zip(src[:n], dst[:n], head[:n]) if s < 0 for x in (d, h)), \
-        "skipped entries must be -1"
+    live = list(zip(src[:n], dst[:n], head[:n]))
+    assert all(x >= 0 for e in live for x in e), "live entries must be complete"
     assert all(x == -1 for x in src[n:] + dst[n:] + head[n:]), "entries past count must be -1"
     c = cache.capacity
     return {(d // c, h, s, d % c) for s, d, h in live}

@@ -17,8 +17,8 @@ The rules, per row and KV head, for one plan() of `need` = pinned blocks, then s
 Everything is fixed-shape device math: no .item(), nonzero, unique or boolean-mask indexing.
 On a GPU plan() is one Triton kernel (kernels.common.residency_plan, one program per batch row
 and KV head) after the clock's increment, instead of ~45 small torch ops (_plan_torch, the CPU
-path and the kernel's reference): same tables and counters, the plan in its own layout (see
-TransferPlan).
+path and the kernel's reference): same tables, counters and copies (the plan's groups in
+another order: see TransferPlan).
 """
 from __future__ import annotations
 
@@ -33,12 +33,12 @@ _BIG = torch.iinfo(torch.int64).max
 class TransferPlan(NamedTuple):
     """Block copies host -> resident cache (capacity P = bs*Hk*M entries).
 
-    Contract for consumers: only entries i < count[0] can be live, and an entry with -1 (src,
-    dst and head alike) is skipped; entries at or past count are -1. Which layout fills them
-    depends on the path: the torch path (_plan_torch) front-packs them (count = live entries);
-    the kernel path writes the admitted miss of rank q of (batch row i, head h) at
-    (i*Hk + h)*M + q, -1 in the others, and count = P. Copy all entries < count that are not
-    -1 (copy_blocks does), in any order: live entries have distinct destinations.
+    Contract for consumers: copy the entries i < count[0] whose src, dst and head are not -1
+    (copy_blocks does: it skips -1 entries), in any order: live entries have distinct
+    destinations; entries at or past count are -1. Both paths front-pack (every entry before
+    count is live) and keep each (batch row, head) group's copies together in need order; the
+    torch path orders the groups by (row, head), the kernel path by which of its programs took
+    its range first (it varies from run to run on a GPU).
     """
 
     src_block: torch.Tensor  # [P] int64 host (logical) block id

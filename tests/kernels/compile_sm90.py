@@ -228,6 +228,17 @@ def cases():
             buffer_table(torch.empty(bs, hk, k, dtype=torch.int64), blk2slot, rows, window, late, block_size=64,
                          capacity=259, window_base=1 << 20)
         out.append((f"offload tables hk{hk} mb{mb} k{k}", tables))
+    # the resident cache's plan (Qwen3-8B at 128k: C 259, N 163; MLA: 1 head; a small one)
+    from asynctls_sglang.kernels.common.residency_plan import plan_residency
+
+    for bs, hk, c, n, mb, m in ((8, 8, 259, 163, 2048, 32), (8, 1, 259, 163, 2048, 32), (3, 2, 5, 7, 40, 2)):
+        def plan(bs=bs, hk=hk, c=c, n=n, mb=mb, m=m):
+            p = bs * hk * m
+            i64 = lambda *s: torch.empty(*s, dtype=torch.int64)  # noqa: E731
+            plan_residency(torch.empty(17, hk, mb + 1, dtype=torch.int32), i64(17, hk, c + 1), i64(17, hk, c + 1),
+                           i64(1), i64(7), i64(bs), i64(bs, hk, n), i64(bs, mb), i64(bs), i64(p + 1), i64(p + 1),
+                           i64(p + 1), i64(1), max_miss=m)
+        out.append((f"plan_residency bs{bs} hk{hk} c{c} n{n}", plan))
     return out
 
 
