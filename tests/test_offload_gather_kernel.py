@@ -65,3 +65,22 @@ def test_rejects_mismatched_buffers():
     with pytest.raises(ValueError, match="copy_blocks"):
         gather_host.copy_blocks(a, torch.zeros(8, 2, 5), torch.zeros(1, dtype=torch.int64),
                                 torch.zeros(1, dtype=torch.int64), torch.ones(1, dtype=torch.int64), 4)
+
+
+def test_constexprs_do_not_follow_the_plan_size(monkeypatch):
+    """Every plan size launches the same compiled variant: a constexpr that followed the entry
+    count (the stride was min(P, PROGRAMS) once) compiled a new kernel for each small count
+    while serving (prefills write through and load back a varying number of blocks)."""
+    launches = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: launches.append((grid, {k: v for k, v in kw.items() if k.isupper()}))
+
+    monkeypatch.setattr(gather_host, "copy_blocks_kernel", Recorder())
+    buf = torch.zeros(64 * 4, 2, 8)
+    for p in (1, 3, 31, 32, 33, 500):
+        blocks = torch.zeros(p, dtype=torch.int64)
+        gather_host.copy_blocks(buf, buf.clone(), blocks, blocks, torch.ones(1, dtype=torch.int64), 64, pair=(buf, buf))
+    assert len({tuple(sorted(kw.items())) for _, kw in launches}) == 1
+    assert [grid for grid, _ in launches] == [(1,), (3,), (31,), (32,), (32,), (32,)]

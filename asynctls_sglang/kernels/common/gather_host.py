@@ -62,8 +62,9 @@ def copy_blocks(src: torch.Tensor, dst: torch.Tensor, src_block: torch.Tensor, d
     s2, d2 = _rows(src), _rows(dst)
     s3, d3 = (_rows(pair[0]), _rows(pair[1])) if pair is not None else (s2, d2)
     w = src.shape[2] if head is not None else src.shape[1] * src.shape[2]
-    g = min(p, PROGRAMS)
-    copy_blocks_kernel[(g,)](s2, d2, s3, d3, src_block, dst_block, head if head is not None else src_block, count, p,
+    # NOTE: the stride G is always PROGRAMS (a constexpr: a G that followed the plan size compiled
+    # a variant per small count, during serving); a plan smaller than that launches fewer programs
+    copy_blocks_kernel[(min(p, PROGRAMS),)](s2, d2, s3, d3, src_block, dst_block, head if head is not None else src_block, count, p,
                              s2.stride(0), d2.stride(0), s3.stride(0), d3.stride(0), B=block_size, W=w,
-                             BLOCK_W=min(pow2(w, 16), max(16, 8192 // block_size)), G=g,
+                             BLOCK_W=min(pow2(w, 16), max(16, 8192 // block_size)), G=PROGRAMS,
                              PER_HEAD=head is not None, PAIR=pair is not None)
