@@ -3,7 +3,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P"])  # a plan size: one compiled variant for all
 def copy_blocks_kernel(src, dst, src2, dst2, src_block, dst_block, head, count, P,
                        s_src, s_dst, s_src2, s_dst2,
                        B: tl.constexpr, W: tl.constexpr, BLOCK_W: tl.constexpr, G: tl.constexpr,
