@@ -7,6 +7,14 @@
 - Rows: the resident cache rows are SGLang's request rows; when SGLang gives a row back
   (request finished, aborted or retracted: ReqToTokenPool.free) the engine clears it at the next
   forward (memory.offload_runtime).
+- Device room: a prefill reads its whole prefix from the device (loaded back from the host) and
+  writes its new tokens there, while SGLang budgets prefills by the logical (host) capacity. The
+  prefill adder also admits a request only when the device pool has free pages for its prefix,
+  its chunk and one page per running request (else it waits, as for any lack of tokens; with
+  nothing running it first evicts the radix cache's unused blocks, whose pages hold device pages
+  too), and the longest input accepted is what the device pool holds for one prefill (SGLang's
+  input-length check then refuses longer prompts with its own error). Without this SGLang stopped
+  with "Prefill out of memory" when it batched prefills past the device pool.
 """
 from __future__ import annotations
 
@@ -58,7 +66,90 @@ def _configure(original, self, *args, **kwargs):
     return result
 
 
+def _device_pages(req, rem_chunk_tokens, page: int) -> int:
+    """Device pages a prefill of req needs (conservative: the whole prefix as if host-only)."""
+    prefix = len(req.prefix_indices)
+    extend = len(req.full_untruncated_fill_ids) - prefix
+    if rem_chunk_tokens is not None:
+        extend = min(extend, max(int(rem_chunk_tokens), 0))
+    return -(-(prefix + extend) // page) + 1
+
+
+def _device_room(adder, alloc) -> int:
+    """Free device pages this adder may still hand out (one page kept per running request for
+    its next decode block)."""
+    running = adder.running_batch.batch_size() if adder.running_batch is not None else 0
+    return alloc.device_available_pages() - running - getattr(adder, "asynctls_device_claimed", 0)
+
+
+def _make_room(adder, alloc, need: int) -> bool:
+    """Nothing runs and nothing is admitted: evict unused radix-cache blocks (their device pages
+    go back with them) until need pages are free or nothing is evictable. True when they are."""
+    from sglang.srt.mem_cache.base_prefix_cache import EvictParams
+
+    tree = adder.tree_cache
+    while _device_room(adder, alloc) < need and tree is not None and tree.evictable_size() > 0:
+        before = tree.evictable_size()
+        tree.evict(EvictParams(num_tokens=(need - _device_room(adder, alloc)) * alloc.page_size))
+        if tree.evictable_size() >= before:
+            break
+    return _device_room(adder, alloc) >= need
+
+
+def _gated(add):
+    """AROUND hook for PrefillAdder.add_one_req / add_chunked_req: the device-room admission."""
+    def hook(original, self, req, *args, **kwargs):
+        from sglang.srt.managers.schedule_policy import AddReqResult
+
+        from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
+
+        alloc = self.token_to_kv_pool_allocator
+        if not isinstance(alloc, OffloadPagedAllocator):
+            return original(self, req, *args, **kwargs)
+        need = _device_pages(req, self.rem_chunk_tokens, alloc.page_size)
+        idle = not self.can_run_list and (self.running_batch is None or self.running_batch.is_empty())
+        if _device_room(self, alloc) < need and not (idle and _make_room(self, alloc, need)):
+            if add == "chunked":
+                # NOTE: SGLang must take the chunked request back (it holds its pages); shrink its
+                # chunk to the room instead, at least one page
+                room = _device_room(self, alloc) - 1 - -(-len(req.prefix_indices) // alloc.page_size)
+                self.rem_chunk_tokens = max(alloc.page_size, room * alloc.page_size)
+            else:
+                return AddReqResult.NO_TOKEN
+        n = len(self.can_run_list)
+        result = original(self, req, *args, **kwargs)
+        if len(self.can_run_list) > n:
+            self.asynctls_device_claimed = getattr(self, "asynctls_device_claimed", 0) + need
+        return result
+    return hook
+
+
+def _worker_info(original, self, *args, **kwargs):
+    """Cap the longest input at what the device pool holds for one prefill (offload only)."""
+    from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
+
+    info = original(self, *args, **kwargs)
+    alloc = self.model_runner.token_to_kv_pool_allocator
+    if not isinstance(alloc, OffloadPagedAllocator):
+        return info
+    cap = (alloc.device_pages_total - 2) * alloc.page_size - 1
+    if cap < info[4]:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "asynctls offload: inputs are limited to %d tokens, what the device pool (%d tokens) holds for "
+            "one prefill (its prefix is read from the device); raise --max-total-tokens or "
+            "--mem-fraction-static for longer ones", cap - 5, alloc.device_pages_total * alloc.page_size)
+        info = (*info[:4], cap, cap - 5, *info[6:])
+    return info
+
+
 def apply() -> None:
+    policy = "sglang.srt.managers.schedule_policy.PrefillAdder"
+    HookRegistry.register(f"{policy}.add_one_req", _gated("one"), HookType.AROUND)
+    HookRegistry.register(f"{policy}.add_chunked_req", _gated("chunked"), HookType.AROUND)
+    HookRegistry.register("sglang.srt.managers.tp_worker.TpModelWorker.get_worker_info", _worker_info,
+                          HookType.AROUND)
     HookRegistry.register("sglang.srt.mem_cache.memory_pool.ReqToTokenPool.free", _free, HookType.AROUND)
     HookRegistry.register(f"{_CONF}._build_token_to_kv_pool_allocator", _build_allocator, HookType.AROUND)
     HookRegistry.register(f"{_CONF}.configure", _configure, HookType.AROUND)

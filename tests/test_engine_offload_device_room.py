@@ -1,0 +1,38 @@
+"""Offload's device room (the device pool holds what a prefill reads and writes: its prefix,
+loaded back from the host, and its new tokens, beside the windows of the running requests):
+prefills are admitted by it, so a prefill batch never asks the device pool for more pages than it
+has (SGLang would stop with "Prefill out of memory"), and a request that could never fit is
+refused with SGLang's own input-length error instead of waiting forever or stopping the server
+(tiny Qwen3 on the CPU engine)."""
+from __future__ import annotations
+
+import pytest
+
+from engine_helpers import asynctls_stats, engine, random_prompts
+
+pytestmark = pytest.mark.engine
+
+N = 1536  # device KV tokens = 96 pages of 16
+CFG = dict(block_size=16, block_budget=16, token_budget=256, sink_tokens=4, local_window=16,
+           dense_threshold=0, calibration_tokens=64, offload=True, host_pool_tokens=16384)
+
+
+def test_prefills_are_admitted_by_device_room_and_too_long_requests_are_refused(tiny_model_dir):
+    model = tiny_model_dir("qwen3")
+    # six 700-token prompts: SGLang's budget (host pool, 2048-token chunks) would prefill three of
+    # them in one batch, 132 new device pages, more than the device pool holds
+    prompts = random_prompts([700] * 6, seed=3)
+    params = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
+    with engine(model, "asynctls", CFG, max_total_tokens=N, max_running_requests=16,
+                chunked_prefill_size=2048) as eng:
+        outs = eng.generate(input_ids=prompts, sampling_params=params)
+        assert [o["meta_info"]["finish_reason"]["type"] for o in outs] == ["length"] * len(prompts)
+        assert all(len(o["output_ids"]) == 8 for o in outs)
+        stats = asynctls_stats(eng)
+        assert stats["max_decode_batch"] >= 2  # requests still decode together from the host pool
+        # longer than the device pool can ever hold for one prefill: SGLang's input-length error
+        with pytest.raises(ValueError, match=f"Input length \\({N + 200} tokens\\) exceeds the maximum allowed"):
+            eng.generate(input_ids=random_prompts([N + 200], seed=4)[0], sampling_params=params)
+        # and the server goes on
+        again = eng.generate(input_ids=prompts[0], sampling_params=params)
+        assert again["output_ids"] == outs[0]["output_ids"]

@@ -1,0 +1,53 @@
+"""The device-room admission of offload (patches/offload.py) in pieces, without an engine: the pages
+a prefill needs, the input cap, and the SGLang 0.5.17 signatures the hooks wrap
+(tests/test_engine_offload_device_room.py runs it inside the engine)."""
+from __future__ import annotations
+
+import inspect
+from types import SimpleNamespace
+
+import torch
+
+from asynctls_sglang.patches import offload
+
+
+def _req(prefix: int, total: int):
+    return SimpleNamespace(prefix_indices=torch.zeros(prefix), full_untruncated_fill_ids=[0] * total)
+
+
+def test_pages_count_the_prefix_the_chunk_and_one_spare():
+    assert offload._device_pages(_req(0, 64), None, 16) == 4 + 1
+    assert offload._device_pages(_req(0, 65), None, 16) == 5 + 1
+    assert offload._device_pages(_req(100, 700), None, 16) == 44 + 1  # prefix read from the device
+    assert offload._device_pages(_req(100, 700), 200, 16) == 19 + 1  # only this chunk is written
+    assert offload._device_pages(_req(0, 700), 0, 16) == 1
+
+
+def test_the_input_cap_applies_to_offload_only():
+    from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
+
+    info = (1000, 2, 3, 4, 99999, 99994, 7)
+    alloc = object.__new__(OffloadPagedAllocator)
+    alloc.device_pages_total, alloc.page_size = 96, 16
+    worker = SimpleNamespace(model_runner=SimpleNamespace(token_to_kv_pool_allocator=alloc))
+    capped = offload._worker_info(lambda self: info, worker)
+    assert capped[4] == 94 * 16 - 1 and capped[5] == capped[4] - 5 and capped[:4] + capped[6:] == info[:4] + info[6:]
+    other = SimpleNamespace(model_runner=SimpleNamespace(token_to_kv_pool_allocator=object()))
+    assert offload._worker_info(lambda self: info, other) == info
+    small = (1000, 2, 3, 4, 500, 495, 7)  # already below the cap: unchanged
+    assert offload._worker_info(lambda self: small, worker) == small
+
+
+def test_hooked_sglang_methods_have_the_expected_shape():
+    from sglang.srt.managers.schedule_policy import PrefillAdder
+    from sglang.srt.managers.tp_worker import TpModelWorker
+
+    assert list(inspect.signature(PrefillAdder.add_one_req).parameters)[:2] == ["self", "req"]
+    assert list(inspect.signature(PrefillAdder.add_chunked_req).parameters) == ["self", "req"]
+    src = inspect.getsource(TpModelWorker.get_worker_info)
+    # positions 4 and 5 of the tuple are max_req_len and max_req_input_len (what _worker_info caps)
+    body = src[src.index("return ("):]
+    items = [x.strip() for x in body[len("return ("):body.index("\n        )")].split(",") if x.strip()]
+    assert items[4] == "max_req_len" and items[5] == "max_req_len - 5", items
+    for attr in ("can_run_list", "running_batch", "tree_cache", "rem_chunk_tokens", "token_to_kv_pool_allocator"):
+        assert f"self.{attr}" in inspect.getsource(PrefillAdder.__init__), attr
