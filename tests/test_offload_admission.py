@@ -51,3 +51,37 @@ def test_hooked_sglang_methods_have_the_expected_shape():
     assert items[4] == "max_req_len" and items[5] == "max_req_len - 5", items
     for attr in ("can_run_list", "running_batch", "tree_cache", "rem_chunk_tokens", "token_to_kv_pool_allocator"):
         assert f"self.{attr}" in inspect.getsource(PrefillAdder.__init__), attr
+
+
+def test_reclaim_frees_only_blocks_decoded_past_every_window():
+    from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
+    from asynctls_sglang.config import AsyncTLSConfig
+
+    b = 16
+    cfg = AsyncTLSConfig(block_size=b, block_budget=16, token_budget=256, sink_tokens=4, local_window=32)
+    alloc = object.__new__(OffloadPagedAllocator)
+    alloc.page_size = b
+    alloc.device_page = torch.full((64,), -1, dtype=torch.int64)
+    alloc.dev_free = torch.arange(40, 50)
+    rt = SimpleNamespace(cfg=cfg, _join_side_streams=False, demoted_blocks=0)
+    alloc.asynctls_runtime = rt
+    # request rows 1 and 2; row 2 shares row 1's first 6 pages (a radix prefix) then has its own
+    req_to_token = torch.zeros(3, 20 * b, dtype=torch.int64)
+    own1, own2 = list(range(1, 21)), list(range(1, 7)) + list(range(30, 44))
+    for row, pages in ((1, own1), (2, own2)):
+        req_to_token[row] = torch.tensor([p * b + t for p in pages for t in range(b)])
+    alloc.device_page[1:21] = torch.arange(101, 121)
+    alloc.device_page[30:44] = torch.arange(130, 144)
+    alloc.device_page[10] = -1  # already host-only
+    # row 1: 300 tokens (blocks 0..18): window = sink block 0 + blocks from (301-32)//16 - 1 = 15
+    # row 2: 100 tokens (blocks 0..6): window = block 0 + blocks from (101-32)//16 - 1 = 3, i.e.
+    # shared pages 4..6 stay mapped for row 2
+    alloc.decoding = (req_to_token, [1, 2], [300, 100])
+    freed = alloc.reclaim_decode()
+    dropped = sorted(set(range(2, 16)) - {4, 5, 6, 10})  # pages of row 1's blocks 1..14, not row 2's window
+    assert freed == len(dropped) and rt._join_side_streams and rt.demoted_blocks == freed
+    assert all(alloc.device_page[p] == -1 for p in dropped)
+    assert all(alloc.device_page[p] >= 0 for p in [1, 4, 5, 6] + list(range(16, 21)) + list(range(30, 44)))
+    assert sorted(alloc.dev_free.tolist()) == sorted(list(range(40, 50)) + [100 + p for p in dropped])
+    alloc.decoding = None
+    assert alloc.reclaim_decode() == 0

@@ -144,7 +144,27 @@ def _worker_info(original, self, *args, **kwargs):
     return info
 
 
+def _prepare_for_decode(original, self, *args, **kwargs):
+    """Tell the offload allocator which requests decode (their windows stay on the device) for
+    the allocation of this step (OffloadPagedAllocator.reclaim_decode)."""
+    from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
+
+    alloc = self.token_to_kv_pool_allocator
+    if not isinstance(alloc, OffloadPagedAllocator):
+        return original(self, *args, **kwargs)
+    # NOTE: seq_lens_cpu: the committed lengths (prepare_for_decode adds this step's token after
+    # the allocation); host values, no sync
+    alloc.decoding = (self.req_to_token_pool.req_to_token, [int(r.req_pool_idx) for r in self.reqs],
+                      self.seq_lens_cpu.tolist())
+    try:
+        return original(self, *args, **kwargs)
+    finally:
+        alloc.decoding = None
+
+
 def apply() -> None:
+    HookRegistry.register("sglang.srt.managers.schedule_batch.ScheduleBatch.prepare_for_decode",
+                          _prepare_for_decode, HookType.AROUND)
     policy = "sglang.srt.managers.schedule_policy.PrefillAdder"
     HookRegistry.register(f"{policy}.add_one_req", _gated("one"), HookType.AROUND)
     HookRegistry.register(f"{policy}.add_chunked_req", _gated("chunked"), HookType.AROUND)
