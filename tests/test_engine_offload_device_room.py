@@ -38,22 +38,23 @@ def test_prefills_are_admitted_by_device_room_and_too_long_requests_are_refused(
         assert again["output_ids"] == outs[0]["output_ids"]
 
 
-def test_long_generations_give_back_the_device_pages_they_decoded_past(tiny_model_dir):
-    """Eight requests generating 300 tokens each (3200 tokens of KV, twice the device pool) decode
+@pytest.mark.parametrize("kind", ["qwen3", "deepseek_v2"])
+def test_long_generations_give_back_the_device_pages_they_decoded_past(tiny_model_dir, kind):
+    """Eight requests generating 160 tokens each (2080 tokens of KV, 1.35x the device pool) decode
     together: a decode step short of device pages unmaps the complete blocks the requests have
     decoded past their windows (their KV is on the host). Before, SGLang stopped with "Decode out
     of memory". With the resident cache large enough and fetched before attention, the tokens
-    equal offload off on an unconstrained pool."""
-    model = tiny_model_dir("qwen3")
+    equal offload off on an unconstrained pool (GQA and MLA)."""
+    model = tiny_model_dir(kind)
     prompts = random_prompts([100] * 8, seed=5)
-    params = {"temperature": 0, "max_new_tokens": 300, "ignore_eos": True}
+    params = {"temperature": 0, "max_new_tokens": 160, "ignore_eos": True}
     exact = dict(prefetch_depth=0, resident_blocks=64, max_miss_blocks_per_step=64)
     with engine(model, "asynctls", dict(CFG, **exact), max_total_tokens=N, max_running_requests=16,
                 chunked_prefill_size=2048) as eng:
         outs = [o["output_ids"] for o in eng.generate(input_ids=prompts, sampling_params=params)]
         stats = asynctls_stats(eng)
     assert stats["max_decode_batch"] == len(prompts)
-    assert stats["offload"]["blocks_demoted"] >= len(prompts) * (300 - 16) // 16 // 2  # pages given back
+    assert stats["offload"]["blocks_demoted"] >= len(prompts) * ((160 - 16) // 16) // 2  # pages given back
     off = dict(CFG, offload=False)
     with engine(model, "asynctls", off, max_total_tokens=4 * N, max_running_requests=16,
                 chunked_prefill_size=2048) as eng:
