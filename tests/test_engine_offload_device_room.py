@@ -60,3 +60,23 @@ def test_long_generations_give_back_the_device_pages_they_decoded_past(tiny_mode
                 chunked_prefill_size=2048) as eng:
         ref = [o["output_ids"] for o in eng.generate(input_ids=prompts, sampling_params=params)]
     assert outs == ref
+
+
+def test_a_chunked_prefill_seeds_the_resident_cache_once(tiny_model_dir):
+    """Only a prefill's last chunk seeds the resident cache (an earlier chunk's seed would be
+    cleared by the next chunk): the same prompt prefilled in 3 chunks or in one moves the same
+    seed blocks, and the chunked one answers as offload off does with the same chunks."""
+    model = tiny_model_dir("qwen3")
+    prompt = random_prompts([700], seed=6)[0]
+    params = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
+    exact = dict(CFG, prefetch_depth=0, resident_blocks=64, max_miss_blocks_per_step=64)
+    runs = []
+    for cfg, chunk in ((exact, 2048), (exact, 256), (dict(CFG, offload=False), 256)):
+        with engine(model, "asynctls", cfg, max_total_tokens=N, max_running_requests=4,
+                    chunked_prefill_size=chunk) as eng:
+            out = eng.generate(input_ids=prompt, sampling_params=params)["output_ids"]
+            runs.append((out, asynctls_stats(eng).get("offload")))
+    (_, one), (chunked_out, chunked), (ref_out, _) = runs
+    assert chunked["seed_blocks_moved"] == one["seed_blocks_moved"] > 0
+    assert chunked["prefix_blocks_loaded"] > 0  # the later chunks did read their prefix back
+    assert chunked_out == ref_out

@@ -109,9 +109,15 @@ class OffloadDecodeMixin:
         q3 = q.reshape(q.shape[0], layer.tp_q_head_num, layer.qk_head_dim)
         last = (fb.extend_start_loc + fb.extend_seq_lens - 1).long()
         longest = max(fb.seq_lens_cpu.tolist())
+        # NOTE: a request in the middle of a chunked prefill does not decode next: its seed would be
+        # cleared by its next chunk's forward (begin_forward resets the rows it prefills), so it
+        # seeds as padding row 0, which plans nothing (orig_seq_lens: SGLang's full length)
+        rows = fb.req_pool_indices
+        orig = getattr(fb, "orig_seq_lens", None)
+        if orig is not None and orig.shape == fb.seq_lens.shape:
+            rows = torch.where(orig.to(fb.seq_lens.dtype) > fb.seq_lens, 0, rows)
         rt.seed(l, q3.index_select(0, last), self.asynctls_index.layer_index(l), req_to_token,
-                fb.req_pool_indices, fb.seq_lens, math.ceil(longest / cfg.block_size), k_list, v_list,
-                self.asynctls_ops)
+                rows, fb.seq_lens, math.ceil(longest / cfg.block_size), k_list, v_list, self.asynctls_ops)
         if l == pool.layer_num - 1:
             prefix, lens = list(fb.extend_prefix_lens_cpu), fb.seq_lens_cpu.tolist()
             rt.write_through_extend(req_to_token, fb.req_pool_indices, prefix, lens, k_list, v_list)
