@@ -85,3 +85,65 @@ def test_reclaim_frees_only_blocks_decoded_past_every_window():
     assert sorted(alloc.dev_free.tolist()) == sorted(list(range(40, 50)) + [100 + p for p in dropped])
     alloc.decoding = None
     assert alloc.reclaim_decode() == 0
+
+
+class _Tree:
+    """A radix cache stand-in whose eviction gives device pages back."""
+
+    def __init__(self, alloc, evictable_pages: int):
+        self.alloc, self.left = alloc, evictable_pages
+
+    def evictable_size(self):
+        return self.left * self.alloc.page_size
+
+    def evict(self, params):
+        n = min(self.left, -(-params.num_tokens // self.alloc.page_size))
+        self.left -= n
+        self.alloc.dev_free = torch.cat([self.alloc.dev_free, torch.arange(1000, 1000 + n)])
+
+
+def _adder(free_pages: int, running: int, evictable_pages: int = 0, rem_chunk=None):
+    from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
+
+    alloc = object.__new__(OffloadPagedAllocator)
+    alloc.page_size, alloc.dev_free = 16, torch.arange(free_pages)
+    batch = SimpleNamespace(batch_size=lambda: running, is_empty=lambda: running == 0)
+    return SimpleNamespace(token_to_kv_pool_allocator=alloc, running_batch=batch, can_run_list=[],
+                           rem_chunk_tokens=rem_chunk, tree_cache=_Tree(alloc, evictable_pages))
+
+
+def _admit(adder, req, kind="one"):
+    def original(self, r, *args):
+        self.can_run_list.append(r)
+        return "added"
+    return offload._gated(kind)(original, adder, req)
+
+
+def test_gate_admits_by_device_room_and_counts_what_it_admitted():
+    from sglang.srt.managers.schedule_policy import AddReqResult
+
+    adder = _adder(free_pages=50, running=4)  # room 46
+    assert _admit(adder, _req(0, 320)) == "added"  # 20 + 1 pages
+    assert adder.asynctls_device_claimed == 21
+    assert _admit(adder, _req(0, 320)) == "added"  # 21 more: 42 <= 46
+    assert _admit(adder, _req(0, 320)) == AddReqResult.NO_TOKEN  # 63 > 46: waits
+    assert len(adder.can_run_list) == 2
+
+
+def test_gate_evicts_the_radix_cache_only_when_nothing_runs():
+    from sglang.srt.managers.schedule_policy import AddReqResult
+
+    busy = _adder(free_pages=10, running=2, evictable_pages=100)
+    assert _admit(busy, _req(0, 320)) == AddReqResult.NO_TOKEN and busy.tree_cache.left == 100
+    idle = _adder(free_pages=10, running=0, evictable_pages=100)
+    assert _admit(idle, _req(0, 320)) == "added" and idle.tree_cache.left == 100 - 11
+    empty = _adder(free_pages=10, running=0, evictable_pages=3)
+    assert _admit(empty, _req(0, 320)) == AddReqResult.NO_TOKEN
+
+
+def test_gate_shrinks_a_chunked_request_to_the_room():
+    adder = _adder(free_pages=30, running=4, rem_chunk=2048)  # room 26
+    req = _req(160, 4000)  # 10 prefix pages must be mapped back
+    assert _admit(adder, req, "chunked") == "added"
+    assert adder.rem_chunk_tokens == (26 - 1 - 10) * 16
+    assert adder.asynctls_device_claimed == 10 + 15 + 1  # what the shrunk chunk needs

@@ -114,6 +114,7 @@ def _gated(add):
                 # chunk to the room instead, at least one page
                 room = _device_room(self, alloc) - 1 - -(-len(req.prefix_indices) // alloc.page_size)
                 self.rem_chunk_tokens = max(alloc.page_size, room * alloc.page_size)
+                need = _device_pages(req, self.rem_chunk_tokens, alloc.page_size)
             else:
                 return AddReqResult.NO_TOKEN
         n = len(self.can_run_list)
