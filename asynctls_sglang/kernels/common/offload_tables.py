@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from asynctls_sglang.kernels.common.launch import check, pow2
+from asynctls_sglang.kernels.common.launch import cdiv, check, pow2
 from asynctls_sglang.kernels.common.offload_tables_kernel import buffer_table_kernel, readable_scores_kernel
 
 _BLOCK = 256
@@ -32,7 +32,7 @@ def readable_scores(scores: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Te
     if bs == 0 or nb == 0:
         return out
     block = min(_BLOCK, pow2(nb, 16))
-    readable_scores_kernel[(bs, hk, triton_cdiv(nb, block))](
+    readable_scores_kernel[(bs, hk, cdiv(nb, block))](
         scores, out, blk2slot, rows, window, wanted, dense, late, nb, window.shape[1], wanted.shape[2],
         scores.stride(0), scores.stride(1), out.stride(0), out.stride(1), blk2slot.stride(0), blk2slot.stride(1),
         window.stride(0), wanted.stride(0), wanted.stride(1),
@@ -54,14 +54,10 @@ def buffer_table(positions: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Te
     if bs == 0 or k == 0:
         return table, columns
     block = min(_BLOCK, pow2(k, 16))
-    buffer_table_kernel[(bs, hk, triton_cdiv(k, block))](
+    buffer_table_kernel[(bs, hk, cdiv(k, block))](
         positions, table, columns, blk2slot, rows, window, dropped,
         k, window.shape[1], blk2slot.shape[2] - 1, capacity, window_base,
         positions.stride(0), positions.stride(1), table.stride(0), columns.stride(0), columns.stride(1),
         blk2slot.stride(0), blk2slot.stride(1), window.stride(0),
         B=block_size, BLOCK_K=block, BLOCK_W=pow2(window.shape[1], 2))
     return table, columns
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
