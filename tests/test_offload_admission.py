@@ -56,6 +56,7 @@ def test_hooked_sglang_methods_have_the_expected_shape():
 def test_reclaim_frees_only_blocks_decoded_past_every_window():
     from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
     from asynctls_sglang.config import AsyncTLSConfig
+    from asynctls_sglang.memory.offload_runtime import OffloadRuntime
 
     b = 16
     cfg = AsyncTLSConfig(block_size=b, block_budget=16, token_budget=256, sink_tokens=4, local_window=32)
@@ -63,7 +64,9 @@ def test_reclaim_frees_only_blocks_decoded_past_every_window():
     alloc.page_size = b
     alloc.device_page = torch.full((64,), -1, dtype=torch.int64)
     alloc.dev_free = torch.arange(40, 50)
-    rt = SimpleNamespace(cfg=cfg, _join_side_streams=False, demoted_blocks=0)
+    rt = OffloadRuntime(cfg, num_layers=1, kv_heads=1, head_dim=8, v_head_dim=8, dtype=torch.float32,
+                        device="cpu", num_rows=3, max_blocks=20, host_blocks=4)
+    rt.device_page = alloc.device_page
     alloc.asynctls_runtime = rt
     # request rows 1 and 2; row 2 shares row 1's first 6 pages (a radix prefix) then has its own
     req_to_token = torch.zeros(3, 20 * b, dtype=torch.int64)

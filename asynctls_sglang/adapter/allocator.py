@@ -55,43 +55,15 @@ class OffloadPagedAllocator(PagedTokenToKVPoolAllocator):
     #: the decode batch being allocated for (set around ScheduleBatch.prepare_for_decode by
     #: patches.offload): (req_to_token, cache rows, committed lengths), host lists
     decoding: tuple | None = None
-    #: the OffloadRuntime (adapter.offload.build_offload_runtime): its config and stream ordering
+    #: the OffloadRuntime (adapter.offload.build_offload_runtime), which decides what to give back
     asynctls_runtime = None
 
     def reclaim_decode(self) -> int:
-        """Unmap the device pages of the decode batch's complete blocks that left every window:
-        per request blocks [sink blocks, first local-window block of the next step - 1); pages
-        in some request's window (shared prefixes) stay. Returns the pages freed. Eager, syncs
-        (reads req_to_token): called only when a decode step finds the device pool short."""
-        rt = self.asynctls_runtime
-        if self.decoding is None or rt is None:
+        """Device pages given back by the decode batch being allocated for (OffloadRuntime.reclaim:
+        its complete blocks that left every window); 0 outside a decode allocation."""
+        if self.decoding is None or self.asynctls_runtime is None:
             return 0
-        req_to_token, rows, lens = self.decoding
-        cfg, b = rt.cfg, self.page_size
-        n_sink = -(-cfg.sink_tokens // b)
-        keep_at, drop_at = [], []
-        for row, n in zip(rows, lens):
-            first_local = max(0, n + 1 - cfg.local_window) // b - 1  # one block of margin
-            keep_at += [(row, j) for j in range(min(n_sink, -(-n // b)))]
-            keep_at += [(row, j) for j in range(max(first_local, 0), -(-(n + 1) // b))]
-            drop_at += [(row, j) for j in range(n_sink, first_local)]
-        if not drop_at:
-            return 0
-
-        def pages(at):
-            r = torch.tensor([a for a, _ in at], dtype=torch.int64, device=req_to_token.device)
-            j = torch.tensor([c for _, c in at], dtype=torch.int64, device=req_to_token.device)
-            return req_to_token[r, j * b].long() // b
-
-        drop = torch.unique(pages(drop_at))
-        drop = drop[~torch.isin(drop, pages(keep_at)) & (self.device_page[drop] >= 0)]
-        if drop.numel():
-            self.unmap_pages(drop)
-            # NOTE: the next forward's writes into these pages wait for the write-through that
-            # read them (the flag joins the side streams first, as after a prefill's demotion)
-            rt._join_side_streams = True
-            rt.demoted_blocks += drop.numel()
-        return drop.numel()
+        return self.asynctls_runtime.reclaim(self, *self.decoding)
 
     def _map_page_starts(self, out: torch.Tensor, n_new: int) -> bool:
         """Give a device page to each logical page that starts in out (slot % B == 0); n_new: how

@@ -361,13 +361,37 @@ class OffloadRuntime:
         sink = [(i, 0, min(self.n_sink, -(-s // b))) for i, s in enumerate(seq_lens)]
         local = [(i, max(0, s + 1 - cfg.local_window) // b, -(-s // b)) for i, s in enumerate(seq_lens)]
         window = self._request_blocks(req_to_token, rows, sink + local)
-        candidates = torch.unique(torch.cat([computed, loaded]))
-        keep = torch.isin(candidates, window)
-        pages = candidates[~keep & (self.device_page[candidates] >= 0)]
+        self._unmap(allocator, torch.unique(torch.cat([computed, loaded])), window)
+
+    def reclaim(self, allocator, req_to_token: torch.Tensor, rows: Sequence[int], lens: Sequence[int]) -> int:
+        """A decode step finds the device pool short: give back the device pages of the decoding
+        requests' complete blocks that left every window, per request blocks [sink blocks, first
+        local-window block of the next step - 1); pages in some request's window (shared
+        prefixes) stay. rows, lens: the decode batch's cache rows and committed lengths (host).
+        Returns the pages freed. Eager, syncs (reads req_to_token): called only when short.
+        NOTE: decode reads only windows from the device, and complete blocks are on the host."""
+        cfg, b = self.cfg, self.block_size
+        keep, drop = [], []
+        for i, n in enumerate(lens):
+            first_local = max(0, n + 1 - cfg.local_window) // b - 1  # one block of margin
+            keep += [(i, 0, min(self.n_sink, -(-n // b))), (i, max(first_local, 0), -(-(n + 1) // b))]
+            drop.append((i, self.n_sink, first_local))
+        rows_t = torch.tensor(list(rows), dtype=torch.int64, device=req_to_token.device)
+        candidates = torch.unique(self._request_blocks(req_to_token, rows_t, drop))
+        if not candidates.numel():
+            return 0
+        return self._unmap(allocator, candidates, self._request_blocks(req_to_token, rows_t, keep))
+
+    def _unmap(self, allocator, candidates: torch.Tensor, keep: torch.Tensor) -> int:
+        """Give back the device pages of the logical pages in candidates (distinct) that are not in
+        keep and have one. NOTE: the next forward joins the side streams before its writes reuse
+        them (a write-through or seed may still read them)."""
+        pages = candidates[~torch.isin(candidates, keep) & (self.device_page[candidates] >= 0)]
         if pages.numel():
             allocator.unmap_pages(pages)
             self.demoted_blocks += pages.numel()
             self._join_side_streams = True
+        return pages.numel()
 
     # metrics ---------------------------------------------------------------------------------------
     def snapshot(self) -> dict:
