@@ -80,3 +80,24 @@ def test_a_chunked_prefill_seeds_the_resident_cache_once(tiny_model_dir):
     assert chunked["seed_blocks_moved"] == one["seed_blocks_moved"] > 0
     assert chunked["prefix_blocks_loaded"] > 0  # the later chunks did read their prefix back
     assert chunked_out == ref_out
+
+
+def test_requests_sharing_a_prefix_are_admitted_together_and_load_it_once(tiny_model_dir):
+    """Four requests on one cached 800-token prefix (50 pages of the 96-page device pool), sent at
+    once: the batch loads the shared prefix back once, so the device-room gate counts it once and
+    admits all four to one prefill. Counting it per request (4 x 52 pages) admitted one request
+    per round, and every round loaded the prefix back again (it is demoted after each prefill):
+    the requests queued behind each other (on the H200: 8 x 64k, the last first token after 7 s)."""
+    model = tiny_model_dir("qwen3")
+    prefix = random_prompts([800], seed=8)[0]
+    tails = random_prompts([16] * 4, seed=9)
+    params = {"temperature": 0, "max_new_tokens": 4, "ignore_eos": True}
+    with engine(model, "asynctls", CFG, max_total_tokens=N, max_running_requests=16,
+                chunked_prefill_size=2048) as eng:
+        eng.generate(input_ids=prefix, sampling_params=dict(params, max_new_tokens=1))
+        before = asynctls_stats(eng)["offload"]["prefix_blocks_loaded"]
+        outs = eng.generate(input_ids=[prefix + t for t in tails], sampling_params=params)
+        loaded = asynctls_stats(eng)["offload"]["prefix_blocks_loaded"] - before
+    assert [len(o["output_ids"]) for o in outs] == [4] * 4
+    assert [o["meta_info"]["cached_tokens"] for o in outs] == [800] * 4
+    assert 0 < loaded <= 800 // 16  # once for the batch (less the pages still on the device)

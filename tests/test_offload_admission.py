@@ -150,3 +150,37 @@ def test_gate_shrinks_a_chunked_request_to_the_room():
     assert _admit(adder, req, "chunked") == "added"
     assert adder.rem_chunk_tokens == (26 - 1 - 10) * 16
     assert adder.asynctls_device_claimed == 10 + 15 + 1  # what the shrunk chunk needs
+
+
+def _shared_req(prefix: int, total: int, path):
+    """A request whose radix prefix ends at path[-1] (path: nodes from the root's child down)."""
+    req = _req(prefix, total)
+    req.last_node = path[-1]
+    return req
+
+
+def _chain(*lengths):
+    """Radix nodes root -> ... with value lengths (the root's value is empty: the walk stops there)."""
+    node = SimpleNamespace(value=torch.zeros(0), parent=None)
+    out = []
+    for n in lengths:
+        node = SimpleNamespace(value=torch.zeros(n), parent=node)
+        out.append(node)
+    return out
+
+
+def test_gate_counts_a_prefix_shared_in_the_round_once():
+    from sglang.srt.managers.schedule_policy import AddReqResult
+
+    path = _chain(160, 96)  # a 256-token prefix in two radix nodes
+    adder = _adder(free_pages=45, running=0)
+    assert _admit(adder, _shared_req(256, 320, path)) == "added"  # 16 prefix + 4 + 1 pages
+    assert adder.asynctls_device_claimed == 21
+    assert _admit(adder, _shared_req(256, 320, path)) == "added"  # the same prefix: 4 + 1
+    assert _admit(adder, _shared_req(160, 224, path[:1])) == "added"  # a shorter one inside it: 4 + 1
+    assert adder.asynctls_device_claimed == 21 + 5 + 5
+    longer = _chain(160, 96, 64)  # not the same nodes: nothing shared
+    assert _admit(adder, _shared_req(320, 384, longer)) == AddReqResult.NO_TOKEN  # 24 + 1 > 45 - 31
+    deeper = path + [SimpleNamespace(value=torch.zeros(64), parent=path[-1])]
+    assert _admit(adder, _shared_req(320, 384, deeper)) == "added"  # 4 new prefix pages + 4 + 1 <= 14
+    assert adder.asynctls_device_claimed == 31 + 9

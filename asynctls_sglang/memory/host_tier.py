@@ -7,6 +7,7 @@ the device when they complete (write_through) and read back by the TransferEngin
 """
 from __future__ import annotations
 
+import weakref
 from typing import Sequence
 
 import torch
@@ -59,6 +60,23 @@ def available_host_bytes() -> int | None:
     return avail if cgroup is None else min(avail, cgroup)
 
 
+#: cudaHostRegisterPortable | cudaHostRegisterMapped: every context sees the pages, and they have a
+#: device address (the UVA gather of kernels.common.gather_host reads through it)
+_REGISTER_FLAGS = 1 | 2
+
+
+def _register(t: torch.Tensor) -> None:
+    """Page-lock t's memory in place."""
+    err = int(torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), _REGISTER_FLAGS))
+    if err != 0:
+        raise RuntimeError(f"cudaHostRegister failed with CUDA error {err}")
+
+
+def _unregister_all(ptrs: list[int]) -> None:
+    while ptrs:
+        torch.cuda.cudart().cudaHostUnregister(ptrs.pop())
+
+
 def check_host_fits(tokens: int, num_layers: int, block_size: int, block_bytes: int, pinned: bool,
                     max_fraction: float = 0.9) -> None:
     """Raise HostMemoryError when a host pool of `tokens` (num_layers x block_bytes per block) would
@@ -89,6 +107,8 @@ class HostKVTier:
         self.device = torch.device(device)
         self.pinned = (self.device.type == "cuda" and torch.cuda.is_available()) if pin is None else pin
         self._check_fits(max_fraction)
+        self._registered: list[int] = []
+        self._finalizer = weakref.finalize(self, _unregister_all, self._registered)
         tokens = num_blocks * block_size
         self.k = [self._alloc((tokens, kv_heads, head_dim)) for _ in range(num_layers)]
         self.v = None if v_head_dim is None else [self._alloc((tokens, kv_heads, v_head_dim))
@@ -116,14 +136,26 @@ class HostKVTier:
                         self.pinned, max_fraction)
 
     def _alloc(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """A host buffer of exactly `shape`. Pinned buffers are page-locked in place
+        (cudaHostRegister): torch's pinned allocator rounds every request up to a power of two,
+        so 1.23 GB per layer took 2 GiB and a pool checked at 87 GB locked 144 GB (the H200 host
+        killed the scheduler)."""
         try:
-            return torch.empty(shape, dtype=self.dtype, pin_memory=self.pinned)
+            t = torch.empty(shape, dtype=self.dtype)
+            if self.pinned:
+                _register(t)
+                self._registered.append(t.data_ptr())
+            return t
         except RuntimeError as exc:
             raise HostMemoryError(
                 f"asynctls offload: could not {'pin' if self.pinned else 'allocate'} a host KV buffer of "
                 f"{torch.Size(shape).numel() * self.dtype.itemsize / GIB:.2f} GiB "
                 f"(pool total {self.nbytes / GIB:.2f} GiB; locked-memory limit: ulimit -l, container "
                 f"memory: cgroup); lower {flag_name('host_pool_tokens')}. Cause: {exc}") from exc
+
+    def close(self) -> None:
+        """Unlock the pinned buffers (the tier is unusable after)."""
+        self._finalizer()
 
     # write-through ------------------------------------------------------------------------------
     def write_through(self, dev_k: Sequence[torch.Tensor], dev_v: Sequence[torch.Tensor] | None,

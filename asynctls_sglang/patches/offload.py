@@ -9,8 +9,9 @@
   forward (memory.offload_runtime).
 - Device room: a prefill reads its whole prefix from the device (loaded back from the host) and
   writes its new tokens there, while SGLang budgets prefills by the logical (host) capacity. The
-  prefill adder also admits a request only when the device pool has free pages for its prefix,
-  its chunk and one page per running request (else it waits, as for any lack of tokens; with
+  prefill adder also admits a request only when the device pool has free pages for its prefix
+  (a radix prefix shared with a request admitted in the same round counted once: the batch loads
+  it back once), its chunk and one page per running request (else it waits, as for any lack of tokens; with
   nothing running it first evicts the radix cache's unused blocks, whose pages hold device pages
   too), and the longest input accepted is what the device pool holds for one prefill (SGLang's
   input-length check then refuses longer prompts with its own error). Without this SGLang stopped
@@ -66,13 +67,40 @@ def _configure(original, self, *args, **kwargs):
     return result
 
 
-def _device_pages(req, rem_chunk_tokens, page: int) -> int:
-    """Device pages a prefill of req needs (conservative: the whole prefix as if host-only)."""
+def _device_pages(req, rem_chunk_tokens, page: int, shared: int = 0) -> int:
+    """Device pages a prefill of req needs: its prefix as if host-only (conservative), less the
+    `shared` prefix pages another request of the same round already claimed, its chunk, one spare."""
     prefix = len(req.prefix_indices)
     extend = len(req.full_untruncated_fill_ids) - prefix
     if rem_chunk_tokens is not None:
         extend = min(extend, max(int(rem_chunk_tokens), 0))
-    return -(-(prefix + extend) // page) + 1
+    return -(-(prefix + extend) // page) - min(shared, prefix // page) + 1
+
+
+def _path(req):
+    """(node, prefix tokens up to and including it) from req's radix node up to the root; empty
+    without a radix tree."""
+    node, n = getattr(req, "last_node", None), len(req.prefix_indices)
+    while node is not None and n > 0 and getattr(node, "value", None) is not None:
+        yield node, n
+        n -= len(node.value)
+        node = getattr(node, "parent", None)
+
+
+def _shared_pages(adder, req, page: int) -> int:
+    """Pages of req's prefix that a request admitted earlier in this round claimed already: a
+    shared prefix (the same radix path) is loaded back once for the whole batch (load_back maps
+    each host-only page once), so it is counted once."""
+    claimed = getattr(adder, "asynctls_claimed_nodes", {})
+    return next((claimed[id(node)] for node, _ in _path(req) if id(node) in claimed), 0)
+
+
+def _claim(adder, req, need: int, page: int) -> None:
+    """Count an admitted request's pages, and mark its radix path as claimed (pages up to each node)."""
+    adder.asynctls_device_claimed = getattr(adder, "asynctls_device_claimed", 0) + need
+    claimed = adder.__dict__.setdefault("asynctls_claimed_nodes", {})
+    for node, n in _path(req):
+        claimed[id(node)] = n // page
 
 
 def _device_room(adder, alloc) -> int:
@@ -106,21 +134,25 @@ def _gated(add):
         alloc = self.token_to_kv_pool_allocator
         if not isinstance(alloc, OffloadPagedAllocator):
             return original(self, req, *args, **kwargs)
-        need = _device_pages(req, self.rem_chunk_tokens, alloc.page_size)
+        page = alloc.page_size
+        shared = _shared_pages(self, req, page)
+        need = _device_pages(req, self.rem_chunk_tokens, page, shared)
         idle = not self.can_run_list and (self.running_batch is None or self.running_batch.is_empty())
         if _device_room(self, alloc) < need and not (idle and _make_room(self, alloc, need)):
             if add == "chunked":
                 # NOTE: SGLang must take the chunked request back (it holds its pages); shrink its
                 # chunk to the room instead, at least one page
-                room = _device_room(self, alloc) - 1 - -(-len(req.prefix_indices) // alloc.page_size)
-                self.rem_chunk_tokens = max(alloc.page_size, room * alloc.page_size)
-                need = _device_pages(req, self.rem_chunk_tokens, alloc.page_size)
+                prefix = len(req.prefix_indices)
+                prefix_pages = -(-prefix // page) - min(shared, prefix // page)
+                room = _device_room(self, alloc) - 1 - prefix_pages
+                self.rem_chunk_tokens = max(page, room * page)
+                need = _device_pages(req, self.rem_chunk_tokens, page, shared)
             else:
                 return AddReqResult.NO_TOKEN
         n = len(self.can_run_list)
         result = original(self, req, *args, **kwargs)
         if len(self.can_run_list) > n:
-            self.asynctls_device_claimed = getattr(self, "asynctls_device_claimed", 0) + need
+            _claim(self, req, need, page)
         return result
     return hook
 
