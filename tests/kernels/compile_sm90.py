@@ -139,19 +139,21 @@ def cases():
                 triton_ops.score_blocks(torch.empty(len(lens), hq, d, dtype=dt), km, torch.empty_like(km), pages, sl,
                                         b, 4, 64)
             out.append((f"score_blocks {lens[0]}x{len(lens)} hq{hq} hk{hk} d{d} {dt}", f))
-    # score_tokens
+    # score_tokens: heads max by the tl.dot of all heads and by the per-head loop, heads mean
     for dt in dtypes:
         for lens, hq, hk, d, r, n in (([150, 61], 8, 2, 64, 16, 96), ([131072] * 2, 32, 8, 128, 32, 8192),
-                                      ([131072] * 2, 20, 1, 576, 128, 8192), ([300], 9, 3, 96, 22, 50)):
-            def f(lens=lens, hq=hq, hk=hk, d=d, r=r, n=n, dt=dt):
-                r2t, rows, sl, _ = _pool(lens, 64)
-                bs, slots = len(lens), r2t.numel()
-                triton_ops.score_tokens(torch.empty(bs, hq, d, dtype=dt),
-                                        torch.empty(slots, hk, r // 2, dtype=torch.uint8), torch.empty(slots, hk, 2),
-                                        torch.stack([torch.arange(r) for _ in range(hk)]), r2t, rows,
-                                        torch.empty(bs, hk, n, dtype=torch.int64),
-                                        torch.empty(bs, hk, n, dtype=torch.bool))
-            out.append((f"score_tokens hq{hq} hk{hk} d{d} r{r} n{n} {dt}", f))
+                                      ([131072] * 2, 20, 1, 576, 128, 8192), ([300], 9, 3, 96, 22, 50),
+                                      ([70], 4, 4, 64, 16, 40)):
+            for heads, method in (("max", "dot"), ("max", "loop"), ("mean", "auto")):
+                def f(lens=lens, hq=hq, hk=hk, d=d, r=r, n=n, dt=dt, heads=heads, method=method):
+                    r2t, rows, sl, _ = _pool(lens, 64)
+                    bs, slots = len(lens), r2t.numel()
+                    triton_ops.score_tokens(torch.empty(bs, hq, d, dtype=dt),
+                                            torch.empty(slots, hk, r // 2, dtype=torch.uint8),
+                                            torch.empty(slots, hk, 2), torch.stack([torch.arange(r) for _ in range(hk)]),
+                                            r2t, rows, torch.empty(bs, hk, n, dtype=torch.int64),
+                                            torch.empty(bs, hk, n, dtype=torch.bool), heads=heads, method=method)
+                out.append((f"score_tokens {heads}/{method} hq{hq} hk{hk} d{d} r{r} n{n} {dt}", f))
     # candidate_positions
     for bs, hk, kb, b in ((3, 2, 5, 8), (8, 8, 128, 64), (2, 1, 128, 64), (1, 3, 7, 16)):
         def f(bs=bs, hk=hk, kb=kb, b=b):

@@ -58,10 +58,10 @@ TOKEN_SHAPES = by_device([
 ])
 
 
-@pytest.mark.parametrize("heads", ["max", "mean"])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("lens, hq, hk, d, r, b, kb, sink, local", TOKEN_SHAPES)
-def test_score_tokens(lens, hq, hk, d, r, b, kb, sink, local, dtype, heads):
+def _token_args(lens, hq, hk, d, r, b, kb, sink, local, dtype):
+    """score_tokens' arguments (q, codes, scale_zero, channels, req_to_token, req_pool_indices,
+    pos, ok): random INT4 keys and channels, k_b random blocks per (request, KV head) whose last
+    slot is unused, so that every case mixes candidates and non-candidates."""
     bs = len(lens)
     pool = make_pool(lens, b, seed=r)
     gen = torch.Generator().manual_seed(d)
@@ -78,12 +78,62 @@ def test_score_tokens(lens, hq, hk, d, r, b, kb, sink, local, dtype, heads):
     # random blocks alone may all be candidates (k_b = 128 of 2048 blocks rarely hits sink/local)
     blocks[..., -1] = -1
     pos, ok = triton_ops.candidate_positions(blocks, pool.seq_lens, b, sink, local)
-    args = (q, codes, scale_zero, channels, pool.req_to_token, pool.req_pool_indices, pos, ok)
+    return q, codes, scale_zero, channels, pool.req_to_token, pool.req_pool_indices, pos, ok
+
+
+@pytest.mark.parametrize("heads", ["max", "mean"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lens, hq, hk, d, r, b, kb, sink, local", TOKEN_SHAPES)
+def test_score_tokens(lens, hq, hk, d, r, b, kb, sink, local, dtype, heads):
+    args = _token_args(lens, hq, hk, d, r, b, kb, sink, local, dtype)
     want = torch_ops.score_tokens(*args, heads=heads)
-    out = poison(torch.empty(pos.shape, device=DEVICE))
+    out = poison(torch.empty(args[6].shape, device=DEVICE))
     got = triton_ops.score_tokens(*args, heads=heads, out=out)
     assert want.isinf().any() and want.isfinite().any(), "the case must mix candidates and non-candidates"
     if hq > hk:  # the two combinations really differ (a kernel ignoring `heads` fails one of them)
         other = torch_ops.score_tokens(*args, heads="mean" if heads == "max" else "max")
         assert not torch.allclose(want[want.isfinite()], other[want.isfinite()])
     assert_close(got, want, FP32, "token scores", scale=r ** 0.5 * 10)
+
+
+# heads="max" by both kernel formulations. (seq lens, Hq, Hk, D, r, block, k_b): G = 1, 3, 4, 8, 20
+# (the last is GLM-4.7-Flash's MLA: 1 KV head of 576, r = channels_for(576, mla) = 128); r / 2
+# below 16 (the dot pads it to 16) and from 16 up (20: padded to 32); N = k_b * block is no
+# multiple of BLOCK_N (128), over it in the last two
+HEAD_MAX_SHAPES = by_device([
+    case([100, 45], 4, 4, 64, 16, 8, 5, id="g1-r16"),
+    case([77, 50], 9, 3, 96, 22, 16, 5, id="g3-r22"),
+    case([120, 64], 8, 2, 128, 32, 16, 6, id="g4-D128-r32"),
+    case([150], 8, 1, 128, 40, 16, 9, id="g8-r40"),
+    case([300, 90], 20, 1, 576, 128, 16, 10, id="mla-g20-r128"),
+], [
+    case([131072] * 4, 32, 8, 128, 32, 64, 128, id="gpu-qwen3-kb128"),
+    case([131072] * 8, 20, 1, 576, 128, 64, 128, id="gpu-mla-kb128"),
+])
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(t, id=DTYPE_IDS[t]) for t in (FP32, BF16)])
+@pytest.mark.parametrize("lens, hq, hk, d, r, b, kb", HEAD_MAX_SHAPES)
+def test_score_tokens_head_max_methods(lens, hq, hk, d, r, b, kb, dtype):
+    """The tl.dot formulation (all heads at once) and the per-head loop against the torch op and
+    each other: same -inf, fp32 sums in other orders."""
+    q, *rest = _token_args(lens, hq, hk, d, r, b, kb, 4, 8, dtype)
+    # q leaning negative: some tokens score < 0 on every head, where a padded head of the dot
+    # (q = 0, score 0) would win the max if it were not masked (with 20 centred heads none does)
+    args = (q - 0.25, *rest)
+    want = torch_ops.score_tokens(*args, heads="max")
+    fin = want.isfinite()
+    assert (~fin).any() and fin.any(), "the case must mix candidates and non-candidates"
+    assert (want[fin] < 0).any() and (want[fin] > 0).any(), "the case must mix signs of the max"
+    got = {}
+    for method in ("dot", "loop"):
+        out = poison(torch.empty(args[6].shape, device=DEVICE))
+        got[method] = triton_ops.score_tokens(*args, heads="max", out=out, method=method)
+        assert_close(got[method], want, FP32, f"token scores ({method})", scale=r ** 0.5 * 10)
+    assert_close(got["dot"], got["loop"], FP32, "token scores (dot vs loop)", scale=r ** 0.5 * 10)
+
+
+def test_score_tokens_rejects_unknown_method():
+    args = _token_args([40], 4, 2, 64, 16, 8, 3, 4, 8, FP32)
+    with pytest.raises(ValueError, match="method"):
+        triton_ops.score_tokens(*args, method="tensor-cores")

@@ -7,11 +7,18 @@ from asynctls_sglang.config import TOKEN_HEADS
 from asynctls_sglang.kernels.common.launch import FLOATS, cdiv, check, check_out, pow2
 from asynctls_sglang.kernels.common.token_score_kernel import token_score_kernel
 
+#: heads="max" by one reduction per query head ("loop", the first kernel) or by tl.dot of the code
+#: tiles with all the group's heads at once ("dot"); "auto": dot for a 16-bit q and G > 1. With
+#: fp32 q the dot is "ieee", i.e. FMAs again, over the heads padded to 16 and a layout change
+#: (ptxas for sm_90, G = 20: 708 B spilled vs 124 B by the loop; with bf16 q: wgmma tf32, 215
+#: registers, no spill, vs 255 and spills); with G = 1 there is nothing to batch.
+METHODS = ("auto", "dot", "loop")
+
 
 def score_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor,
                  channels: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
                  pos: torch.Tensor, ok: torch.Tensor, heads: str = "max", *,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
+                 out: torch.Tensor | None = None, method: str = "auto") -> torch.Tensor:
     """Same contract as torch_ops.score_tokens (fp32, summed in another order: close, not equal).
 
     q: [bs, Hq, D] float; codes [slots, Hk, r // 2] uint8; scale_zero [slots, Hk, 2] float;
@@ -19,12 +26,18 @@ def score_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor,
     pos [bs, Hk, N] int64, ok [bs, Hk, N] bool -> [bs, Hk, N] fp32, -inf where not ok.
     All with a unit last stride. Not checked at run time: ok positions inside req_to_token,
     slots and channels in range.
+
+    ``method`` (heads="max" only): "loop" (a static loop over the G query heads, one reduction
+    each), "dot" (two tl.dot of the [BLOCK_N, r/2] code tiles with the heads' [r/2, G] query tiles,
+    G and r/2 padded to 16), "auto" (dot for a bf16/fp16 q and G > 1, else loop). heads="mean"
+    scores the one group-mean query and ignores it.
     """
     bs, hq, d = q.shape
     hk, r = channels.shape
     n = pos.shape[2]
     check(q.dtype in FLOATS and hq % hk == 0, f"q float, Hq ({hq}) a multiple of Hk ({hk})")
     check(heads in TOKEN_HEADS, f"heads must be one of {TOKEN_HEADS}, got {heads!r}")
+    check(method in METHODS, f"method must be one of {METHODS}, got {method!r}")
     check(codes.dim() == 3 and codes.shape[1:] == (hk, r // 2) and codes.dtype == torch.uint8,
           f"codes must be [slots, {hk}, {r // 2}] uint8")
     check(scale_zero.dim() == 3 and scale_zero.shape[1:] == (hk, 2), "scale_zero must be [slots, Hk, 2]")
@@ -37,6 +50,7 @@ def score_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor,
     if bs == 0 or n == 0:
         return out
     g = hq // hk
+    dot = heads == "max" and (method == "dot" or (method == "auto" and g > 1 and q.dtype != torch.float32))
     block_n = 128  # 4 warps, ~44 registers: ~1400 candidates in flight per SM (gathers are latency-bound)
     token_score_kernel[(cdiv(n, block_n), hk, bs)](
         q, codes, scale_zero, channels, req_to_token, req_pool_indices, pos, ok.view(torch.uint8),
@@ -44,5 +58,7 @@ def score_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor,
         q.stride(0), q.stride(1), codes.stride(0), codes.stride(1), scale_zero.stride(0),
         scale_zero.stride(1), channels.stride(0), req_to_token.stride(0), pos.stride(0),
         pos.stride(1), ok.stride(0), ok.stride(1), out.stride(0), out.stride(1),
-        G=g, R2=r // 2, HEAD_MAX=heads == "max", BLOCK_G=pow2(g), BLOCK_R=pow2(r // 2, 2), BLOCK_N=block_n)
+        G=g, R2=r // 2, HEAD_MAX=heads == "max", HEADS_DOT=dot,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # 16-bit q and the codes: exact in tf32
+        BLOCK_G=pow2(g, 16 if dot else 1), BLOCK_R=pow2(r // 2, 16 if dot else 2), BLOCK_N=block_n)
     return out

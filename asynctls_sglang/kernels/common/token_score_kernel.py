@@ -8,11 +8,17 @@ def token_score_kernel(q, codes, scale_zero, channels, req_to_token, req_pool_in
                        scores, N,
                        s_qb, s_qh, s_ct, s_ch, s_zt, s_zh, s_wh, s_rr, s_pb, s_ph, s_kb, s_kh,
                        s_ob, s_oh,
-                       G: tl.constexpr, R2: tl.constexpr, HEAD_MAX: tl.constexpr,
+                       G: tl.constexpr, R2: tl.constexpr, HEAD_MAX: tl.constexpr, HEADS_DOT: tl.constexpr,
+                       PRECISION: tl.constexpr,
                        BLOCK_G: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
     """Grid (cdiv(N, BLOCK_N), Hk, bs). Per query head g of the group, score_g = scale * (codes . q_g)
     + zero * sum(q_g) with q_g at the head's r channels; the token's score is the max over g
-    (HEAD_MAX) or the score of the group-mean query (= the mean over g); -inf where not ok."""
+    (HEAD_MAX) or the score of the group-mean query (= the mean over g); -inf where not ok.
+
+    HEAD_MAX by one reduction per head (a static loop over G) or, with HEADS_DOT, all heads at once:
+    two tl.dot of the code tiles with the group's [BLOCK_R, BLOCK_G] query tiles (tensor cores;
+    BLOCK_G and BLOCK_R >= 16, padding masked), PRECISION "ieee" (fp32 q) or "tf32" (16-bit q:
+    its values and the 0..15 codes are exact in tf32, only the summation order differs)."""
     i_n, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_r = tl.arange(0, BLOCK_R)
     m_r = o_r < R2
@@ -36,7 +42,22 @@ def token_score_kernel(q, codes, scale_zero, channels, req_to_token, req_pool_in
     p_z = scale_zero + b_slot * s_zt + i_h * s_zh
     b_scale = tl.load(p_z, mask=m_ok, other=0.0).to(tl.float32)
     b_zero = tl.load(p_z + 1, mask=m_ok, other=0.0).to(tl.float32)
-    if HEAD_MAX:
+    if HEAD_MAX and HEADS_DOT:
+        o_g = tl.arange(0, BLOCK_G)
+        m_g = o_g < G
+        # [BLOCK_R, BLOCK_G] the group's heads at the index channels, loaded transposed for the dot
+        p_q = p_qg + o_g[None, :] * s_qh
+        m_q = m_r[:, None] & m_g[None, :]
+        b_qe = tl.load(p_q + b_ce[:, None], mask=m_q, other=0.0).to(tl.float32)
+        b_qo = tl.load(p_q + b_co[:, None], mask=m_q, other=0.0).to(tl.float32)
+        # [BLOCK_G]
+        b_qsum = tl.sum(b_qe, axis=0) + tl.sum(b_qo, axis=0)
+        # [BLOCK_N, BLOCK_G] codes . q_g of every head
+        b_dot = tl.dot(b_lo, b_qe, input_precision=PRECISION)
+        b_dot = tl.dot(b_hi, b_qo, b_dot, input_precision=PRECISION)
+        b_sg = b_dot * b_scale[:, None] + b_zero[:, None] * b_qsum[None, :]
+        b_s = tl.max(tl.where(m_g[None, :], b_sg, float("-inf")), axis=1)
+    elif HEAD_MAX:
         b_s = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
         for g in tl.static_range(G):
             # [BLOCK_R] head g at the index channels
