@@ -137,6 +137,7 @@ async def run_point(engine, bs: int, ctx: int, out_len: int, vocab: int, seed: i
     window = t_b - t_a
     step_ms.sort()
     return {"bs": bs, "ctx": ctx, "ttft_s": round(max(firsts) - t_submit, 3),
+            "ttft_s_each": sorted(round(t - t_submit, 3) for t in firsts),  # queueing shows as a spread
             "decode_tok_s": round(tokens / window, 1) if window > 0.05 else None,
             "itl_ms_median": round(statistics.median(step_ms), 3) if step_ms else None,
             "itl_ms_p99": round(step_ms[min(len(step_ms) - 1, int(0.99 * len(step_ms)))], 3) if step_ms else None}

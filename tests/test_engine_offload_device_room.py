@@ -95,9 +95,17 @@ def test_requests_sharing_a_prefix_are_admitted_together_and_load_it_once(tiny_m
     with engine(model, "asynctls", CFG, max_total_tokens=N, max_running_requests=16,
                 chunked_prefill_size=2048) as eng:
         eng.generate(input_ids=prefix, sampling_params=dict(params, max_new_tokens=1))
-        before = asynctls_stats(eng)["offload"]["prefix_blocks_loaded"]
+        first = asynctls_stats(eng)["offload"]
         outs = eng.generate(input_ids=[prefix + t for t in tails], sampling_params=params)
-        loaded = asynctls_stats(eng)["offload"]["prefix_blocks_loaded"] - before
+        stats = asynctls_stats(eng)["offload"]
+    loaded = stats["prefix_blocks_loaded"] - first["prefix_blocks_loaded"]
+    # the prefill phases are timed: one more prefill forward (the four together), its layers seeded
+    phases, before = stats["prefill_phases"], first["prefill_phases"]
+    layers = phases["seed"]["calls"] // phases["prefill"]["calls"]
+    assert {n: phases[n]["calls"] - before[n]["calls"] for n in phases} == {
+        "prefill": 1, "load_back": 1, "seed": layers, "write_through": 1, "demote": 1}
+    assert all(phases[n]["host_s"] > before[n]["host_s"] for n in phases)
+    assert phases["prefill"]["stream_s"] >= phases["load_back"]["stream_s"] + phases["demote"]["stream_s"]
     assert [len(o["output_ids"]) for o in outs] == [4] * 4
     assert [o["meta_info"]["cached_tokens"] for o in outs] == [800] * 4
     assert 0 < loaded <= 800 // 16  # once for the batch (less the pages still on the device)

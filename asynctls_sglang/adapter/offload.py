@@ -74,13 +74,15 @@ class OffloadDecodeMixin:
         is_extend = fb.forward_mode.is_extend()
         rt.begin_forward(fb.req_pool_indices if is_extend else None)
         if is_extend and fb.extend_prefix_lens_cpu is not None:
+            rt.clock.start("prefill")  # stopped after the last layer (_offload_after_extend)
             # Prefix blocks on the host only come back to device pages, and the dense prefill
             # reads every position through a req_to_token translated to device slots.
             req_to_token = self.req_to_token_pool.req_to_token
             k_list, v_list = self.token_to_kv_pool.asynctls_kv_lists()
             rows = fb.req_pool_indices.long()
-            self._loaded = rt.load_back(self.asynctls_allocator, req_to_token, rows,
-                                        list(fb.extend_prefix_lens_cpu), k_list, v_list)
+            with rt.clock.phase("load_back"):
+                self._loaded = rt.load_back(self.asynctls_allocator, req_to_token, rows,
+                                            list(fb.extend_prefix_lens_cpu), k_list, v_list)
             table = req_to_token.clone()
             table[rows] = rt.device_slots(req_to_token[rows]).to(table.dtype)
             self._extend_table = table
@@ -116,14 +118,18 @@ class OffloadDecodeMixin:
         orig = getattr(fb, "orig_seq_lens", None)
         if orig is not None and orig.shape == fb.seq_lens.shape:
             rows = torch.where(orig.to(fb.seq_lens.dtype) > fb.seq_lens, 0, rows)
-        rt.seed(l, q3.index_select(0, last), self.asynctls_index.layer_index(l), req_to_token,
-                rows, fb.seq_lens, math.ceil(longest / cfg.block_size), k_list, v_list, self.asynctls_ops)
+        with rt.clock.phase("seed"):
+            rt.seed(l, q3.index_select(0, last), self.asynctls_index.layer_index(l), req_to_token,
+                    rows, fb.seq_lens, math.ceil(longest / cfg.block_size), k_list, v_list, self.asynctls_ops)
         if l == pool.layer_num - 1:
             prefix, lens = list(fb.extend_prefix_lens_cpu), fb.seq_lens_cpu.tolist()
-            rt.write_through_extend(req_to_token, fb.req_pool_indices, prefix, lens, k_list, v_list)
+            with rt.clock.phase("write_through"):
+                rt.write_through_extend(req_to_token, fb.req_pool_indices, prefix, lens, k_list, v_list)
             loaded = self._loaded if self._loaded is not None else torch.empty(0, dtype=torch.int64,
                                                                                device=req_to_token.device)
-            rt.demote(self.asynctls_allocator, req_to_token, fb.req_pool_indices, prefix, lens, loaded)
+            with rt.clock.phase("demote"):
+                rt.demote(self.asynctls_allocator, req_to_token, fb.req_pool_indices, prefix, lens, loaded)
+            rt.clock.stop("prefill")
 
     def _offload_decode(self, q, k, v, layer, fb, plan, save_kv_cache: bool):
         """One layer of a decode step served from the resident block cache. Every row takes this

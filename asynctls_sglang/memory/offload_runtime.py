@@ -31,6 +31,7 @@ from asynctls_sglang.config import AsyncTLSConfig
 from asynctls_sglang.memory.block_copy import copy_blocks
 from asynctls_sglang.memory.host_tier import HostKVTier
 from asynctls_sglang.memory.residency import COUNTERS, ResidentBlockCache, forced_blocks
+from asynctls_sglang.memory.streams import PhaseClock
 from asynctls_sglang.memory.transfer import TransferEngine
 
 
@@ -118,6 +119,9 @@ class OffloadRuntime:
         #: the table reads (readable_scores, buffer_table) as Triton kernels: on a GPU, where their
         #: torch form is ~40 small launches per layer (tests set it under the interpreter)
         self.kernels = self.cache.device.type == "cuda"
+        #: time of the eager prefill work (adapter.offload: load_back, seed, write_through, demote, and
+        #: the whole prefill forward), in the metrics as prefill_phases
+        self.clock = PhaseClock(self.cache.device)
 
     @property
     def device_nbytes(self) -> int:
@@ -414,6 +418,7 @@ class OffloadRuntime:
             "host_pool_bytes": self.host.nbytes,
             "resident_bytes": self.engine.nbytes,
             "resident_capacity_blocks": self.cache.capacity,
+            "prefill_phases": self.clock.snapshot(),
         })
         return snap
 

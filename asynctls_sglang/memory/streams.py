@@ -6,6 +6,7 @@ relies on, so the same engine code is exact (and testable) on both.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Iterator
 
 import torch
@@ -124,3 +125,69 @@ class LayerEvents:
         if event is None or not self.must_wait(layer, capturing()):
             return
         torch.cuda.current_stream(self.device).wait_event(event)
+
+
+class PhaseClock:
+    """Where the offload engine's eager work (a prefill's load-back, seeds, write-through,
+    demotion) spends its time, always on and without a host sync: per phase the host time of the
+    calls and the span on the caller's stream between two CUDA events (GPU work plus any gap the
+    host leaves; read when the events have completed). Off the GPU the stream span is the host
+    time. Nothing is recorded inside a CUDA-graph capture."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.cuda = _on_cuda(torch.device(device))
+        self.calls: dict[str, int] = {}
+        self.host_s: dict[str, float] = {}
+        self.stream_s: dict[str, float] = {}
+        self._open: dict[str, tuple] = {}
+        self._pending: list[tuple] = []
+
+    def start(self, name: str) -> None:
+        if capturing():
+            return
+        self._open[name] = (time.perf_counter(), self._event())
+
+    def stop(self, name: str) -> None:
+        opened = self._open.pop(name, None)
+        if opened is None:
+            return
+        t0, e0 = opened
+        host = time.perf_counter() - t0
+        self.calls[name] = self.calls.get(name, 0) + 1
+        self.host_s[name] = self.host_s.get(name, 0.0) + host
+        if self.cuda:
+            self._pending.append((name, e0, self._event()))
+            if len(self._pending) > 512:
+                self._fold()
+        else:
+            self.stream_s[name] = self.stream_s.get(name, 0.0) + host
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self.start(name)
+        try:
+            yield
+        finally:
+            self.stop(name)
+
+    def snapshot(self) -> dict:
+        """{phase: {calls, host_s, stream_s}} (stream_s: the completed spans)."""
+        self._fold()
+        return {n: {"calls": c, "host_s": round(self.host_s[n], 4), "stream_s": round(self.stream_s.get(n, 0.0), 4)}
+                for n, c in self.calls.items()}
+
+    def _event(self):
+        if not self.cuda:
+            return None
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def _fold(self) -> None:
+        keep = []
+        for name, e0, e1 in self._pending:
+            if e1.query():
+                self.stream_s[name] = self.stream_s.get(name, 0.0) + e0.elapsed_time(e1) / 1000
+            else:
+                keep.append((name, e0, e1))
+        self._pending = keep
