@@ -184,3 +184,48 @@ def test_gate_counts_a_prefix_shared_in_the_round_once():
     deeper = path + [SimpleNamespace(value=torch.zeros(64), parent=path[-1])]
     assert _admit(adder, _shared_req(320, 384, deeper)) == "added"  # 4 new prefix pages + 4 + 1 <= 14
     assert adder.asynctls_device_claimed == 31 + 9
+
+
+class _LockingTree(_Tree):
+    """_Tree whose prefix node (its first `node_pages` evictable pages) can be locked as SGLang's
+    RadixCache.inc_lock_ref does: locked pages are not evictable."""
+
+    def __init__(self, alloc, evictable_pages: int, node_pages: int):
+        super().__init__(alloc, evictable_pages)
+        self.node_pages, self.locks, self.lock_calls = node_pages, 0, []
+
+    def evictable_size(self):
+        return (self.left - (self.node_pages if self.locks else 0)) * self.alloc.page_size
+
+    def evict(self, params):
+        n = min(self.evictable_size() // self.alloc.page_size, -(-params.num_tokens // self.alloc.page_size))
+        self.left -= n
+        self.alloc.dev_free = torch.cat([self.alloc.dev_free, torch.arange(1000, 1000 + n)])
+
+    def inc_lock_ref(self, node):
+        self.locks += 1
+        self.lock_calls.append(("inc", node))
+
+    def dec_lock_ref(self, node):
+        self.locks -= 1
+        self.lock_calls.append(("dec", node))
+
+
+def test_making_room_never_evicts_the_prefix_the_request_matched():
+    """With nothing running, the gate evicts radix blocks to make room, but not the request's own
+    matched prefix (SGLang locks it only after admission): evicting it would free the KV ids the
+    request is about to read. Here the room needed exceeds what the rest of the tree frees: the
+    request waits, its prefix stays, and the lock is released."""
+    from sglang.srt.managers.schedule_policy import AddReqResult
+
+    adder = _adder(free_pages=10, running=0)
+    node = SimpleNamespace(value=torch.zeros(160), parent=None)
+    adder.tree_cache = tree = _LockingTree(adder.token_to_kv_pool_allocator, evictable_pages=30, node_pages=10)
+    req = _shared_req(160, 800, [node])  # 10 prefix pages (in the tree) + 40 new + 1 = 51 > 10 + 20
+    assert _admit(adder, req) == AddReqResult.NO_TOKEN
+    assert tree.left == 10  # the other 20 pages went, the matched prefix's 10 stayed
+    assert tree.lock_calls == [("inc", node), ("dec", node)] and tree.locks == 0
+    adder = _adder(free_pages=10, running=0)
+    adder.tree_cache = tree = _LockingTree(adder.token_to_kv_pool_allocator, evictable_pages=60, node_pages=10)
+    assert _admit(adder, _shared_req(160, 800, [node])) == "added"  # enough besides the prefix
+    assert tree.left >= 10 and tree.locks == 0

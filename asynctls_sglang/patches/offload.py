@@ -110,17 +110,27 @@ def _device_room(adder, alloc) -> int:
     return alloc.device_available_pages() - running - getattr(adder, "asynctls_device_claimed", 0)
 
 
-def _make_room(adder, alloc, need: int) -> bool:
+def _make_room(adder, alloc, need: int, req) -> bool:
     """Nothing runs and nothing is admitted: evict unused radix-cache blocks (their device pages
-    go back with them) until need pages are free or nothing is evictable. True when they are."""
+    go back with them) until need pages are free or nothing is evictable. True when they are.
+    NOTE: req's matched prefix is locked meanwhile: SGLang locks it only once the request is
+    admitted, and evicting it would leave req reading KV ids that were given back."""
     from sglang.srt.mem_cache.base_prefix_cache import EvictParams
 
     tree = adder.tree_cache
-    while _device_room(adder, alloc) < need and tree is not None and tree.evictable_size() > 0:
-        before = tree.evictable_size()
-        tree.evict(EvictParams(num_tokens=(need - _device_room(adder, alloc)) * alloc.page_size))
-        if tree.evictable_size() >= before:
-            break
+    node = getattr(req, "last_node", None)
+    lock = node is not None and tree is not None and hasattr(tree, "inc_lock_ref")
+    if lock:
+        tree.inc_lock_ref(node)
+    try:
+        while _device_room(adder, alloc) < need and tree is not None and tree.evictable_size() > 0:
+            before = tree.evictable_size()
+            tree.evict(EvictParams(num_tokens=(need - _device_room(adder, alloc)) * alloc.page_size))
+            if tree.evictable_size() >= before:
+                break
+    finally:
+        if lock:
+            tree.dec_lock_ref(node)
     return _device_room(adder, alloc) >= need
 
 
@@ -138,7 +148,7 @@ def _gated(add):
         shared = _shared_pages(self, req, page)
         need = _device_pages(req, self.rem_chunk_tokens, page, shared)
         idle = not self.can_run_list and (self.running_batch is None or self.running_batch.is_empty())
-        if _device_room(self, alloc) < need and not (idle and _make_room(self, alloc, need)):
+        if _device_room(self, alloc) < need and not (idle and _make_room(self, alloc, need, req)):
             if add == "chunked":
                 # NOTE: SGLang must take the chunked request back (it holds its pages); shrink its
                 # chunk to the room instead, at least one page
