@@ -172,9 +172,11 @@ class PhaseClock:
 
     def snapshot(self) -> dict:
         """{phase: {calls, host_s, stream_s}} (stream_s: the completed spans)."""
+        # NOTE: copies: the metrics are read by the scheduler while a forward may be adding a phase
         self._fold()
-        return {n: {"calls": c, "host_s": round(self.host_s[n], 4), "stream_s": round(self.stream_s.get(n, 0.0), 4)}
-                for n, c in self.calls.items()}
+        host, stream = dict(self.host_s), dict(self.stream_s)
+        return {n: {"calls": c, "host_s": round(host.get(n, 0.0), 4), "stream_s": round(stream.get(n, 0.0), 4)}
+                for n, c in dict(self.calls).items()}
 
     def _event(self):
         if not self.cuda:
@@ -185,9 +187,10 @@ class PhaseClock:
 
     def _fold(self) -> None:
         keep = []
-        for name, e0, e1 in self._pending:
+        pending, self._pending = self._pending, []
+        for name, e0, e1 in pending:
             if e1.query():
                 self.stream_s[name] = self.stream_s.get(name, 0.0) + e0.elapsed_time(e1) / 1000
             else:
                 keep.append((name, e0, e1))
-        self._pending = keep
+        self._pending = keep + self._pending
