@@ -24,7 +24,8 @@ sys.path.insert(0, ROOT)
 from asynctls_sglang.eval.client import get_json, is_healthy  # noqa: E402
 from asynctls_sglang.eval.server import _signal_group, free_port  # noqa: E402
 
-RECIPES = {"qwen3_8b_h200.sh": "qwen3_8b", "glm47_flash_h200.sh": "glm47_flash"}
+RECIPES = {"qwen3_8b_h200.sh": "qwen3_8b", "glm47_flash_h200.sh": "glm47_flash",
+           "qwen3_8b_h200_offload.sh": "qwen3_8b", "glm47_flash_h200_offload.sh": "glm47_flash"}
 
 
 def post(url: str, body: dict, timeout_s: float = 600.0) -> dict:

@@ -36,3 +36,38 @@ def test_recipe_flags_parse(path):
     args = prepare_server_args(build_argv(rest, cfg, gpu=False))
     assert args.attention_backend == "asynctls" and args.page_size == cfg.block_size
     assert cfg.token_budget == 2048
+
+
+OFFLOAD = [p for p in RECIPES if "offload" in os.path.basename(p)]
+H200_GPU_BYTES = 143_771_000_000  # what torch reports for the lent H200
+H200_HOST_BYTES = 125 * 2**30  # its host memory (free -g)
+
+
+@pytest.mark.parametrize("path", OFFLOAD, ids=[os.path.basename(p) for p in OFFLOAD])
+def test_offload_recipes_fit_the_h200_box(path):
+    """The offload recipes' host pool fits in the start-up check's 90% of the lent H200 box's host
+    memory (less the ~10 GB SGLang's processes take), and their resident buffers for the running
+    requests they allow take at most a third of the GPU's memory (the KV pool keeps the rest)."""
+    import json
+
+    from asynctls_sglang.cli_config import config_from_argv
+    from asynctls_sglang.memory.offload_runtime import resident_row_bytes
+
+    assert OFFLOAD, "no offload recipe"
+    qwen = "qwen" in os.path.basename(path)
+    model = os.path.join(CONFIGS, "qwen3_8b" if qwen else "glm47_flash")
+    mc = json.load(open(os.path.join(model, "config.json")))
+    argv = recipe_argv(path, model)
+    cfg, rest = config_from_argv(argv)
+    assert cfg.offload and cfg.host_pool_tokens and cfg.host_pool_tokens % cfg.block_size == 0
+    if qwen:
+        heads, dim, v_dim = mc["num_key_value_heads"], mc["head_dim"], mc["head_dim"]
+    else:
+        heads, dim, v_dim = 1, mc["kv_lora_rank"] + mc["qk_rope_head_dim"], None
+    layers = mc["num_hidden_layers"]
+    host = cfg.host_pool_tokens * layers * heads * (dim + (v_dim or 0)) * 2
+    assert host <= 0.9 * (H200_HOST_BYTES - 10e9), f"host pool {host / 1e9:.1f} GB"
+    running = int(rest[rest.index("--max-running-requests") + 1])
+    row = resident_row_bytes(cfg, num_layers=layers, kv_heads=heads, head_dim=dim, v_head_dim=v_dim,
+                             dtype_size=2, max_blocks=131072 // cfg.block_size)
+    assert (running + 1) * row <= H200_GPU_BYTES / 3, f"resident buffers {(running + 1) * row / 1e9:.1f} GB"
