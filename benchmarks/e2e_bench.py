@@ -150,7 +150,16 @@ async def run_fixed_memory(engine, n_req: int, ctx: int, out_len: int, vocab: in
     prompts = [[rng.randrange(1000, vocab - 1000) for _ in range(ctx)] for _ in range(n_req)]
     params = {"max_new_tokens": out_len, "ignore_eos": True, "temperature": 0.0}
     t_submit = time.perf_counter()
-    results = await asyncio.gather(*[_request(engine, p, params) for p in prompts])
+
+    async def one(i: int, prompt: list[int]):
+        # progress as each request ends: a run cut by a time limit still shows how far it got
+        marks: list = []
+        result = await _request(engine, prompt, params, marks)
+        print(f"[e2e] fixed-memory request {i} done: first token at {marks[0][0] - t_submit:.1f} s, "
+              f"{marks[-1][1]} tokens by {marks[-1][0] - t_submit:.1f} s", flush=True)
+        return result
+
+    results = await asyncio.gather(*[one(i, p) for i, p in enumerate(prompts)])
     spans = [(m[0][0], m[-1][0]) for _, m in results]  # first to last token of each request
     batch = max(sum(a <= t <= b for a, b in spans) for t, _ in spans)
     t_end = max(b for _, b in spans)
