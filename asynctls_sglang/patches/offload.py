@@ -11,9 +11,9 @@
   writes its new tokens there, while SGLang budgets prefills by the logical (host) capacity. The
   prefill adder also admits a request only when the device pool has free pages for its prefix
   (a radix prefix shared with a request admitted in the same round counted once: the batch loads
-  it back once), its chunk and one page per running request (else it waits, as for any lack of tokens; with
-  nothing running it first evicts the radix cache's unused blocks, whose pages hold device pages
-  too), and the longest input accepted is what the device pool holds for one prefill (SGLang's
+  it back once), its chunk and one page per running request (else it waits, as for any lack of
+  tokens; with nothing running it first evicts the radix cache's unused blocks, whose pages hold
+  device pages too, never the request's own matched prefix), and the longest input accepted is what the device pool holds for one prefill (SGLang's
   input-length check then refuses longer prompts with its own error). Without this SGLang stopped
   with "Prefill out of memory" when it batched prefills past the device pool.
 """
