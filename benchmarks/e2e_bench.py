@@ -235,10 +235,11 @@ def run_backend(args, backend: str, asynctls: dict, eager: bool = False) -> list
     try:
         engine.loop.run_until_complete(run_point(engine, 1, 4096, 8, vocab, 1))  # warm-up
         for i, (bs, ctx) in enumerate(points):
-            if args.fixed_kv_tokens:
+            if args.fixed_kv_tokens or args.fit:
                 r = engine.loop.run_until_complete(run_fixed_memory(engine, bs, ctx, args.out_len, vocab, 100 + i))
-                r.update(fixed_kv_tokens=args.fixed_kv_tokens, device_kv_tokens=kw["max_total_tokens"],
-                         resident_buffer_tokens=resident)
+                if args.fixed_kv_tokens:
+                    r.update(fixed_kv_tokens=args.fixed_kv_tokens, device_kv_tokens=kw["max_total_tokens"],
+                             resident_buffer_tokens=resident)
             else:
                 pdir = os.path.join(os.path.dirname(os.path.abspath(args.out)), f"profile_{backend}_{bs}x{ctx}")
                 r = engine.loop.run_until_complete(run_point(engine, bs, ctx, args.out_len, vocab, 100 + i,
@@ -328,6 +329,9 @@ def main(argv=None) -> int:
                          "submit each point's bs distinct requests at once: reports the batch each "
                          "backend reaches and its throughput (with offload, host_pool_tokens in --offload "
                          "sets the logical capacity)")
+    ap.add_argument("--fit", action="store_true",
+                    help="submit each point's bs distinct requests at once on the backend's own KV pool (no "
+                         "cap): batch_reached is the largest batch it serves together at that context")
     ap.add_argument("--profile-steps", type=int, default=0,
                     help="record this many decode steps of each point with SGLang's profiler (GPU kernels) "
                          "and report per-step GPU time by kernel group; the point's throughput then "
