@@ -109,6 +109,7 @@ class HostKVTier:
         self._check_fits(max_fraction)
         self._registered: list[int] = []
         self._finalizer = weakref.finalize(self, _unregister_all, self._registered)
+        self._finalizer.atexit = False  # at exit the process's pages go anyway (CUDA may be torn down)
         tokens = num_blocks * block_size
         self.k = [self._alloc((tokens, kv_heads, head_dim)) for _ in range(num_layers)]
         self.v = None if v_head_dim is None else [self._alloc((tokens, kv_heads, v_head_dim))
