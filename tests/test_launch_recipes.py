@@ -11,8 +11,14 @@ RECIPES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "launch
 
 
 def recipe_argv(path: str, model: str) -> list[str]:
+    """The launcher arguments of a recipe; one that execs another recipe with more flags gets that
+    recipe's arguments followed by its own (later flags win)."""
     text = open(path).read().replace("\\\n", " ")
-    line = next(l for l in text.splitlines() if "asynctls_sglang.launch_server" in l)
+    line = next((l for l in text.splitlines() if "asynctls_sglang.launch_server" in l), None)
+    if line is None:
+        line = next(l for l in text.splitlines() if l.startswith('exec bash "$(dirname "$0")/'))
+        base, extra = line.split('"$(dirname "$0")/', 1)[1].split('"', 1)
+        return recipe_argv(os.path.join(os.path.dirname(path), base), model) + shlex.split(extra.replace('"$@"', ""))
     argv = shlex.split(line.split("asynctls_sglang.launch_server", 1)[1].replace('"$@"', ""))
     return [model if a == "$MODEL" else a for a in argv]
 
@@ -36,6 +42,8 @@ def test_recipe_flags_parse(path):
     args = prepare_server_args(build_argv(rest, cfg, gpu=False))
     assert args.attention_backend == "asynctls" and args.page_size == cfg.block_size
     assert cfg.token_budget == 2048
+    if "offload" in os.path.basename(path):  # the offload flags after the base recipe's win
+        assert cfg.offload and args.max_running_requests == int(argv[len(argv) - 1 - argv[::-1].index("--max-running-requests") + 1])
 
 
 OFFLOAD = [p for p in RECIPES if "offload" in os.path.basename(p)]
@@ -67,7 +75,7 @@ def test_offload_recipes_fit_the_h200_box(path):
     layers = mc["num_hidden_layers"]
     host = cfg.host_pool_tokens * layers * heads * (dim + (v_dim or 0)) * 2
     assert host <= 0.9 * (H200_HOST_BYTES - 10e9), f"host pool {host / 1e9:.1f} GB"
-    running = int(rest[rest.index("--max-running-requests") + 1])
+    running = int(rest[len(rest) - 1 - rest[::-1].index("--max-running-requests") + 1])  # the last one wins
     row = resident_row_bytes(cfg, num_layers=layers, kv_heads=heads, head_dim=dim, v_head_dim=v_dim,
                              dtype_size=2, max_blocks=131072 // cfg.block_size)
     assert (running + 1) * row <= H200_GPU_BYTES / 3, f"resident buffers {(running + 1) * row / 1e9:.1f} GB"
