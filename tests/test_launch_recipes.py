@@ -23,6 +23,11 @@ def recipe_argv(path: str, model: str) -> list[str]:
     return [model if a == "$MODEL" else a for a in argv]
 
 
+def last_value(argv: list[str], flag: str) -> str:
+    """The value of the last occurrence of flag (the one argparse keeps)."""
+    return argv[len(argv) - argv[::-1].index(flag)]
+
+
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "models")
 
 
@@ -43,7 +48,7 @@ def test_recipe_flags_parse(path):
     assert args.attention_backend == "asynctls" and args.page_size == cfg.block_size
     assert cfg.token_budget == 2048
     if "offload" in os.path.basename(path):  # the offload flags after the base recipe's win
-        assert cfg.offload and args.max_running_requests == int(argv[len(argv) - 1 - argv[::-1].index("--max-running-requests") + 1])
+        assert cfg.offload and args.max_running_requests == int(last_value(argv, "--max-running-requests"))
 
 
 OFFLOAD = [p for p in RECIPES if "offload" in os.path.basename(p)]
@@ -75,7 +80,7 @@ def test_offload_recipes_fit_the_h200_box(path):
     layers = mc["num_hidden_layers"]
     host = cfg.host_pool_tokens * layers * heads * (dim + (v_dim or 0)) * 2
     assert host <= 0.9 * (H200_HOST_BYTES - 10e9), f"host pool {host / 1e9:.1f} GB"
-    running = int(rest[len(rest) - 1 - rest[::-1].index("--max-running-requests") + 1])  # the last one wins
+    running = int(last_value(rest, "--max-running-requests"))
     row = resident_row_bytes(cfg, num_layers=layers, kv_heads=heads, head_dim=dim, v_head_dim=v_dim,
                              dtype_size=2, max_blocks=131072 // cfg.block_size)
     assert (running + 1) * row <= H200_GPU_BYTES / 3, f"resident buffers {(running + 1) * row / 1e9:.1f} GB"

@@ -13,9 +13,10 @@
   (a radix prefix shared with a request admitted in the same round counted once: the batch loads
   it back once), its chunk and one page per running request (else it waits, as for any lack of
   tokens; with nothing running it first evicts the radix cache's unused blocks, whose pages hold
-  device pages too, never the request's own matched prefix), and the longest input accepted is what the device pool holds for one prefill (SGLang's
-  input-length check then refuses longer prompts with its own error). Without this SGLang stopped
-  with "Prefill out of memory" when it batched prefills past the device pool.
+  device pages too, never the request's own matched prefix), and the longest input accepted is
+  what the device pool holds for one prefill (SGLang's input-length check then refuses longer
+  prompts with its own error). Without this SGLang stopped with "Prefill out of memory" when it
+  batched prefills past the device pool.
 """
 from __future__ import annotations
 
@@ -152,9 +153,7 @@ def _gated(add):
             if add == "chunked":
                 # NOTE: SGLang must take the chunked request back (it holds its pages); shrink its
                 # chunk to the room instead, at least one page
-                prefix = len(req.prefix_indices)
-                prefix_pages = -(-prefix // page) - min(shared, prefix // page)
-                room = _device_room(self, alloc) - 1 - prefix_pages
+                room = _device_room(self, alloc) - _device_pages(req, 0, page, shared)  # left for the chunk
                 self.rem_chunk_tokens = max(page, room * page)
                 need = _device_pages(req, self.rem_chunk_tokens, page, shared)
             else:
