@@ -68,8 +68,8 @@ class AsyncTLSConfig:
     #: prefill of at least this many tokens (or the first of any length, if none is) fixes them.
     calibration_tokens: int = 256
     #: Dense kernel set for prefill and short decodes: "torch_native", "triton", "flashinfer"
-    #: (GQA without offload), or "auto" = torch_native on CPU; on GPU flashinfer for GQA models
-    #: when it is installed and offload is off (what SGLang itself runs there), else triton.
+    #: (GQA), or "auto" = torch_native on CPU; on GPU flashinfer for GQA models when it is
+    #: installed (what SGLang itself runs there; with offload too), else triton.
     dense_backend: str = "auto"
     #: Keep the full KV of every layer in pinned host memory and only a resident cache of
     #: blocks on the GPU (the asynchronous offloading engine; docs/offload.md).
@@ -123,9 +123,6 @@ class AsyncTLSConfig:
                   f"({self.block_size}), got {self.token_budget}")
         if self.dense_backend not in DENSE_BACKENDS:
             _fail("dense_backend", f"must be one of {DENSE_BACKENDS}, got {self.dense_backend!r}")
-        if self.dense_backend == "flashinfer" and self.offload:
-            _fail("dense_backend", "flashinfer does not run with offload (its prefill reads the device pool "
-                  "through tables the offload engine does not swap): use triton or auto")
         self._validate_offload()
 
     def _validate_offload(self) -> None:

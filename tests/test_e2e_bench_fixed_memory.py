@@ -41,6 +41,9 @@ def test_batch_reached_is_the_engine_concurrency(bench, slots):
     assert r["bs"] == 4 and r["output_tok_s"] > 0
     # 4 requests of 5 tokens, `slots` at a time: the wall time scales with the queueing
     assert r["wall_s"] == pytest.approx(0.1 * 4 / slots, rel=0.5)
+    # one token per 20 ms step per request: the decode rate at the batch reached is slots x 50/s
+    assert r["itl_ms_median"] == pytest.approx(20, rel=0.3)
+    assert r["decode_tok_s_at_batch"] == pytest.approx(50 * slots, rel=0.3)
 
 
 def test_table_compares_fixed_memory_rows_by_run_throughput(bench):
@@ -50,6 +53,8 @@ def test_table_compares_fixed_memory_rows_by_run_throughput(bench):
              "decode_tok_s": 60.0, "output_tok_s": 250.0, "itl_ms_median": None, "itl_ms_p99": None}]
     text = bench.table(rows, "flashinfer")
     assert "| 4 of 4 |" in text and "| 2 of 4 |" in text and text.rstrip().endswith("| 2.50 |")
+    rows[0]["decode_tok_s_at_batch"], rows[1]["decode_tok_s_at_batch"] = 80.0, 120.0
+    assert bench.table(rows, "flashinfer").rstrip().endswith("| 2.50 (decode at batch: 1.50) |")
 
 
 def test_profile_summary_groups_kernels_per_step(bench, tmp_path):

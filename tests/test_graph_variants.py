@@ -96,7 +96,6 @@ def test_dense_base_choice():
     gqa = AsyncTLSConfig()
     assert dense_base_name(gqa, "cpu", is_mla=False) == "torch_native"
     assert dense_base_name(gqa, "cuda:0", is_mla=True) == "triton"
-    assert dense_base_name(AsyncTLSConfig(offload=True), "cuda:0", is_mla=False) == "triton"
     try:
         import flashinfer  # noqa: F401
         want = "flashinfer"
@@ -106,8 +105,9 @@ def test_dense_base_choice():
     assert dense_base_name(AsyncTLSConfig(dense_backend="triton"), "cuda:0", is_mla=False) == "triton"
     with pytest.raises(ConfigError, match="MLA"):
         dense_base_name(AsyncTLSConfig(dense_backend="flashinfer"), "cuda:0", is_mla=True)
-    with pytest.raises(ConfigError, match="offload"):
-        AsyncTLSConfig(dense_backend="flashinfer", offload=True)
+    # offload takes the same prefill kernels (its tables are swapped to device slots, _device_tables)
+    assert dense_base_name(AsyncTLSConfig(offload=True), "cuda:0", is_mla=False) == want
+    assert dense_base_name(AsyncTLSConfig(offload=True), "cuda:0", is_mla=True) == "triton"
 
 
 def test_the_base_backend_plans_only_for_graphs_that_run_its_kernel():
@@ -123,4 +123,8 @@ def test_the_base_backend_plans_only_for_graphs_that_run_its_kernel():
     assert backend.asynctls_base_metadata_needed(fb([10, 5000]), in_capture=True)  # every capture
     assert backend.asynctls_base_metadata_needed(fb([5000], ForwardMode.EXTEND), in_capture=False)
     offload = _backend(offload=True, token_budget=256, local_window=64)
-    assert offload.asynctls_base_metadata_needed(fb([5000]), in_capture=False)  # one graph: unchanged
+    # one graph, and no row decodes on the base's kernel: only captures and prefills plan
+    assert not offload.asynctls_base_metadata_needed(fb([5000]), in_capture=False)
+    assert not offload.asynctls_base_metadata_needed(fb([100]), in_capture=False)
+    assert offload.asynctls_base_metadata_needed(fb([100]), in_capture=True)
+    assert offload.asynctls_base_metadata_needed(fb([5000], ForwardMode.EXTEND), in_capture=False)

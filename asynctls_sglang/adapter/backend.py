@@ -1,7 +1,7 @@
 """The `asynctls` attention backend.
 
 Prefill (extend) is dense and runs on SGLang's own kernels (torch_native on CPU; FlashInfer on
-GPU for GQA models, Triton for MLA and with offload: ``dense_backend``); it also feeds the
+GPU for GQA models, Triton for MLA: ``dense_backend``); it also feeds the
 online calibration of the index channels. Decode runs the two-level selection on the index that
 the pool keeps and attends exactly over the chosen tokens. Requests no longer than
 ``dense_threshold`` (config.AsyncTLSConfig.dense_len) decode on the stock kernel (a batch made
@@ -157,10 +157,14 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
 
     def asynctls_base_metadata_needed(self, fb, in_capture: bool) -> bool:
         """Whether the dense base backend must plan this replay: not when the sparse decode graph
-        replays (it never runs the base's decode kernel; H200 8 x 128k: its index plan cost 0.14 ms
-        of GPU per step). Captures, prefills and the dense graph always plan."""
-        return (in_capture or not fb.forward_mode.is_decode() or not self.asynctls_graph_modes()
-                or self.asynctls_graph_mode_for(fb.seq_lens_cpu) == "dense")
+        replays, nor any offload decode graph (neither runs the base's decode kernel; H200
+        8 x 128k: its index plan cost 0.14 ms of GPU per step). Captures, prefills and the dense
+        graph always plan."""
+        if in_capture or not fb.forward_mode.is_decode():
+            return True
+        if self.asynctls_offload is not None:  # every row reads the resident cache (_offload_decode)
+            return False
+        return not self.asynctls_graph_modes() or self.asynctls_graph_mode_for(fb.seq_lens_cpu) == "dense"
 
     def asynctls_graph_mode_for(self, seq_lens_cpu) -> str:
         if seq_lens_cpu is None or seq_lens_cpu.numel() == 0:
@@ -301,7 +305,7 @@ def dense_base_name(cfg: AsyncTLSConfig, device: str, is_mla: bool) -> str:
         return name
     if not str(device).startswith("cuda"):
         return "torch_native"
-    if is_mla or cfg.offload:
+    if is_mla:
         return "triton"
     try:
         import flashinfer  # noqa: F401

@@ -99,6 +99,11 @@ class OffloadDecodeMixin:
             # from the req_to_token it cached at construction, not from req_to_token_pool: without
             # this the prefill read prefix K/V at logical slot ids (wrong pages, or past the pool)
             stack.enter_context(swapped_attr(self, "req_to_token", self._extend_table))
+        updater = getattr(self, "indices_updater_prefill", None)
+        if isinstance(getattr(updater, "req_to_token", None), torch.Tensor):
+            # NOTE: so does FlashInfer's prefill planner (the dense base for GQA on a GPU): its
+            # paged prefix indices come from the req_to_token it cached at construction
+            stack.enter_context(swapped_attr(updater, "req_to_token", self._extend_table))
         return stack
 
     def _offload_after_extend(self, q, layer, fb) -> None:

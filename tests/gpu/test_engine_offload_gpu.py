@@ -42,3 +42,28 @@ def test_gpu_graph_decode_with_offload(tiny_model_dir, kind):
     assert all(len(o) == 16 for o in batched)
     assert exact_stats["offload"]["tokens_dropped"] == 0 and exact_stats["offload"]["blocks_late"] == 0
     assert stats["offload"]["bytes_moved"] > 0 and stats["offload"]["decode_steps"] > 0
+
+
+def test_gpu_offload_prefill_on_flashinfer_reads_prefix_and_chunks(tiny_model_dir):
+    """The GQA offload prefill on SGLang's FlashInfer kernels (the dense base on a GPU): chunked
+    prefills read their earlier chunks, and a second turn reads its first turn's prefix from the
+    radix cache after it went to the host (load_back), both through tables of device slots."""
+    from asynctls_sglang.adapter.backend import dense_base_name
+    from asynctls_sglang.config import AsyncTLSConfig
+
+    if dense_base_name(AsyncTLSConfig(offload=True), "cuda", is_mla=False) != "flashinfer":
+        pytest.skip("flashinfer is not installed")
+    model = tiny_model_dir("qwen3")
+    first = random_prompts([1500], seed=3)[0]
+    turns = [first, first + random_prompts([40], seed=4)[0]]  # the second extends the first
+    args = dict(GPU_ARGS, chunked_prefill_size=512)
+    with engine(model, "asynctls", CFG, **args) as eng:
+        off = greedy_with_margins(eng, turns, 16)
+    with engine(model, "asynctls", EXACT, **args) as eng:
+        on = greedy(eng, turns, 16)
+        stats = asynctls_stats(eng)["offload"]
+    print("flashinfer offload prefill", stats)
+    same = assert_same_up_to_near_ties(on, off, tol=0.25)
+    print(f"offload on flashinfer: {same}/{sum(len(x) for x, _ in off)} tokens equal to offload off")
+    assert stats["prefix_blocks_loaded"] > 0  # the second turn's prefix came back from the host
+    assert stats["tokens_dropped"] == 0 and stats["blocks_late"] == 0
