@@ -11,6 +11,11 @@ from typing import Iterator
 BASE_ENGINE_ARGS = dict(skip_tokenizer_init=True, disable_cuda_graph=True, dtype="float32",
                         log_level="error", mem_fraction_static=0.5, max_running_requests=8,
                         device="cpu")
+#: SGLang's engine on a GPU for the tests: decode CUDA graphs (what the tests are about), no prefill
+#: graphs (their piecewise capture compiled for 152 s on a fresh H200 before the first test could
+#: run, and cut the call: docs/results.md, session 7).
+GPU_ENGINE_ARGS = dict(device="cuda", dtype="bfloat16", disable_cuda_graph=False, cuda_graph_max_bs_decode=8,
+                       cuda_graph_backend_prefill="disabled", mem_fraction_static=0.3)
 
 
 def sigquit_handler(signum, frame):  # module-level: a scheduler crash must fail the test, not kill pytest

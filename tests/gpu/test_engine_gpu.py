@@ -7,11 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine_helpers import asynctls_stats, assert_same_up_to_near_ties, engine, greedy, greedy_with_margins, random_prompts
+from engine_helpers import GPU_ENGINE_ARGS, asynctls_stats, assert_same_up_to_near_ties, engine, greedy, greedy_with_margins, random_prompts
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
-GPU_ARGS = dict(device="cuda", dtype="bfloat16", disable_cuda_graph=False, cuda_graph_max_bs_decode=8, mem_fraction_static=0.3)
 CFG = dict(block_size=16, block_budget=16, token_budget=256, sink_tokens=4, local_window=16,
            dense_threshold=0, calibration_tokens=64)
 NEAR_TIE = 0.25  # nats between the stock top two logprobs (bf16 logits of a random model)
@@ -22,9 +21,9 @@ LONG = random_prompts([700, 1500], seed=2)
 @pytest.mark.parametrize("kind", ["qwen3", "deepseek_v2"])
 def test_gpu_graph_decode_exact_and_sparse(tiny_model_dir, kind):
     model = tiny_model_dir(kind)
-    with engine(model, "triton", page_size=16, **GPU_ARGS) as eng:
+    with engine(model, "triton", page_size=16, **GPU_ENGINE_ARGS) as eng:
         stock = greedy_with_margins(eng, SHORT, 16)
-    with engine(model, "asynctls", CFG, **GPU_ARGS) as eng:
+    with engine(model, "asynctls", CFG, **GPU_ENGINE_ARGS) as eng:
         ours = greedy(eng, SHORT, 16)
         long_out = greedy(eng, LONG, 16)
         batched = greedy(eng, SHORT + LONG, 16, batched=True)
@@ -47,9 +46,9 @@ def test_gpu_short_batches_replay_the_stock_graph(tiny_model_dir, kind, stock):
     sparse step; a batch with a longer request replays the sparse graph (patches.graph_variants)."""
     model = tiny_model_dir(kind)
     cfg = dict(CFG, dense_threshold=1000)
-    with engine(model, stock, page_size=16, **GPU_ARGS) as eng:
+    with engine(model, stock, page_size=16, **GPU_ENGINE_ARGS) as eng:
         want = greedy_with_margins(eng, SHORT, 16)
-    with engine(model, "asynctls", cfg, **GPU_ARGS) as eng:
+    with engine(model, "asynctls", cfg, **GPU_ENGINE_ARGS) as eng:
         before = asynctls_stats(eng)
         got = greedy(eng, SHORT, 16)
         mid = asynctls_stats(eng)

@@ -7,12 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine_helpers import asynctls_stats, assert_same_up_to_near_ties, engine, greedy, greedy_with_margins, random_prompts
+from engine_helpers import GPU_ENGINE_ARGS, asynctls_stats, assert_same_up_to_near_ties, engine, greedy, greedy_with_margins, random_prompts
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
-GPU_ARGS = dict(device="cuda", dtype="bfloat16", disable_cuda_graph=False, cuda_graph_max_bs_decode=8,
-                mem_fraction_static=0.3)
 CFG = dict(block_size=16, block_budget=16, token_budget=256, sink_tokens=4, local_window=16,
            dense_threshold=0, calibration_tokens=64)
 EXACT = dict(CFG, offload=True, prefetch_depth=0, resident_blocks=64, max_miss_blocks_per_step=64)
@@ -24,12 +22,12 @@ LONG = random_prompts([700, 1500], seed=2)
 @pytest.mark.parametrize("kind", ["qwen3", "deepseek_v2"])
 def test_gpu_graph_decode_with_offload(tiny_model_dir, kind):
     model = tiny_model_dir(kind)
-    with engine(model, "asynctls", CFG, **GPU_ARGS) as eng:
+    with engine(model, "asynctls", CFG, **GPU_ENGINE_ARGS) as eng:
         off = greedy_with_margins(eng, SHORT + LONG, 16)
-    with engine(model, "asynctls", EXACT, **GPU_ARGS) as eng:
+    with engine(model, "asynctls", EXACT, **GPU_ENGINE_ARGS) as eng:
         exact = greedy(eng, SHORT + LONG, 16)
         exact_stats = asynctls_stats(eng)
-    with engine(model, "asynctls", PIPELINE, **GPU_ARGS) as eng:
+    with engine(model, "asynctls", PIPELINE, **GPU_ENGINE_ARGS) as eng:
         piped = greedy(eng, SHORT, 16)
         batched = greedy(eng, SHORT + LONG, 16, batched=True)
         stats = asynctls_stats(eng)
@@ -56,7 +54,7 @@ def test_gpu_offload_prefill_on_flashinfer_reads_prefix_and_chunks(tiny_model_di
     model = tiny_model_dir("qwen3")
     first = random_prompts([1500], seed=3)[0]
     turns = [first, first + random_prompts([40], seed=4)[0]]  # the second extends the first
-    args = dict(GPU_ARGS, chunked_prefill_size=512)
+    args = dict(GPU_ENGINE_ARGS, chunked_prefill_size=512)
     with engine(model, "asynctls", CFG, **args) as eng:
         off = greedy_with_margins(eng, turns, 16)
     with engine(model, "asynctls", EXACT, **args) as eng:
