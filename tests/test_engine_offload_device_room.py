@@ -78,6 +78,10 @@ def test_a_chunked_prefill_seeds_the_resident_cache_once(tiny_model_dir):
             runs.append((out, asynctls_stats(eng).get("offload")))
     (_, one), (chunked_out, chunked), (ref_out, _) = runs
     assert chunked["seed_blocks_moved"] == one["seed_blocks_moved"] > 0
+    # only the last of the 3 chunk forwards seeds (the earlier ones do not even score a selection)
+    seeds = {name: run["prefill_phases"]["seed"]["calls"] for name, run in (("one", one), ("chunked", chunked))}
+    assert chunked["prefill_phases"]["prefill"]["calls"] == 3
+    assert seeds["chunked"] == seeds["one"] > 0, seeds
     assert chunked["prefix_blocks_loaded"] > 0  # the later chunks did read their prefix back
     assert chunked_out == ref_out
 

@@ -68,6 +68,7 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         self.asynctls_allocator = model_runner.token_to_kv_pool_allocator
         self._extend_table = None
         self._loaded = None
+        self._seed_rows = None
         self.asynctls_capture_mode: str | None = None  # set by patches.graph_variants while capturing
 
     # metadata ------------------------------------------------------------------------------------
