@@ -19,13 +19,37 @@ import torch
 from sglang.srt.mem_cache.allocator.paged import PagedTokenToKVPoolAllocator
 from sglang.srt.utils.common import get_num_new_pages
 
-from asynctls_sglang.config import AsyncTLSConfig
+from asynctls_sglang.config import AsyncTLSConfig, flag_name
+from asynctls_sglang.memory.host_tier import HostMemoryError
 
 
-def logical_tokens(cfg: AsyncTLSConfig, device_tokens: int) -> int:
-    """Logical (host pool) tokens for a device pool of device_tokens: host_pool_tokens, or 4x."""
+#: With host_pool_tokens unset, the host pool is DEFAULT_HOST_RATIO x the device pool, capped at
+#: DEFAULT_HOST_FRACTION of the available host memory (what the process still needs besides stays
+#: free; an explicit size may take up to 90%, memory.host_tier.check_host_fits).
+DEFAULT_HOST_RATIO = 4
+DEFAULT_HOST_FRACTION = 0.7
+
+
+def logical_tokens(cfg: AsyncTLSConfig, device_tokens: int, token_bytes: int | None = None,
+                   available_bytes: int | None = None) -> int:
+    """Logical (host pool) tokens for a device pool of device_tokens: host_pool_tokens, or
+    DEFAULT_HOST_RATIO x the device pool capped to what fits in DEFAULT_HOST_FRACTION of
+    available_bytes (token_bytes: every layer's K/V of one token; no cap when either is None).
+    An H200 host (123 GiB available) holds ~4 x 147k tokens of Qwen3-8B but not 4 x its 371k-token
+    device pool: the uncapped default was refused at start-up (203.87 GiB)."""
     b = cfg.block_size
-    n = cfg.host_pool_tokens if cfg.host_pool_tokens is not None else 4 * device_tokens
+    if cfg.host_pool_tokens is not None:
+        n = cfg.host_pool_tokens
+    else:
+        n = DEFAULT_HOST_RATIO * device_tokens
+        if token_bytes and available_bytes is not None:
+            n = min(n, int(DEFAULT_HOST_FRACTION * available_bytes) // token_bytes)
+            if n < device_tokens:  # offload would serve fewer tokens than the GPU holds alone
+                raise HostMemoryError(
+                    f"asynctls offload: {DEFAULT_HOST_FRACTION:.0%} of the available host memory "
+                    f"({available_bytes / 2**30:.2f} GiB) holds {max(n, 0)} tokens of KV, fewer than the "
+                    f"device pool's {device_tokens}: free host memory, set {flag_name('host_pool_tokens')}, "
+                    "or serve without offload")
     return max(b, n // b * b)
 
 

@@ -6,12 +6,14 @@ path (which writes the latent cache itself) all keep the index current.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, MLATokenToKVPool, unwrap_write_loc
 
 from asynctls_sglang.adapter.allocator import logical_tokens
-from asynctls_sglang.config import AsyncTLSConfig
-from asynctls_sglang.memory.host_tier import check_host_fits
+from asynctls_sglang.config import AsyncTLSConfig, flag_name
+from asynctls_sglang.memory.host_tier import available_host_bytes, check_host_fits
 from asynctls_sglang.memory.index_store import SparseIndexStore
 from asynctls_sglang.ops.dispatch import ops_for_device
 
@@ -33,28 +35,47 @@ class AsyncTLSPoolMixin:
         device = torch.device(self.device)
         # With offload, SGLang's slot ids are logical (over the host pool) and the index follows
         # them; this pool's buffers are the device pages (adapter.allocator).
-        slots = logical_tokens(cfg, self.size) if cfg.offload else self.size
+        slots = self.size
         if cfg.offload:  # before the index (sized by logical slots) is allocated
             channels = head_dim + (0 if is_mla else self.v_head_dim)
-            check_host_fits(slots, self.layer_num, self.page_size,
-                            self.page_size * kv_heads * channels * self.dtype.itemsize, device.type == "cuda")
+            block_bytes = self.page_size * kv_heads * channels * self.dtype.itemsize
+            slots = logical_tokens(cfg, self.size, block_bytes * self.layer_num // self.page_size,
+                                   available_host_bytes())
+            check_host_fits(slots, self.layer_num, self.page_size, block_bytes, device.type == "cuda")
+            if cfg.host_pool_tokens is None:
+                logging.getLogger(__name__).info(
+                    "asynctls offload: host pool of %d tokens (%.2f GiB; %s to choose)", slots,
+                    slots // self.page_size * block_bytes * self.layer_num / 2**30, flag_name("host_pool_tokens"))
+        # the offload allocator hands out exactly these logical ids (patches.offload)
+        self.asynctls_logical_tokens = slots
         self.asynctls_device_page: torch.Tensor | None = None  # set by OffloadPagedAllocator
+        self._device_loc_cache: tuple | None = None  # (SGLang's locations, device slots): _device_loc
         self.asynctls_index = SparseIndexStore(
             cfg, num_layers=self.layer_num, num_slots=slots + self.page_size, kv_heads=kv_heads,
             head_dim=head_dim, is_mla=is_mla, dtype=self.dtype, device=device, ops=ops_for_device(device))
 
-    def _device_loc(self, loc_info):
+    def _device_loc(self, loc_info, layer_id: int):
         """SGLang's (logical, with offload) write locations -> this pool's slots. Identity unless
         the offload allocator registered its page map; a logical page without a device page
-        writes to the padding page 0 (never read; the backend maps every page it writes)."""
+        writes to the padding page 0 (never read; the backend maps every page it writes).
+
+        NOTE: computed at the first layer of a forward and reused by the others for the same
+        locations (the page map only changes between forwards): seven small kernels per layer
+        otherwise, on every decode step. Inside a captured graph the first layer's kernels are
+        replayed and the later layers read their output."""
         dp = self.asynctls_device_page
         if dp is None:
             return loc_info
+        cached = self._device_loc_cache
+        if layer_id != self.start_layer and cached is not None and cached[0] is loc_info:
+            return cached[1]
         loc, _, _ = unwrap_write_loc(loc_info)
         loc = loc.long()
         b = self.page_size
         page = dp[loc // b]
-        return torch.where(page >= 0, page * b + loc % b, loc % b)
+        out = torch.where(page >= 0, page * b + loc % b, loc % b)
+        self._device_loc_cache = (loc_info, out)
+        return out
 
     def _layer_slot(self, layer_id: int) -> int:
         return layer_id - self.start_layer
@@ -76,10 +97,10 @@ class AsyncTLSMHAPool(AsyncTLSPoolMixin, MHATokenToKVPool):
 
     def set_kv_buffer(self, layer, loc_info, cache_k, cache_v, k_scale=None, v_scale=None,
                       layer_id_override=None, dcp_kv_mask=None):
-        super().set_kv_buffer(layer, self._device_loc(loc_info), cache_k, cache_v, k_scale, v_scale,
+        layer_id = layer_id_override if layer_id_override is not None else layer.layer_id
+        super().set_kv_buffer(layer, self._device_loc(loc_info, layer_id), cache_k, cache_v, k_scale, v_scale,
                               layer_id_override, dcp_kv_mask)
         loc, _, _ = unwrap_write_loc(loc_info)
-        layer_id = layer_id_override if layer_id_override is not None else layer.layer_id
         self.asynctls_index.on_write(self._layer_slot(layer_id), loc, cache_k)
 
 
@@ -93,11 +114,11 @@ class AsyncTLSMLAPool(AsyncTLSPoolMixin, MLATokenToKVPool):
         return self.kv_buffer, None
 
     def set_kv_buffer(self, layer, loc_info, cache_k, cache_v, *args, **kwargs):
-        super().set_kv_buffer(layer, self._device_loc(loc_info), cache_k, cache_v, *args, **kwargs)
+        super().set_kv_buffer(layer, self._device_loc(loc_info, layer.layer_id), cache_k, cache_v, *args, **kwargs)
         loc, _, _ = unwrap_write_loc(loc_info)
         self.asynctls_index.on_write(self._layer_slot(layer.layer_id), loc, cache_k)
 
     def set_mla_kv_buffer(self, layer, loc, cache_k_nope, cache_k_rope):
-        super().set_mla_kv_buffer(layer, self._device_loc(loc), cache_k_nope, cache_k_rope)
+        super().set_mla_kv_buffer(layer, self._device_loc(loc, layer.layer_id), cache_k_nope, cache_k_rope)
         k = torch.cat([cache_k_nope.reshape(loc.shape[0], 1, -1), cache_k_rope.reshape(loc.shape[0], 1, -1)], -1)
         self.asynctls_index.on_write(self._layer_slot(layer.layer_id), loc, k)

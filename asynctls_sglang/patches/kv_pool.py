@@ -60,9 +60,12 @@ def _cell_size(original, self, kvc, num_layers):
         cfg, kv_heads=heads, head_dim=dim, is_mla=is_mla,
         kv_dtype_size=torch._utils._element_size(kvc.kv_cache_dtype), num_layers=num_layers)
     if cfg.offload and cfg.host_pool_tokens is None:
-        # the index is kept per logical token: 4 per device token (adapter.allocator.logical_tokens);
+        # the index is kept per logical token: at most DEFAULT_HOST_RATIO per device token
+        # (adapter.allocator.logical_tokens; fewer when the host caps it: then overcharged);
         # an explicit host_pool_tokens is a fixed amount, not charged here (docs/offload.md)
-        extra *= 4
+        from asynctls_sglang.adapter.allocator import DEFAULT_HOST_RATIO
+
+        extra *= DEFAULT_HOST_RATIO
     return size + extra
 
 

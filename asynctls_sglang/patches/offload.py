@@ -52,8 +52,10 @@ def _build_allocator(original, self, *args, **kwargs):
 
     pool = kwargs["token_to_kv_pool"]
     device_tokens = kwargs["sizes"].max_total_num_tokens
-    return OffloadPagedAllocator(logical_tokens(AsyncTLSConfig.from_env(), device_tokens), pool.page_size,
-                                 self.kv_cache_dtype, self.device, pool, False, device_tokens=device_tokens)
+    # NOTE: the pool sized its index by these logical ids (with the available host memory then)
+    logical = getattr(pool, "asynctls_logical_tokens", None) or logical_tokens(AsyncTLSConfig.from_env(), device_tokens)
+    return OffloadPagedAllocator(logical, pool.page_size, self.kv_cache_dtype, self.device, pool, False,
+                                 device_tokens=device_tokens)
 
 
 def _configure(original, self, *args, **kwargs):
