@@ -48,6 +48,7 @@ class DecodeStep(NamedTuple):
     win_count: torch.Tensor  # [1] bs * Wn (copy_blocks' count)
     need_fixed: torch.Tensor  # [bs, Hk, F] local blocks, then every block of a dense row
     dense: torch.Tensor  # [bs] bool: decodes over all its positions
+    req: torch.Tensor | None = None  # [bs] arange: the attention's rows of buffer_table's table
 
 
 def resident_row_bytes(cfg: AsyncTLSConfig, *, num_layers: int, kv_heads: int, head_dim: int,
@@ -174,7 +175,8 @@ class OffloadRuntime:
         all_blocks = torch.arange(dense_blocks, device=lens.device).view(1, -1).expand(bs, -1)
         dense_need = torch.where(dense.view(bs, 1), all_blocks, -1)
         need_fixed = torch.cat([fixed[:, self.n_sink:], dense_need], 1).unsqueeze(1).expand(-1, hk, -1)
-        return DecodeStep(rows, lens, pages, (lens - 1) // b, window, win_src, win_dst, win_count, need_fixed, dense)
+        return DecodeStep(rows, lens, pages, (lens - 1) // b, window, win_src, win_dst, win_count, need_fixed, dense,
+                          torch.arange(bs, device=lens.device))
 
     def device_slots(self, slots: torch.Tensor) -> torch.Tensor:
         """SGLang slot ids -> device pool slots (identity unless logical ids are in use; a slot
@@ -231,7 +233,8 @@ class OffloadRuntime:
         k-th position becomes column h*K + k of row i, whose entry is its buffer row. Positions
         that are neither in the window nor resident become -1 (left out) and are counted."""
         bs, hk, k = positions.shape
-        req = torch.arange(bs, device=positions.device)
+        # NOTE: built once per step (decode_step), not per layer
+        req = step.req if step.req is not None else torch.arange(bs, device=positions.device)
         if self.kernels:
             from asynctls_sglang.kernels.common.offload_tables import buffer_table
 
