@@ -13,7 +13,9 @@ the previous selection kernels in the same run, for before/after in one call:
     block_topk_stream, token_topk_stream (the streaming top-k: one program per row, the row
     re-read by 5 passes; method="stream"), candidates_torch (torch_ops.candidate_positions,
     ~10 launches), token_score_loop (heads max by one reduction per query head instead of one
-    tl.dot of all heads; method="loop"), step_legacy (step with those four instead),
+    tl.dot of all heads; method="loop"), summary_flags (the block summaries' owners found by page
+    flags in three launches instead of one scan; method="flags"), step_legacy (step with those
+    five instead),
 
 and, in the same run, the full-attention baselines: FlashInfer BatchDecodeWithPagedKVCacheWrapper
 (use_tensor_cores=True; GQA) or BatchMLAPagedAttentionWrapper (MLA), and SGLang's Triton
@@ -46,7 +48,7 @@ from asynctls_sglang.config import AsyncTLSConfig  # noqa: E402
 STAGES = ("summary", "index_write", "block_score", "block_topk", "candidates", "token_score", "token_topk",
           "attention")
 #: the previous selection kernels, timed beside their replacements
-LEGACY = ("block_topk_stream", "candidates_torch", "token_score_loop", "token_topk_stream")
+LEGACY = ("block_topk_stream", "candidates_torch", "token_score_loop", "token_topk_stream", "summary_flags")
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,7 @@ def stage_bytes(m: Model, cfg: AsyncTLSConfig, bs: int, ctx: int, budget: int) -
     out["step"] = sum(out.values())
     out["block_topk_stream"], out["token_topk_stream"] = out["block_topk"], out["token_topk"]
     out["candidates_torch"], out["token_score_loop"] = out["candidates"], out["token_score"]
+    out["summary_flags"] = out["summary"]
     out["step_legacy"] = out["step"]
     out["full_attention"] = bs * ctx * m.hk * kv_row
     return out
@@ -274,12 +277,13 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
     legacy.select_tokens = lambda s, p, k, **kw: ops.select_tokens(s, p, k, method="stream", **kw)
     legacy.candidate_positions = torch_ops.candidate_positions
     legacy.score_tokens = lambda *args, **kw: ops.score_tokens(*args, method="loop", **kw)
+    legacy.update_block_summaries = lambda *args, **kw: ops.update_block_summaries(*args, method="flags", **kw)
 
     def attention():
         ops.sparse_decode_attention(q, layer.k, layer.v, req_to_token, rows, positions, sm_scale, out=att_out)
 
     def step(sel_ops=ops):
-        ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b)
+        sel_ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b)
         ops.write_index_keys(idx.codes, idx.scale_zero, new_loc, k_new, idx.channels)
         p = select_positions(q, idx, req_to_token, rows, seq_lens, mb, cfg, ops=sel_ops)
         ops.sparse_decode_attention(q, layer.k, layer.v, req_to_token, rows, p, sm_scale, out=att_out)
@@ -303,6 +307,8 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
         "token_score_loop": lambda: ops.score_tokens(q, idx.codes, idx.scale_zero, idx.channels, req_to_token,
                                                      rows, pos, ok, out=tscores, method="loop"),
         "token_topk_stream": lambda: ops.select_tokens(tscores, pos, k_sel, out=chosen_out, method="stream"),
+        "summary_flags": lambda: ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b,
+                                                            method="flags"),
         "step_legacy": lambda: step(legacy),
     }
     if "fi" in baselines:
@@ -346,7 +352,7 @@ def print_table(rows: list[dict]) -> None:
              "candidates": "cand", "token_score": "tscore", "token_topk": "ttopk", "attention": "attn",
              "step": "STEP", "flashinfer": "FI", "sglang_triton": "SGL-tr", "block_topk_stream": "btopk-old",
              "candidates_torch": "cand-old", "token_score_loop": "tscore-old", "token_topk_stream": "ttopk-old",
-             "step_legacy": "STEP-old"}
+             "summary_flags": "summ-old", "step_legacy": "STEP-old"}
     print("\nmicroseconds per layer call (median); speedup = FlashInfer full / AsyncTLS step; "
           "hbm = step bytes / (HBM floor x time)")
     print("| model | ctx | bs | K | " + " | ".join(short[c] for c in cols) + " | speedup | hbm |")
@@ -397,7 +403,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-graph", action="store_true", help="time eager calls instead of CUDA graph replays")
     ap.add_argument("--no-legacy", action="store_true",
                     help="skip the previous selection kernels (block/token_topk_stream, candidates_torch, "
-                         "token_score_loop, step_legacy)")
+                         "token_score_loop, summary_flags, step_legacy)")
     ap.add_argument("--hbm-tbs", type=float, default=4.2, help="HBM bandwidth floor in TB/s (H200: 4.2)")
     ap.add_argument("--quick", action="store_true", help="a short grid: 32k/128k, bs 1/8, K 2048, 10 reps")
     ap.add_argument("--out", default=None, help="JSON results path (a PNG plot is written beside it)")

@@ -110,7 +110,7 @@ def cases():
     dtypes = (torch.float32, torch.bfloat16, torch.float16)
     out = []
 
-    # update_block_summaries (3 kernels); t = 1 (decode) and a prefill
+    # update_block_summaries (one launch up to SCAN_MAX_T tokens, else three); t = 1 (decode) and a prefill
     for dt in dtypes:
         for t, hk, d, b in ((1, 8, 128, 64), (37, 2, 96, 16), (4096, 8, 128, 64), (4, 1, 576, 64)):
             def f(t=t, hk=hk, d=d, b=b, dt=dt):

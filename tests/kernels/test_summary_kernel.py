@@ -6,6 +6,7 @@ import torch
 from kernel_testing import DEVICE, by_device, case, gather_tokens, make_pool
 
 from asynctls_sglang.kernels import triton_ops
+from asynctls_sglang.kernels.common import summary
 from asynctls_sglang.ops import torch_ops
 from asynctls_sglang.reference import block_summaries
 
@@ -32,7 +33,8 @@ def _state(pages, hk, d, dtype, seed):
 
 @pytest.mark.parametrize("old_lens, new_lens, hk, d, b, kdtype, sdtype", CASES)
 @pytest.mark.parametrize("shuffle", [False, True], ids=["in-order", "shuffled-loc"])
-def test_update_matches_torch_op(old_lens, new_lens, hk, d, b, kdtype, sdtype, shuffle):
+@pytest.mark.parametrize("method", ["flags", "scan"])
+def test_update_matches_torch_op(old_lens, new_lens, hk, d, b, kdtype, sdtype, shuffle, method):
     total = [o + n for o, n in zip(old_lens, new_lens)]
     pool = make_pool(total, b, seed=len(total) + d)
     loc = torch.cat([pool.req_to_token[pool.req_pool_indices[i], o:o + n].long()
@@ -46,8 +48,10 @@ def test_update_matches_torch_op(old_lens, new_lens, hk, d, b, kdtype, sdtype, s
     torch_ops.update_block_summaries(want_min, want_max, torch.zeros(pages, dtype=torch.int32, device=DEVICE),
                                      loc, k, b)
     flag = torch.full((pages,), -5, dtype=torch.int32, device=DEVICE)
-    triton_ops.update_block_summaries(got_min, got_max, flag, loc, k, b)
+    summary.update_block_summaries(got_min, got_max, flag, loc, k, b, method=method)
     assert torch.equal(got_min, want_min) and torch.equal(got_max, want_max)
+    if method == "scan":  # one launch: the flags are not even read
+        assert bool((flag == -5).all())
     # the call must have changed something, or the comparison above proves nothing
     assert not torch.equal(got_min, _state(pages, hk, d, sdtype, seed=3)[0])
 
@@ -58,7 +62,8 @@ def test_update_matches_torch_op(old_lens, new_lens, hk, d, b, kdtype, sdtype, s
 ])
 def test_written_in_chunks_equals_reference(lens, chunk, hk, d, b, dtype):
     """Prefill in chunks then decode, on reused (stale) pages: the summaries of every request's
-    blocks equal reference.block_summaries of its keys."""
+    blocks equal reference.block_summaries of its keys (chunks of up to SCAN_MAX_T tokens take
+    the scan, longer ones the flags)."""
     pool = make_pool(lens, b, seed=5)
     keys = torch.randn(pool.n_slots, hk, d, generator=torch.Generator().manual_seed(6)).to(dtype).to(DEVICE)
     pages = pool.n_slots // b

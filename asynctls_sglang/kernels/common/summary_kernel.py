@@ -1,10 +1,14 @@
 """Block summaries (per-channel key min/max of each page), folded in as keys are written.
 
-Three launches, ordered on one stream: `page_claim_kernel` marks every touched page with T,
-`page_owner_kernel` lowers the mark to the smallest token index of the page (an int32
-atomic_min: the only race, and an exact one), and `summary_fold_kernel` lets that owner
-alone reduce all of its page's tokens of this call, so every page is written by exactly one
-program and the result does not depend on scheduling.
+Every page touched by a call is reduced by exactly one program, its owner: the token of the
+page that comes first in `loc`, so the result does not depend on scheduling. Two ways to find
+the owner:
+  - flags (any T): three launches ordered on one stream. `page_claim_kernel` marks every touched
+    page with T, `page_owner_kernel` lowers the mark to the smallest token index of the page (an
+    int32 atomic_min: the only race, and an exact one), and `summary_fold_kernel` lets that owner
+    alone reduce all of its page's tokens of this call;
+  - scan (small T, a decode step): `summary_fold_kernel` alone, each program looking for its page
+    among the tokens before it in `loc` (T loads at most); one launch instead of three.
 """
 import triton
 import triton.language as tl
@@ -34,11 +38,24 @@ def page_owner_kernel(loc, page_flag, T, B: tl.constexpr, BLOCK_T: tl.constexpr)
 def summary_fold_kernel(kmin, kmax, page_flag, loc, k, T,
                         s_kt, s_kh, s_sp, s_sh,
                         B: tl.constexpr, D: tl.constexpr,
-                        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Grid (T, Hk, cdiv(D, BLOCK_D)); programs whose token does not own its page do nothing."""
+                        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, SCAN_OWNER: tl.constexpr = False):
+    """Grid (T, Hk, cdiv(D, BLOCK_D)); programs whose token does not own its page do nothing.
+    SCAN_OWNER: the owner is found by scanning loc[:i_t] (page_flag unused), else page_flag
+    holds it (page_owner_kernel)."""
     i_t, i_h, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b_page = tl.load(loc + i_t) // B
-    if tl.load(page_flag + b_page) == i_t:
+    if SCAN_OWNER:
+        b_before = tl.zeros([], dtype=tl.int32)
+        for i_s in range(0, i_t, BLOCK_T):
+            o_s = i_s + tl.arange(0, BLOCK_T)
+            m_s = o_s < i_t
+            # [BLOCK_T]
+            b_other = tl.load(loc + o_s, mask=m_s, other=0)
+            b_before += tl.sum((m_s & (b_other // B == b_page)).to(tl.int32), axis=0)
+        b_owner = b_before == 0
+    else:
+        b_owner = tl.load(page_flag + b_page) == i_t
+    if b_owner:
         o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
         m_d = o_d < D
         # [BLOCK_D]
