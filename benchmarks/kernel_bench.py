@@ -5,6 +5,7 @@ latent 512 + rope 64) x context x batch x token budget, block budget and block s
 (paper: 128 blocks of 64). Per point it times, on one layer, every stage of a decode step
 
     summary (fold the new key into its block's min/max), index_write (its INT4 index key),
+    summary_index (both in one launch, what the backend runs instead of the two),
     block_score, block_topk, candidates (the chosen blocks' token positions, one kernel),
     token_score, token_topk, attention (over the chosen tokens),
     step (all of the above as one CUDA graph, selection glue included: what the backend runs),
@@ -15,7 +16,7 @@ the previous selection kernels in the same run, for before/after in one call:
     ~10 launches), token_score_loop (heads max by one reduction per query head instead of one
     tl.dot of all heads; method="loop"), summary_flags (the block summaries' owners found by page
     flags in three launches instead of one scan; method="flags"), step_legacy (step with those
-    five instead),
+    five instead, and the index keys in a launch of their own),
 
 and, in the same run, the full-attention baselines: FlashInfer BatchDecodeWithPagedKVCacheWrapper
 (use_tensor_cores=True; GQA) or BatchMLAPagedAttentionWrapper (MLA), and SGLang's Triton
@@ -47,6 +48,8 @@ from asynctls_sglang.config import AsyncTLSConfig  # noqa: E402
 
 STAGES = ("summary", "index_write", "block_score", "block_topk", "candidates", "token_score", "token_topk",
           "attention")
+#: the stages the backend runs fused (timed beside their parts)
+FUSED = ("summary_index",)
 #: the previous selection kernels, timed beside their replacements
 LEGACY = ("block_topk_stream", "candidates_torch", "token_score_loop", "token_topk_stream", "summary_flags")
 
@@ -176,6 +179,7 @@ def stage_bytes(m: Model, cfg: AsyncTLSConfig, bs: int, ctx: int, budget: int) -
         "attention": rows * budget * (kv_row + 12) + bs * m.hq * (m.d * e + m.dv * 4),
     }
     out["step"] = sum(out.values())
+    out["summary_index"] = out["summary"] + out["index_write"]
     out["block_topk_stream"], out["token_topk_stream"] = out["block_topk"], out["token_topk"]
     out["candidates_torch"], out["token_score_loop"] = out["candidates"], out["token_score"]
     out["summary_flags"] = out["summary"]
@@ -277,14 +281,17 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
     legacy.select_tokens = lambda s, p, k, **kw: ops.select_tokens(s, p, k, method="stream", **kw)
     legacy.candidate_positions = torch_ops.candidate_positions
     legacy.score_tokens = lambda *args, **kw: ops.score_tokens(*args, method="loop", **kw)
-    legacy.update_block_summaries = lambda *args, **kw: ops.update_block_summaries(*args, method="flags", **kw)
 
     def attention():
         ops.sparse_decode_attention(q, layer.k, layer.v, req_to_token, rows, positions, sm_scale, out=att_out)
 
-    def step(sel_ops=ops):
-        sel_ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b)
-        ops.write_index_keys(idx.codes, idx.scale_zero, new_loc, k_new, idx.channels)
+    def step(sel_ops=ops, fused=True):
+        if fused:  # as memory.index_store.on_write: one launch for both
+            ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b,
+                                       index=(idx.codes, idx.scale_zero, idx.channels))
+        else:
+            ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b, method="flags")
+            ops.write_index_keys(idx.codes, idx.scale_zero, new_loc, k_new, idx.channels)
         p = select_positions(q, idx, req_to_token, rows, seq_lens, mb, cfg, ops=sel_ops)
         ops.sparse_decode_attention(q, layer.k, layer.v, req_to_token, rows, p, sm_scale, out=att_out)
 
@@ -309,7 +316,9 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
         "token_topk_stream": lambda: ops.select_tokens(tscores, pos, k_sel, out=chosen_out, method="stream"),
         "summary_flags": lambda: ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b,
                                                             method="flags"),
-        "step_legacy": lambda: step(legacy),
+        "step_legacy": lambda: step(legacy, fused=False),
+        "summary_index": lambda: ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b,
+                                                            index=(idx.codes, idx.scale_zero, idx.channels)),
     }
     if "fi" in baselines:
         try:
@@ -347,12 +356,12 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
 
 # --- report --------------------------------------------------------------------------------------
 def print_table(rows: list[dict]) -> None:
-    cols = list(STAGES) + ["step", "flashinfer", "sglang_triton"] + list(LEGACY) + ["step_legacy"]
+    cols = list(STAGES) + list(FUSED) + ["step", "flashinfer", "sglang_triton"] + list(LEGACY) + ["step_legacy"]
     short = {"summary": "summ", "index_write": "idxw", "block_score": "bscore", "block_topk": "btopk",
              "candidates": "cand", "token_score": "tscore", "token_topk": "ttopk", "attention": "attn",
              "step": "STEP", "flashinfer": "FI", "sglang_triton": "SGL-tr", "block_topk_stream": "btopk-old",
              "candidates_torch": "cand-old", "token_score_loop": "tscore-old", "token_topk_stream": "ttopk-old",
-             "summary_flags": "summ-old", "step_legacy": "STEP-old"}
+             "summary_flags": "summ-old", "step_legacy": "STEP-old", "summary_index": "summ+idx"}
     print("\nmicroseconds per layer call (median); speedup = FlashInfer full / AsyncTLS step; "
           "hbm = step bytes / (HBM floor x time)")
     print("| model | ctx | bs | K | " + " | ".join(short[c] for c in cols) + " | speedup | hbm |")

@@ -76,8 +76,8 @@ class SparseIndexStore:
         loc = loc.long()
         k = k.view(loc.shape[0], self.kv_heads, self.head_dim)
         self.ops.update_block_summaries(self.kmin[layer], self.kmax[layer], self.page_flag, loc, k,
-                                        self.cfg.block_size)
-        self.ops.write_index_keys(self.codes[layer], self.scale_zero[layer], loc, k, self.channels[layer])
+                                        self.cfg.block_size,
+                                        index=(self.codes[layer], self.scale_zero[layer], self.channels[layer]))
 
     def observe_prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor,
                         key_buffer: Callable[[], torch.Tensor]) -> None:

@@ -11,15 +11,19 @@ NEG_INF = float("-inf")
 
 # --- written as keys are written -----------------------------------------------------------------
 def update_block_summaries(kmin: torch.Tensor, kmax: torch.Tensor, page_flag: torch.Tensor,
-                           loc: torch.Tensor, k: torch.Tensor, block_size: int) -> None:
+                           loc: torch.Tensor, k: torch.Tensor, block_size: int, *,
+                           index: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
     """Fold newly written keys into their blocks' per-channel min/max, in place.
 
     kmin, kmax: [pages, Hk, D]; page_flag: [pages] int32 scratch; loc: [T] int64 KV slots;
     k: [T, Hk, D]. A write at offset 0 of a page starts that page afresh (a page's first token
     always lands at offset 0: pages are filled in order), so stale summaries of a reused page
     never leak. Several tokens of one page in one call (prefill) are reduced together.
-    Not checked at run time: loc in range, Hk/D matching the tables.
+    index: (codes, scale_zero, channels): also write_index_keys of the same keys (the Triton op
+    does both in one launch). Not checked at run time: loc in range, Hk/D matching the tables.
     """
+    if index is not None:
+        write_index_keys(*index[:2], loc, k, index[2])
     page = loc // block_size
     first = (loc % block_size == 0).to(page_flag.dtype)
     page_flag.index_fill_(0, page, 0)

@@ -119,6 +119,15 @@ def cases():
                 triton_ops.update_block_summaries(kmin, torch.empty_like(kmin), torch.empty(pages, dtype=torch.int32),
                                                   torch.arange(t), torch.empty(t, hk, d, dtype=dt), b)
             out.append((f"summaries t{t} hk{hk} d{d} b{b} {dt}", f))
+
+            def g(t=t, hk=hk, d=d, b=b, dt=dt):  # with the index keys in the same launch (the backend's call)
+                pages, r = 4 * (t // b + 2), min(32, d // 2 * 2)
+                kmin = torch.empty(pages, hk, d, dtype=dt)
+                index = (torch.empty(pages * b, hk, r // 2, dtype=torch.uint8), torch.empty(pages * b, hk, 2),
+                         torch.zeros(hk, r, dtype=torch.int64))
+                triton_ops.update_block_summaries(kmin, torch.empty_like(kmin), torch.empty(pages, dtype=torch.int32),
+                                                  torch.arange(t), torch.empty(t, hk, d, dtype=dt), b, index=index)
+            out.append((f"summaries+index t{t} hk{hk} d{d} b{b} {dt}", g))
     # write_index_keys
     for dt in dtypes:
         for t, hk, d, r in ((1, 8, 128, 32), (13, 3, 96, 22), (4, 2, 64, 2), (3, 1, 576, 128)):

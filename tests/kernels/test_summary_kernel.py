@@ -77,3 +77,35 @@ def test_written_in_chunks_equals_reference(lens, chunk, hk, d, b, dtype):
         want_min, want_max = block_summaries(gather_tokens(pool, keys, i).cpu(), b)
         blocks = pool.req_to_token[pool.req_pool_indices[i], :n:b].long() // b
         assert torch.equal(kmin[blocks].cpu(), want_min) and torch.equal(kmax[blocks].cpu(), want_max)
+
+
+@pytest.mark.parametrize("method", ["flags", "scan"])
+@pytest.mark.parametrize("t, hk, d, r, b, dtype", [
+    case(3, 8, 128, 32, 64, BF16, id="decode-bs3"),
+    case(37, 2, 96, 22, 16, FP32, id="chunk-37-r22"),
+    case(5, 1, 576, 128, 64, BF16, id="mla-576"),
+])
+def test_fold_with_index_keys_in_one_launch(t, hk, d, r, b, dtype, method):
+    """update_block_summaries(index=...) writes the same index keys as write_index_keys (bit-exact)
+    and the same summaries as without them; slots it does not write keep their poison."""
+    pool = make_pool([t + 3], b, seed=11)
+    loc = pool.req_to_token[pool.req_pool_indices[0], 3:3 + t].long()
+    k = torch.randn(t, hk, d, generator=torch.Generator().manual_seed(12)).to(dtype).to(DEVICE)
+    gen = torch.Generator().manual_seed(13)
+    channels = torch.stack([torch.randperm(d, generator=gen)[:r].sort().values for _ in range(hk)]).to(DEVICE)
+    pages = pool.n_slots // b
+    tables = []
+    for fused in (False, True):
+        kmin, kmax = _state(pages, hk, d, dtype, seed=14)
+        codes = torch.full((pool.n_slots, hk, r // 2), 0xAB, dtype=torch.uint8, device=DEVICE)
+        sz = torch.full((pool.n_slots, hk, 2), float("nan"), device=DEVICE)
+        flag = torch.zeros(pages, dtype=torch.int32, device=DEVICE)
+        if fused:
+            summary.update_block_summaries(kmin, kmax, flag, loc, k, b, index=(codes, sz, channels), method=method)
+        else:
+            torch_ops.update_block_summaries(kmin, kmax, flag, loc, k, b)
+            torch_ops.write_index_keys(codes, sz, loc, k, channels)
+        tables.append((kmin, kmax, codes, sz.view(torch.int32)))
+    for want, got in zip(*tables):
+        assert torch.equal(got, want)
+    assert not bool((tables[1][2][loc] == 0xAB).all())  # the keys were written

@@ -16,7 +16,18 @@ def write_index_keys(codes: torch.Tensor, scale_zero: torch.Tensor, loc: torch.T
     channels: [Hk, r] int64/int32 (unit last stride). Not checked at run time: loc and
     channel values in range.
     """
-    t, hk, d = k.shape
+    t, hk, _ = k.shape
+    args, consts = index_key_args(codes, scale_zero, loc, k, channels)
+    if t == 0:
+        return
+    index_key_write_kernel[(t, hk)](codes, scale_zero, loc, k, channels, k.stride(0), k.stride(1), *args, **consts)
+
+
+def index_key_args(codes: torch.Tensor, scale_zero: torch.Tensor, loc: torch.Tensor, k: torch.Tensor,
+                   channels: torch.Tensor) -> tuple[tuple, dict]:
+    """Checks write_index_keys' contract; -> (the strides of codes, scale_zero and channels, the
+    constexprs R2 and BLOCK_R) as index_keys_kernel.write_index_key takes them."""
+    t, hk, _ = k.shape
     check(channels.dim() == 2 and channels.shape[0] == hk, f"channels must be [{hk}, r], got {tuple(channels.shape)}")
     r = channels.shape[1]
     check(r % 2 == 0, f"r must be even, got {r}")
@@ -27,10 +38,5 @@ def write_index_keys(codes: torch.Tensor, scale_zero: torch.Tensor, loc: torch.T
     check(codes.stride(2) == 1 and scale_zero.stride(2) == 1 and channels.stride(1) == 1,
           "codes, scale_zero and channels need a unit last stride")
     check(loc.shape == (t,), "loc must be [T]")
-    if t == 0:
-        return
-    index_key_write_kernel[(t, hk)](
-        codes, scale_zero, loc, k, channels,
-        k.stride(0), k.stride(1), codes.stride(0), codes.stride(1),
-        scale_zero.stride(0), scale_zero.stride(1), channels.stride(0),
-        R2=r // 2, BLOCK_R=pow2(r // 2, 2))
+    return ((codes.stride(0), codes.stride(1), scale_zero.stride(0), scale_zero.stride(1), channels.stride(0)),
+            dict(R2=r // 2, BLOCK_R=pow2(r // 2, 2)))

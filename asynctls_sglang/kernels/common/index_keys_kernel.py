@@ -18,6 +18,16 @@ def index_key_write_kernel(codes, scale_zero, loc, k, channels,
     and no step can be fused into an FMA, so codes and (scale, zero) are bit-exact with the
     reference on every device."""
     i_t, i_h = tl.program_id(0), tl.program_id(1)
+    write_index_key(codes, scale_zero, loc, k, channels, i_t, i_h, s_kt, s_kh, s_ct, s_ch, s_zt, s_zh, s_wh,
+                    R2, BLOCK_R)
+
+
+@triton.jit
+def write_index_key(codes, scale_zero, loc, k, channels, i_t, i_h,
+                    s_kt, s_kh, s_ct, s_ch, s_zt, s_zh, s_wh,
+                    R2: tl.constexpr, BLOCK_R: tl.constexpr):
+    """The index key of token i_t, head i_h (index_key_write_kernel's body; the block summaries'
+    fold kernel calls it too, so that one launch keeps both parts of the index)."""
     b_slot = tl.load(loc + i_t).to(tl.int64)
     o_r = tl.arange(0, BLOCK_R)
     m_r = o_r < R2

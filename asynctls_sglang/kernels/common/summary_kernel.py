@@ -13,6 +13,8 @@ the owner:
 import triton
 import triton.language as tl
 
+from asynctls_sglang.kernels.common.index_keys_kernel import write_index_key
+
 
 @triton.jit
 def page_claim_kernel(loc, page_flag, T, B: tl.constexpr, BLOCK_T: tl.constexpr):
@@ -37,12 +39,19 @@ def page_owner_kernel(loc, page_flag, T, B: tl.constexpr, BLOCK_T: tl.constexpr)
 @triton.jit
 def summary_fold_kernel(kmin, kmax, page_flag, loc, k, T,
                         s_kt, s_kh, s_sp, s_sh,
+                        codes, scale_zero, channels, s_ct, s_ch, s_zt, s_zh, s_wh,
                         B: tl.constexpr, D: tl.constexpr,
-                        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, SCAN_OWNER: tl.constexpr = False):
-    """Grid (T, Hk, cdiv(D, BLOCK_D)); programs whose token does not own its page do nothing.
+                        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, SCAN_OWNER: tl.constexpr = False,
+                        INDEX: tl.constexpr = False, R2: tl.constexpr = 1, BLOCK_R: tl.constexpr = 2):
+    """Grid (T, Hk, cdiv(D, BLOCK_D)); programs whose token does not own its page fold nothing.
     SCAN_OWNER: the owner is found by scanning loc[:i_t] (page_flag unused), else page_flag
-    holds it (page_owner_kernel)."""
+    holds it (page_owner_kernel). INDEX: the programs of the first D tile also write their
+    token's index key (index_keys_kernel.write_index_key: codes, scale_zero at its channels)."""
     i_t, i_h, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    if INDEX:
+        if i_d == 0:
+            write_index_key(codes, scale_zero, loc, k, channels, i_t, i_h, s_kt, s_kh, s_ct, s_ch, s_zt, s_zh,
+                            s_wh, R2, BLOCK_R)
     b_page = tl.load(loc + i_t) // B
     if SCAN_OWNER:
         b_before = tl.zeros([], dtype=tl.int32)
