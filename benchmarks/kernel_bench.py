@@ -6,6 +6,7 @@ latent 512 + rope 64) x context x batch x token budget, block budget and block s
 
     summary (fold the new key into its block's min/max), index_write (its INT4 index key),
     summary_index (both in one launch, what the backend runs instead of the two),
+    cand_score (candidates and token_score in one launch, what the backend runs instead),
     block_score, block_topk, candidates (the chosen blocks' token positions, one kernel),
     token_score, token_topk, attention (over the chosen tokens),
     step (all of the above as one CUDA graph, selection glue included: what the backend runs),
@@ -49,7 +50,7 @@ from asynctls_sglang.config import AsyncTLSConfig  # noqa: E402
 STAGES = ("summary", "index_write", "block_score", "block_topk", "candidates", "token_score", "token_topk",
           "attention")
 #: the stages the backend runs fused (timed beside their parts)
-FUSED = ("summary_index",)
+FUSED = ("summary_index", "cand_score")
 #: the previous selection kernels, timed beside their replacements
 LEGACY = ("block_topk_stream", "candidates_torch", "token_score_loop", "token_topk_stream", "summary_flags")
 
@@ -180,6 +181,8 @@ def stage_bytes(m: Model, cfg: AsyncTLSConfig, bs: int, ctx: int, budget: int) -
     }
     out["step"] = sum(out.values())
     out["summary_index"] = out["summary"] + out["index_write"]
+    # block ids; per candidate: codes, scale/zero, req_to_token, pos written, score written
+    out["cand_score"] = rows * (cfg.block_budget * 8 + n_cand * (r // 2 + 8 + 4 + 8 + 4))
     out["block_topk_stream"], out["token_topk_stream"] = out["block_topk"], out["token_topk"]
     out["candidates_torch"], out["token_score_loop"] = out["candidates"], out["token_score"]
     out["summary_flags"] = out["summary"]
@@ -274,6 +277,7 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
     att_out = torch.empty(bs, m.hq, m.dv, device="cuda")
     blocks_out, chosen_out = torch.empty_like(blocks), torch.empty_like(chosen)
     cand_out = (torch.empty_like(pos), torch.empty_like(ok))
+    cand_score_out = (torch.empty_like(tscores), torch.empty_like(pos))
     # the triton ops with the previous selection kernels (streaming top-k, torch candidates,
     # per-head token scores)
     legacy = SimpleNamespace(**{name: getattr(ops, name) for name in ops.__all__})
@@ -281,6 +285,11 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
     legacy.select_tokens = lambda s, p, k, **kw: ops.select_tokens(s, p, k, method="stream", **kw)
     legacy.candidate_positions = torch_ops.candidate_positions
     legacy.score_tokens = lambda *args, **kw: ops.score_tokens(*args, method="loop", **kw)
+
+    def legacy_block_tokens(q_, codes, sz, channels, r2t, req_rows, blk, lens, bsize, sink, local, heads="max"):
+        pos_, ok_ = legacy.candidate_positions(blk, lens, bsize, sink, local)
+        return legacy.score_tokens(q_, codes, sz, channels, r2t, req_rows, pos_, ok_, heads=heads), pos_
+    legacy.score_block_tokens = legacy_block_tokens
 
     def attention():
         ops.sparse_decode_attention(q, layer.k, layer.v, req_to_token, rows, positions, sm_scale, out=att_out)
@@ -317,6 +326,9 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
         "summary_flags": lambda: ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b,
                                                             method="flags"),
         "step_legacy": lambda: step(legacy, fused=False),
+        "cand_score": lambda: ops.score_block_tokens(q, idx.codes, idx.scale_zero, idx.channels, req_to_token, rows,
+                                                     blocks, seq_lens, b, cfg.sink_tokens, cfg.local_window,
+                                                     out=cand_score_out),
         "summary_index": lambda: ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b,
                                                             index=(idx.codes, idx.scale_zero, idx.channels)),
     }
@@ -361,7 +373,8 @@ def print_table(rows: list[dict]) -> None:
              "candidates": "cand", "token_score": "tscore", "token_topk": "ttopk", "attention": "attn",
              "step": "STEP", "flashinfer": "FI", "sglang_triton": "SGL-tr", "block_topk_stream": "btopk-old",
              "candidates_torch": "cand-old", "token_score_loop": "tscore-old", "token_topk_stream": "ttopk-old",
-             "summary_flags": "summ-old", "step_legacy": "STEP-old", "summary_index": "summ+idx"}
+             "summary_flags": "summ-old", "step_legacy": "STEP-old", "summary_index": "summ+idx",
+             "cand_score": "cand+tscore"}
     print("\nmicroseconds per layer call (median); speedup = FlashInfer full / AsyncTLS step; "
           "hbm = step bytes / (HBM floor x time)")
     print("| model | ctx | bs | K | " + " | ".join(short[c] for c in cols) + " | speedup | hbm |")

@@ -55,12 +55,13 @@ def positions_in_blocks(q: torch.Tensor, index: LayerIndex, req_to_token: torch.
     engine can choose the blocks among the resident ones (see memory.offload_runtime)."""
     b = cfg.block_size
     hk = index.kmin.shape[1]
-    pos, ok = ops.candidate_positions(blocks, seq_lens, b, cfg.sink_tokens, cfg.local_window)
     if cfg.selection == "quest":
+        pos, ok = ops.candidate_positions(blocks, seq_lens, b, cfg.sink_tokens, cfg.local_window)
         chosen = ops.truncate_candidates(pos, ok, cfg.selected_tokens)
-    else:
-        tok = ops.score_tokens(q, index.codes, index.scale_zero, index.channels, req_to_token,
-                               req_pool_indices, pos, ok, heads=cfg.token_heads)
+    else:  # candidates and their scores: one launch on the Triton ops
+        tok, pos = ops.score_block_tokens(q, index.codes, index.scale_zero, index.channels, req_to_token,
+                                          req_pool_indices, blocks, seq_lens, b, cfg.sink_tokens,
+                                          cfg.local_window, heads=cfg.token_heads)
         chosen = ops.select_tokens(tok, pos, cfg.selected_tokens)
     if forced is None:
         forced = ops.forced_positions(seq_lens, hk, cfg.sink_tokens, cfg.local_window)

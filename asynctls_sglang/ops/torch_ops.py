@@ -100,6 +100,16 @@ def candidate_positions(blocks: torch.Tensor, seq_lens: torch.Tensor, block_size
     return pos, ok
 
 
+def score_block_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor,
+                       channels: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
+                       blocks: torch.Tensor, seq_lens: torch.Tensor, block_size: int, sink_tokens: int,
+                       local_window: int, heads: str = "max") -> tuple[torch.Tensor, torch.Tensor]:
+    """candidate_positions of the chosen blocks, then score_tokens of them -> (scores, pos)
+    [bs, Hk, k_b * B] (the Triton op does both in one launch)."""
+    pos, ok = candidate_positions(blocks, seq_lens, block_size, sink_tokens, local_window)
+    return score_tokens(q, codes, scale_zero, channels, req_to_token, req_pool_indices, pos, ok, heads), pos
+
+
 def score_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor,
                  channels: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
                  pos: torch.Tensor, ok: torch.Tensor, heads: str = "max") -> torch.Tensor:

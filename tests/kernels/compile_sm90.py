@@ -163,6 +163,16 @@ def cases():
                                             r2t, rows, torch.empty(bs, hk, n, dtype=torch.int64),
                                             torch.empty(bs, hk, n, dtype=torch.bool), heads=heads, method=method)
                 out.append((f"score_tokens {heads}/{method} hq{hq} hk{hk} d{d} r{r} n{n} {dt}", f))
+
+                def g(lens=lens, hq=hq, hk=hk, d=d, r=r, n=n, dt=dt, heads=heads, method=method):
+                    r2t, rows, sl, _ = _pool(lens, 64)
+                    bs, slots, kb = len(lens), r2t.numel(), -(-n // 64)
+                    triton_ops.score_block_tokens(torch.empty(bs, hq, d, dtype=dt),
+                                                  torch.empty(slots, hk, r // 2, dtype=torch.uint8),
+                                                  torch.empty(slots, hk, 2), torch.stack([torch.arange(r) for _ in range(hk)]),
+                                                  r2t, rows, torch.empty(bs, hk, kb, dtype=torch.int64), sl, 64, 16, 64,
+                                                  heads=heads, method=method)
+                out.append((f"score_block_tokens {heads}/{method} hq{hq} hk{hk} d{d} r{r} kb{-(-n // 64)} {dt}", g))
     # candidate_positions
     for bs, hk, kb, b in ((3, 2, 5, 8), (8, 8, 128, 64), (2, 1, 128, 64), (1, 3, 7, 16)):
         def f(bs=bs, hk=hk, kb=kb, b=b):

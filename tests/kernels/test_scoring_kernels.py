@@ -62,6 +62,11 @@ def _token_args(lens, hq, hk, d, r, b, kb, sink, local, dtype):
     """score_tokens' arguments (q, codes, scale_zero, channels, req_to_token, req_pool_indices,
     pos, ok): random INT4 keys and channels, k_b random blocks per (request, KV head) whose last
     slot is unused, so that every case mixes candidates and non-candidates."""
+    return _token_inputs(lens, hq, hk, d, r, b, kb, sink, local, dtype)[0]
+
+
+def _token_inputs(lens, hq, hk, d, r, b, kb, sink, local, dtype):
+    """(_token_args, the chosen blocks [bs, Hk, k_b], seq_lens [bs]) of one case."""
     bs = len(lens)
     pool = make_pool(lens, b, seed=r)
     gen = torch.Generator().manual_seed(d)
@@ -78,7 +83,7 @@ def _token_args(lens, hq, hk, d, r, b, kb, sink, local, dtype):
     # random blocks alone may all be candidates (k_b = 128 of 2048 blocks rarely hits sink/local)
     blocks[..., -1] = -1
     pos, ok = triton_ops.candidate_positions(blocks, pool.seq_lens, b, sink, local)
-    return q, codes, scale_zero, channels, pool.req_to_token, pool.req_pool_indices, pos, ok
+    return (q, codes, scale_zero, channels, pool.req_to_token, pool.req_pool_indices, pos, ok), blocks, pool.seq_lens
 
 
 @pytest.mark.parametrize("heads", ["max", "mean"])
@@ -137,3 +142,25 @@ def test_score_tokens_rejects_unknown_method():
     args = _token_args([40], 4, 2, 64, 16, 8, 3, 4, 8, FP32)
     with pytest.raises(ValueError, match="method"):
         triton_ops.score_tokens(*args, method="tensor-cores")
+
+
+@pytest.mark.parametrize("heads", ["max", "mean"])
+@pytest.mark.parametrize("dtype", [pytest.param(t, id=DTYPE_IDS[t]) for t in (FP32, BF16)])
+@pytest.mark.parametrize("lens, hq, hk, d, r, b, kb, sink, local", TOKEN_SHAPES)
+def test_score_block_tokens_is_candidates_then_scores(lens, hq, hk, d, r, b, kb, sink, local, dtype, heads):
+    """One launch from the chosen blocks: pos bit-exact with candidate_positions, scores bit-exact
+    with score_tokens of those candidates (the same kernel arithmetic), close to the torch op."""
+    args, blocks, pool_lens = _token_inputs(lens, hq, hk, d, r, b, kb, sink, local, dtype)
+    q, codes, scale_zero, channels, req_to_token, rows, pos, ok = args
+    want = triton_ops.score_tokens(*args, heads=heads)
+    assert want.isinf().any() and want.isfinite().any(), "the case must mix candidates and non-candidates"
+    out = (poison(torch.empty(pos.shape, device=DEVICE)), torch.full(pos.shape, -7, dtype=torch.int64, device=DEVICE))
+    got, got_pos = triton_ops.score_block_tokens(q, codes, scale_zero, channels, req_to_token, rows, blocks, pool_lens,
+                                                 b, sink, local, heads=heads, out=out)
+    assert got is out[0] and got_pos is out[1]
+    assert torch.equal(got_pos, pos)
+    assert torch.equal(got.isinf(), want.isinf()) and torch.equal(got[want.isfinite()], want[want.isfinite()])
+    ref, ref_pos = torch_ops.score_block_tokens(q, codes, scale_zero, channels, req_to_token, rows, blocks, pool_lens,
+                                                b, sink, local, heads=heads)
+    assert torch.equal(ref_pos, pos)
+    assert_close(got, ref, FP32, "token scores from blocks", scale=r ** 0.5 * 10)

@@ -32,6 +32,43 @@ def score_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor,
     G and r/2 padded to 16), "auto" (dot for a bf16/fp16 q and G > 1, else loop). heads="mean"
     scores the one group-mean query and ignores it.
     """
+    n = pos.shape[2]
+    check(pos.shape == ok.shape == (q.shape[0], channels.shape[0], n) and pos.dtype == torch.int64
+          and ok.dtype == torch.bool, f"pos int64 / ok bool must be [{q.shape[0]}, {channels.shape[0]}, N]")
+    check(pos.stride(-1) == 1 and ok.stride(-1) == 1, "pos and ok need a unit last stride")
+    out = check_out(out, tuple(pos.shape), torch.float32, q.device, "score_tokens")
+    _launch(q, codes, scale_zero, channels, req_to_token, req_pool_indices, pos, ok.view(torch.uint8), out,
+            heads, method)
+    return out
+
+
+def score_block_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor,
+                       channels: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
+                       blocks: torch.Tensor, seq_lens: torch.Tensor, block_size: int, sink_tokens: int,
+                       local_window: int, heads: str = "max", *,
+                       out: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as torch_ops.score_block_tokens: candidate_positions of the chosen blocks
+    [bs, Hk, k_b] (-1 unused) and their score_tokens in one launch (no ok tensor, no second
+    pass over the positions) -> (scores [bs, Hk, k_b * B] fp32, pos [bs, Hk, k_b * B] int64).
+    pos is bit-exact with candidate_positions; the scores equal score_tokens' on those candidates
+    bit for bit. ``out``: a (scores, pos) pair to write."""
+    bs, hk, kb = blocks.shape
+    n = kb * block_size
+    check(seq_lens.shape == (bs,), f"seq_lens must be [{bs}]")
+    check(channels.shape[0] == hk, f"blocks must be [bs, {channels.shape[0]}, k_b]")
+    scores_out, pos_out = out if out is not None else (None, None)
+    scores = check_out(scores_out, (bs, hk, n), torch.float32, q.device, "score_block_tokens scores")
+    pos = check_out(pos_out, (bs, hk, n), torch.int64, q.device, "score_block_tokens pos")
+    _launch(q, codes, scale_zero, channels, req_to_token, req_pool_indices, pos, pos, scores, heads, method,
+            blocks=blocks, seq_lens=seq_lens, block_size=block_size, sink=sink_tokens, local=local_window)
+    return scores, pos
+
+
+def _launch(q, codes, scale_zero, channels, req_to_token, req_pool_indices, pos, ok, out, heads, method, *,
+            blocks=None, seq_lens=None, block_size=1, sink=0, local=0) -> None:
+    """Checks the shared arguments and launches token_score_kernel (ok: uint8 view; with blocks,
+    pos is written and ok unused)."""
     bs, hq, d = q.shape
     hk, r = channels.shape
     n = pos.shape[2]
@@ -41,24 +78,25 @@ def score_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor,
     check(codes.dim() == 3 and codes.shape[1:] == (hk, r // 2) and codes.dtype == torch.uint8,
           f"codes must be [slots, {hk}, {r // 2}] uint8")
     check(scale_zero.dim() == 3 and scale_zero.shape[1:] == (hk, 2), "scale_zero must be [slots, Hk, 2]")
-    check(pos.shape == ok.shape == (bs, hk, n) and pos.dtype == torch.int64 and ok.dtype == torch.bool,
-          f"pos int64 / ok bool must be [{bs}, {hk}, N]")
     for name, t in (("q", q), ("codes", codes), ("scale_zero", scale_zero), ("channels", channels),
-                    ("req_to_token", req_to_token), ("pos", pos), ("ok", ok)):
+                    ("req_to_token", req_to_token)):
         check(t.stride(-1) == 1, f"{name} needs a unit last stride")
-    out = check_out(out, (bs, hk, n), torch.float32, q.device, "score_tokens")
     if bs == 0 or n == 0:
-        return out
+        return
     g = hq // hk
     dot = heads == "max" and (method == "dot" or (method == "auto" and g > 1 and q.dtype != torch.float32))
     block_n = 128  # 4 warps, ~44 registers: ~1400 candidates in flight per SM (gathers are latency-bound)
+    from_blocks = blocks is not None
+    if not from_blocks:
+        blocks, seq_lens = pos, pos  # unused by the kernel (FROM_BLOCKS=False)
     token_score_kernel[(cdiv(n, block_n), hk, bs)](
-        q, codes, scale_zero, channels, req_to_token, req_pool_indices, pos, ok.view(torch.uint8),
+        q, codes, scale_zero, channels, req_to_token, req_pool_indices, pos, ok,
         out, n,
         q.stride(0), q.stride(1), codes.stride(0), codes.stride(1), scale_zero.stride(0),
         scale_zero.stride(1), channels.stride(0), req_to_token.stride(0), pos.stride(0),
         pos.stride(1), ok.stride(0), ok.stride(1), out.stride(0), out.stride(1),
+        blocks, seq_lens, blocks.stride(0), blocks.stride(1), blocks.stride(2), sink, local,
         G=g, R2=r // 2, HEAD_MAX=heads == "max", HEADS_DOT=dot,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # 16-bit q and the codes: exact in tf32
-        BLOCK_G=pow2(g, 16 if dot else 1), BLOCK_R=pow2(r // 2, 16 if dot else 2), BLOCK_N=block_n)
-    return out
+        BLOCK_G=pow2(g, 16 if dot else 1), BLOCK_R=pow2(r // 2, 16 if dot else 2), BLOCK_N=block_n,
+        FROM_BLOCKS=from_blocks, B=block_size if from_blocks else 1)

@@ -8,9 +8,11 @@ def token_score_kernel(q, codes, scale_zero, channels, req_to_token, req_pool_in
                        scores, N,
                        s_qb, s_qh, s_ct, s_ch, s_zt, s_zh, s_wh, s_rr, s_pb, s_ph, s_kb, s_kh,
                        s_ob, s_oh,
+                       blocks, seq_lens, s_bb, s_bh, s_bk, sink, local,
                        G: tl.constexpr, R2: tl.constexpr, HEAD_MAX: tl.constexpr, HEADS_DOT: tl.constexpr,
                        PRECISION: tl.constexpr,
-                       BLOCK_G: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+                       BLOCK_G: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+                       FROM_BLOCKS: tl.constexpr = False, B: tl.constexpr = 1):
     """Grid (cdiv(N, BLOCK_N), Hk, bs). Per query head g of the group, score_g = scale * (codes . q_g)
     + zero * sum(q_g) with q_g at the head's r channels; the token's score is the max over g
     (HEAD_MAX) or the score of the group-mean query (= the mean over g); -inf where not ok.
@@ -18,7 +20,11 @@ def token_score_kernel(q, codes, scale_zero, channels, req_to_token, req_pool_in
     HEAD_MAX by one reduction per head (a static loop over G) or, with HEADS_DOT, all heads at once:
     two tl.dot of the code tiles with the group's [BLOCK_R, BLOCK_G] query tiles (tensor cores;
     BLOCK_G and BLOCK_R >= 16, padding masked), PRECISION "ieee" (fp32 q) or "tf32" (16-bit q:
-    its values and the 0..15 codes are exact in tf32, only the summation order differs)."""
+    its values and the 0..15 codes are exact in tf32, only the summation order differs).
+
+    FROM_BLOCKS: the candidates come from the chosen blocks [bs, Hk, N / B] (candidates_kernel's
+    rule, in the same program: pos = max(block, 0) * B + i % B, ok = block >= 0 and neither sink
+    nor local); pos is written (the token top-k maps its choice back through it), ok is not read."""
     i_n, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_r = tl.arange(0, BLOCK_R)
     m_r = o_r < R2
@@ -29,9 +35,17 @@ def token_score_kernel(q, codes, scale_zero, channels, req_to_token, req_pool_in
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < N
     # [BLOCK_N]
-    m_ok = tl.load(ok + i_b.to(tl.int64) * s_kb + i_h * s_kh + o_n, mask=m_n, other=0) != 0
-    # pos is read beside ok, not under it: one dependent load fewer before the two gathers
-    b_pos = tl.load(pos + i_b.to(tl.int64) * s_pb + i_h * s_ph + o_n, mask=m_n, other=0)
+    if FROM_BLOCKS:
+        b_len = tl.load(seq_lens + i_b).to(tl.int64)
+        b_blk = tl.load(blocks + i_b.to(tl.int64) * s_bb + i_h * s_bh + (o_n // B) * s_bk, mask=m_n,
+                        other=-1).to(tl.int64)
+        b_pos = tl.maximum(b_blk, 0) * B + o_n % B
+        m_ok = m_n & (b_blk >= 0) & (b_pos >= sink) & (b_pos < b_len - local)
+        tl.store(pos + i_b.to(tl.int64) * s_pb + i_h * s_ph + o_n, b_pos, mask=m_n)
+    else:
+        m_ok = tl.load(ok + i_b.to(tl.int64) * s_kb + i_h * s_kh + o_n, mask=m_n, other=0) != 0
+        # pos is read beside ok, not under it: one dependent load fewer before the two gathers
+        b_pos = tl.load(pos + i_b.to(tl.int64) * s_pb + i_h * s_ph + o_n, mask=m_n, other=0)
     b_row = tl.load(req_pool_indices + i_b).to(tl.int64)
     b_slot = tl.load(req_to_token + b_row * s_rr + b_pos, mask=m_ok, other=0).to(tl.int64)
     # [BLOCK_N, BLOCK_R]
