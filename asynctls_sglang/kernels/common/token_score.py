@@ -1,4 +1,4 @@
-"""score_tokens: INT4 index-key scores of the candidate tokens of the chosen blocks."""
+"""score_tokens / score_block_tokens: INT4 index-key scores of the candidate tokens of the chosen blocks."""
 from __future__ import annotations
 
 import torch
