@@ -48,7 +48,7 @@ class DecodeStep(NamedTuple):
     win_count: torch.Tensor  # [1] bs * Wn (copy_blocks' count)
     need_fixed: torch.Tensor  # [bs, Hk, F] local blocks, then every block of a dense row
     dense: torch.Tensor  # [bs] bool: decodes over all its positions
-    req: torch.Tensor | None = None  # [bs] arange: the attention's rows of buffer_table's table
+    req: torch.Tensor  # [bs] arange: the attention's rows of buffer_table's table (built once per step)
 
 
 def resident_row_bytes(cfg: AsyncTLSConfig, *, num_layers: int, kv_heads: int, head_dim: int,
@@ -233,8 +233,7 @@ class OffloadRuntime:
         k-th position becomes column h*K + k of row i, whose entry is its buffer row. Positions
         that are neither in the window nor resident become -1 (left out) and are counted."""
         bs, hk, k = positions.shape
-        # NOTE: built once per step (decode_step), not per layer
-        req = step.req if step.req is not None else torch.arange(bs, device=positions.device)
+        req = step.req
         if self.kernels:
             from asynctls_sglang.kernels.common.offload_tables import buffer_table
 

@@ -47,15 +47,14 @@ def _free(original, self, req, *args, **kwargs):
 def _build_allocator(original, self, *args, **kwargs):
     if kwargs.get("token_to_kv_pool_allocator") is not None or not _offload_on(self.server_args):
         return original(self, *args, **kwargs)
-    from asynctls_sglang.adapter.allocator import OffloadPagedAllocator, logical_tokens
-    from asynctls_sglang.config import AsyncTLSConfig
+    from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
 
     pool = kwargs["token_to_kv_pool"]
     device_tokens = kwargs["sizes"].max_total_num_tokens
-    # NOTE: the pool sized its index by these logical ids (with the available host memory then)
-    logical = getattr(pool, "asynctls_logical_tokens", None) or logical_tokens(AsyncTLSConfig.from_env(), device_tokens)
-    return OffloadPagedAllocator(logical, pool.page_size, self.kv_cache_dtype, self.device, pool, False,
-                                 device_tokens=device_tokens)
+    # NOTE: the logical ids the pool sized its index for (adapter.pools: decided once, with the
+    # available host memory then); recomputing them here could disagree with that index
+    return OffloadPagedAllocator(pool.asynctls_logical_tokens, pool.page_size, self.kv_cache_dtype, self.device,
+                                 pool, False, device_tokens=device_tokens)
 
 
 def _configure(original, self, *args, **kwargs):

@@ -38,7 +38,7 @@ def _step(rt: OffloadRuntime, rows: torch.Tensor, lens: torch.Tensor, dense: tor
     window[:, 1] = window[:, 0]  # a duplicate window block (sink and local overlap)
     none = torch.full((bs,), -1, dtype=torch.int64, device=DEVICE)
     return DecodeStep(rows.to(DEVICE), lens.to(DEVICE), none, none, window.to(DEVICE), none, none, none, none,
-                      dense.to(DEVICE))
+                      dense.to(DEVICE), torch.arange(bs, device=DEVICE))
 
 
 @pytest.mark.parametrize("hk,max_blocks,bs", [(1, 40, 3), (4, 70, 5), (8, 300, 2)])
