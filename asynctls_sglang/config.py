@@ -77,8 +77,9 @@ class AsyncTLSConfig:
     #: Resident blocks per request, layer and KV head on the GPU (the cache the selected blocks are
     #: copied into). None: 2 * block_budget + the pinned sink/local blocks.
     resident_blocks: int | None = None
-    #: Host pool size in tokens (every layer's K/V of that many tokens, pinned). None: 4x the
-    #: device pool, capped at 70% of the available host memory (adapter.allocator.logical_tokens).
+    #: Host pool size in tokens (every layer's K/V of that many tokens, pinned). None: 4x the KV
+    #: the GPU holds (device pool + resident buffers), capped at 70% of the available host memory
+    #: (adapter.allocator.logical_tokens).
     host_pool_tokens: int | None = None
     #: Steps by which the coarse block selection runs ahead of the attention that reads its
     #: blocks: 1 = the paper's pipeline (late blocks are replaced by resident ones and counted),

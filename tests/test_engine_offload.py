@@ -67,6 +67,16 @@ def test_gqa_large_cache_is_token_identical(exact_engine, reference):
     assert asynctls_stats(eng)["attended_tokens_last"] == CFG["token_budget"]
 
 
+def test_default_host_pool_counts_the_resident_buffers(exact_engine):
+    """No host_pool_tokens: 4 x (device pool + the resident buffers' bytes in K/V tokens); 4 x
+    the device pool alone left the resident share of the GPU's KV memory uncounted."""
+    stats = offload_stats(exact_engine)
+    token_bytes = 2 * 2 * (64 + 64) * 4  # tiny Qwen3: 2 layers, 2 KV heads, K and V of 64, fp32
+    resident_tokens = stats["resident_bytes"] // token_bytes  # buffers only: the charge also has tables
+    assert stats["host_pool_tokens"] >= 4 * (stats["device_pool_tokens"] + resident_tokens) - 16
+    assert stats["host_pool_tokens"] > 4 * stats["device_pool_tokens"]
+
+
 def test_gqa_multi_turn_reuses_the_offloaded_prefix(exact_engine, reference):
     first, second, cached = two_turns(exact_engine)
     assert cached >= 512  # turn 2 prefilled only its new tokens

@@ -57,3 +57,17 @@ def test_a_host_that_cannot_hold_the_device_pool_is_refused():
         logical_tokens(cfg, 371_008, QWEN3_TOKEN, 40 * GIB)
     # an explicit size is the user's: only check_host_fits judges it
     assert logical_tokens(AsyncTLSConfig(offload=True, host_pool_tokens=1024), 371_008, QWEN3_TOKEN, 40 * GIB) == 1024
+
+
+def test_default_counts_the_resident_buffers_as_kv_the_gpu_holds():
+    """The H200 fixed-memory run (2026-11-29): a 219968-token KV cap split into a 102400-token
+    device pool and resident buffers worth 117553 tokens. 4 x the pool alone (409600) held 4 of
+    the 6 requests of 96k; counting the buffers the default holds all 6 (then the host caps it)."""
+    cfg = AsyncTLSConfig(offload=True)
+    assert logical_tokens(cfg, 102_400, QWEN3_TOKEN, 123 * GIB) == 4 * 102_400  # the old default
+    n = logical_tokens(cfg, 102_400, QWEN3_TOKEN, 123 * GIB, resident_tokens=117_553)
+    assert n >= 6 * 98_304 + 6 * 64
+    assert n * QWEN3_TOKEN <= DEFAULT_HOST_FRACTION * 123 * GIB  # capped by the host, not 4 x 219953
+    assert logical_tokens(cfg, 8192, resident_tokens=1024) == 4 * 9216
+    # an explicit size ignores them
+    assert logical_tokens(AsyncTLSConfig(offload=True, host_pool_tokens=4096), 8192, resident_tokens=10**6) == 4096

@@ -49,3 +49,20 @@ def test_plan_refuses_buffers_that_leave_no_kv_pool():
         plan_resident_rows(40 * 2**30, int(2.4e9), requested=17)  # 18 x 2.4 GB > 40 GiB
     with pytest.raises(ConfigError, match="resident block buffers need"):
         plan_resident_rows(2**30, 2**30, requested=None)
+
+
+def test_index_of_the_resident_share_of_the_host_pool_is_charged():
+    """The default host pool counts the resident buffers (4 logical tokens per token of theirs);
+    the index is kept per logical token on the device, so those tokens' index is charged too."""
+    from asynctls_sglang.memory.index_store import SparseIndexStore
+    from asynctls_sglang.patches.kv_pool import resident_index_bytes
+
+    cfg, shape = AsyncTLSConfig(offload=True), dict(heads=8, dim=128, is_mla=False, dtype_size=2, num_layers=36)
+    per_token = SparseIndexStore.bytes_per_token(cfg, kv_heads=8, head_dim=128, is_mla=False, kv_dtype_size=2,
+                                                 num_layers=36)
+    assert per_token == 36 * 8 * (16 + 8 + 8)  # INT4 keys (r = 32), scale/zero, min/max per block
+    assert resident_index_bytes(cfg, 117_553, available=100 * 2**30, **shape) == 4 * 117_553 * per_token
+    explicit = AsyncTLSConfig(offload=True, host_pool_tokens=600_000)
+    assert resident_index_bytes(explicit, 117_553, available=1, **shape) == 0
+    with pytest.raises(ConfigError, match="index of the default host pool.*--asynctls-host-pool-tokens"):
+        resident_index_bytes(cfg, 117_553, available=2**30, **shape)

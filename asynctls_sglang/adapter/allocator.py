@@ -23,25 +23,29 @@ from asynctls_sglang.config import AsyncTLSConfig, flag_name
 from asynctls_sglang.memory.host_tier import HostMemoryError
 
 
-#: With host_pool_tokens unset, the host pool is DEFAULT_HOST_RATIO x the device pool, capped at
-#: DEFAULT_HOST_FRACTION of the available host memory (what the process still needs besides stays
-#: free; an explicit size may take up to 90%, memory.host_tier.check_host_fits).
+#: With host_pool_tokens unset, the host pool is DEFAULT_HOST_RATIO x the KV the GPU holds (the
+#: device pool plus the resident block buffers, in tokens), capped at DEFAULT_HOST_FRACTION of the
+#: available host memory (what the process still needs besides stays free; an explicit size may
+#: take up to 90%, memory.host_tier.check_host_fits).
 DEFAULT_HOST_RATIO = 4
 DEFAULT_HOST_FRACTION = 0.7
 
 
 def logical_tokens(cfg: AsyncTLSConfig, device_tokens: int, token_bytes: int | None = None,
-                   available_bytes: int | None = None) -> int:
+                   available_bytes: int | None = None, resident_tokens: int = 0) -> int:
     """Logical (host pool) tokens for a device pool of device_tokens: host_pool_tokens, or
-    DEFAULT_HOST_RATIO x the device pool capped to what fits in DEFAULT_HOST_FRACTION of
-    available_bytes (token_bytes: every layer's K/V of one token; no cap when either is None).
+    DEFAULT_HOST_RATIO x (device pool + resident_tokens, the resident buffers' bytes in tokens)
+    capped to what fits in DEFAULT_HOST_FRACTION of available_bytes (token_bytes: every layer's
+    K/V of one token; no cap when either is None).
     An H200 host (123 GiB available) holds ~4 x 147k tokens of Qwen3-8B but not 4 x its 371k-token
-    device pool: the uncapped default was refused at start-up (203.87 GiB)."""
+    device pool: the uncapped default was refused at start-up (203.87 GiB). The resident buffers
+    count: at 6 x 96k under a 220k-token KV cap (102k device pool + 118k resident), 4 x the pool
+    alone held 4 of the 6 requests (H200, 2026-11-29)."""
     b = cfg.block_size
     if cfg.host_pool_tokens is not None:
         n = cfg.host_pool_tokens
     else:
-        n = DEFAULT_HOST_RATIO * device_tokens
+        n = DEFAULT_HOST_RATIO * (device_tokens + resident_tokens)
         if token_bytes and available_bytes is not None:
             n = min(n, int(DEFAULT_HOST_FRACTION * available_bytes) // token_bytes)
             if n < device_tokens:  # offload would serve fewer tokens than the GPU holds alone

@@ -41,6 +41,8 @@ def build_offload_runtime(model_runner, cfg: AsyncTLSConfig, pool):
                         num_rows=req_to_token.shape[0], max_blocks=math.ceil(req_to_token.shape[1] / b),
                         host_blocks=(allocator.size + pool.page_size) // b + 1, timing=timing)
     rt.device_page = allocator.device_page
+    rt.pool_tokens = {"host_pool_tokens": allocator.size,
+                      "device_pool_tokens": allocator.device_pages_total * pool.page_size}
     allocator.asynctls_runtime = rt
     model_runner.req_to_token_pool.asynctls_offload = rt  # request end/abort -> rt (patches.offload)
     return rt

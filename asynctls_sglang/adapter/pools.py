@@ -23,6 +23,9 @@ class AsyncTLSPoolMixin:
 
     asynctls_index: SparseIndexStore
     _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
+    #: the resident block buffers' bytes in tokens of K/V, set around construction by
+    #: patches.kv_pool (the default host pool counts them as KV the GPU holds)
+    asynctls_resident_tokens = 0
 
     def _init_asynctls(self, *, kv_heads: int, head_dim: int, is_mla: bool) -> None:
         cfg = AsyncTLSConfig.from_env()
@@ -40,7 +43,7 @@ class AsyncTLSPoolMixin:
             channels = head_dim + (0 if is_mla else self.v_head_dim)
             block_bytes = self.page_size * kv_heads * channels * self.dtype.itemsize
             slots = logical_tokens(cfg, self.size, block_bytes * self.layer_num // self.page_size,
-                                   available_host_bytes())
+                                   available_host_bytes(), self.asynctls_resident_tokens)
             check_host_fits(slots, self.layer_num, self.page_size, block_bytes, device.type == "cuda")
             if cfg.host_pool_tokens is None:
                 logging.getLogger(__name__).info(

@@ -112,6 +112,8 @@ class OffloadRuntime:
         self.decode_steps = 0
         self.written_blocks = torch.zeros((), dtype=torch.int64, device=dev)
         self.loaded_blocks = 0  # prefix blocks mapped back to the device for a prefill
+        #: {"host_pool_tokens", "device_pool_tokens"}: the allocator's sizes (set by its builder)
+        self.pool_tokens: dict[str, int] = {}
         self.demoted_blocks = 0  # blocks whose device page was given back after a prefill
         self._pending_release: list[int] = []
         self._join_side_streams = False  # device pages were given back: order their reuse
@@ -420,6 +422,7 @@ class OffloadRuntime:
             "host_pool_bytes": self.host.nbytes,
             "resident_bytes": self.engine.nbytes,
             "resident_capacity_blocks": self.cache.capacity,
+            **self.pool_tokens,
             "prefill_phases": self.clock.snapshot(),
         })
         return snap

@@ -22,11 +22,13 @@ def uses_asynctls(server_args) -> bool:
 
 
 def _build_mha(original, self, *args, **kwargs):
-    if uses_asynctls(self.server_args):
-        from asynctls_sglang.adapter.pools import AsyncTLSMHAPool
+    if not uses_asynctls(self.server_args):
+        return original(self, *args, **kwargs)
+    from asynctls_sglang.adapter.pools import AsyncTLSMHAPool
 
-        kwargs["mha_pool_class"] = AsyncTLSMHAPool
-    return original(self, *args, **kwargs)
+    kwargs["mha_pool_class"] = AsyncTLSMHAPool
+    with swapped_attr(AsyncTLSMHAPool, "asynctls_resident_tokens", _RESIDENT_TOKENS.pop(id(self), 0)):
+        return original(self, *args, **kwargs)
 
 
 def _build_mla(original, self, *args, **kwargs):
@@ -37,7 +39,8 @@ def _build_mla(original, self, *args, **kwargs):
     from asynctls_sglang.adapter.pools import AsyncTLSMLAPool
 
     # NOTE: _build_mla_kv_pool names MLATokenToKVPool directly; construction is single-threaded.
-    with swapped_attr(conf, "MLATokenToKVPool", AsyncTLSMLAPool):
+    with swapped_attr(conf, "MLATokenToKVPool", AsyncTLSMLAPool), \
+            swapped_attr(AsyncTLSMLAPool, "asynctls_resident_tokens", _RESIDENT_TOKENS.pop(id(self), 0)):
         return original(self, *args, **kwargs)
 
 
@@ -70,6 +73,7 @@ def _cell_size(original, self, kvc, num_layers):
 
 
 _RESIDENT_ROWS: dict[int, int] = {}  # id(configurator) -> running requests charged (single-threaded start-up)
+_RESIDENT_TOKENS: dict[int, int] = {}  # id(configurator) -> the resident buffers' bytes in K/V tokens
 
 
 def _profile(original, self, *args, **kwargs):
@@ -93,17 +97,46 @@ def _profile(original, self, *args, **kwargs):
     else:
         heads, dim = mc.get_num_kv_heads(get_parallel().attn_tp_size), mc.head_dim
         v_dim = getattr(mc, "v_head_dim", None) or dim
-    row = resident_row_bytes(cfg, num_layers=self.layer_info.num_effective_layers, kv_heads=heads, head_dim=dim,
-                             v_head_dim=v_dim, dtype_size=torch._utils._element_size(self.kv_cache_dtype),
-                             max_blocks=math.ceil((mc.context_len + 8) / cfg.block_size))
+    dtype_size = torch._utils._element_size(self.kv_cache_dtype)
+    layers = self.layer_info.num_effective_layers
+    row = resident_row_bytes(cfg, num_layers=layers, kv_heads=heads, head_dim=dim, v_head_dim=v_dim,
+                             dtype_size=dtype_size, max_blocks=math.ceil((mc.context_len + 8) / cfg.block_size))
     requested = get_schedule().max_running_requests
     if requested is not None:
         requested //= self.ps.attn_dp_size
     n, cost = plan_resident_rows(available, row, requested)
+    resident_tokens = cost // (layers * heads * (dim + (v_dim or 0)) * dtype_size)
+    cost += resident_index_bytes(cfg, resident_tokens, heads=heads, dim=dim, is_mla=self.use_mla_backend,
+                                 dtype_size=dtype_size, num_layers=layers, available=available - cost)
     _RESIDENT_ROWS[id(self)] = n
+    _RESIDENT_TOKENS[id(self)] = resident_tokens
     logging.getLogger(__name__).info("asynctls offload: %.3f GiB of the KV budget charged for the resident "
-                                     "buffers of %d running requests", cost / 2**30, n)
+                                     "buffers of %d running requests (%d tokens' worth of KV, counted in the default host "
+                                     "pool)", cost / 2**30, n, resident_tokens)
     return available - cost
+
+
+def resident_index_bytes(cfg, resident_tokens: int, *, heads: int, dim: int, is_mla: bool, dtype_size: int,
+                         num_layers: int, available: int) -> int:
+    """Device bytes of the index for the logical tokens the default host pool adds for the resident
+    buffers (adapter.allocator.logical_tokens: DEFAULT_HOST_RATIO per resident token; the device
+    pool's own are charged per token in _cell_size). 0 with an explicit host_pool_tokens. Raises
+    ConfigError when they do not fit in `available` (the budget left after the buffers)."""
+    from asynctls_sglang.adapter.allocator import DEFAULT_HOST_RATIO
+    from asynctls_sglang.config import ConfigError, flag_name
+    from asynctls_sglang.memory.index_store import SparseIndexStore
+
+    if cfg.host_pool_tokens is not None:
+        return 0
+    per_token = SparseIndexStore.bytes_per_token(cfg, kv_heads=heads, head_dim=dim, is_mla=is_mla,
+                                                 kv_dtype_size=dtype_size, num_layers=num_layers)
+    need = DEFAULT_HOST_RATIO * resident_tokens * per_token
+    if need >= available:
+        raise ConfigError(f"asynctls offload: the index of the default host pool needs {need / 2**30:.2f} GiB "
+                          f"of GPU memory for the resident buffers' share, but only {available / 2**30:.2f} GiB "
+                          f"are left for the KV cache; set {flag_name('host_pool_tokens')} or lower "
+                          "--max-running-requests")
+    return need
 
 
 def _resolve_pool(original, self, *args, **kwargs):

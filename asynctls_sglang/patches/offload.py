@@ -1,9 +1,10 @@
 """SGLang changes for the offloading engine (``offload`` on; nothing changes when it is off).
 
 - Logical ids: the token allocator becomes adapter.allocator.OffloadPagedAllocator, whose ids
-  range over the host pool (``host_pool_tokens``, default 4x the device pool) while SGLang's
-  device pool keeps its usual size; the scheduler is told the logical capacity (configure), so
-  it admits requests by host capacity and its pool-accounting checks stay exact.
+  range over the host pool (``host_pool_tokens``; default 4x the device pool plus the resident
+  buffers) while SGLang's device pool keeps its usual size; the scheduler is told the logical
+  capacity (configure), so it admits requests by host capacity and its pool-accounting checks
+  stay exact.
 - Rows: the resident cache rows are SGLang's request rows; when SGLang gives a row back
   (request finished, aborted or retracted: ReqToTokenPool.free) the engine clears it at the next
   forward (memory.offload_runtime).
