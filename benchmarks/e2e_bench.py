@@ -287,6 +287,48 @@ def table(rows: list[dict], baseline: str) -> str:
     return "\n".join(out)
 
 
+def offload_cost(rows: list[dict], copy_gbps: float) -> list[dict]:
+    """Per point run with offload on and off (same budget, graphs, not fixed memory): the step's
+    growth, the host->device bytes of this point alone (the offload stats are cumulative over
+    an engine's points: differences of consecutive rows), the copy time they need at copy_gbps,
+    and the share of it hidden behind compute, at least: every millisecond the step grew is
+    counted as exposed copy time (the offload step's own work adds to the growth too), so
+    hidden >= 1 - growth / copy time. CUDA events cannot time copies inside a replayed graph;
+    this bound can."""
+    out, prev = [], {}
+    for r in rows:
+        off = r.get("offload")
+        if off is None or "batch_reached" in r:
+            continue
+        before = prev.get(r["backend"], {})
+        prev[r["backend"]] = off
+        steps = off["offload_steps"] - before.get("offload_steps", 0)
+        moved = off["bytes_moved"] - before.get("bytes_moved", 0)
+        base = next((b for b in rows if b["backend"] == r["backend"].split("+offload")[0]
+                     and (b["bs"], b["ctx"]) == (r["bs"], r["ctx"])), None)
+        if base is None or not steps or not base.get("itl_ms_median") or not r.get("itl_ms_median"):
+            continue
+        growth = r["itl_ms_median"] - base["itl_ms_median"]
+        copy_ms = moved / steps / (copy_gbps * 1e9) * 1e3
+        out.append({"bs": r["bs"], "ctx": r["ctx"], "backend": r["backend"], "itl_ms_off": base["itl_ms_median"],
+                    "itl_ms_on": r["itl_ms_median"], "step_growth": round(growth / base["itl_ms_median"], 4),
+                    "mb_per_step": round(moved / steps / 1e6, 1), "copy_ms_per_step": round(copy_ms, 2),
+                    "copy_gbps": copy_gbps,
+                    "hidden_at_least": round(min(1.0, max(0.0, 1 - growth / copy_ms)), 3) if copy_ms else None})
+    return out
+
+
+def offload_table(cost: list[dict]) -> str:
+    out = ["| backend | bs | ctx | ITL ms off / on | step | MB per step | copy ms per step | hidden (at least) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for c in cost:
+        hidden = "-" if c["hidden_at_least"] is None else f"{c['hidden_at_least']:.0%}"
+        out.append(f"| {c['backend']} | {c['bs']} | {c['ctx']} | {c['itl_ms_off']} / {c['itl_ms_on']} | "
+                   f"{c['step_growth']:+.0%} | {c['mb_per_step']} | {c['copy_ms_per_step']} "
+                   f"(at {c['copy_gbps']} GB/s) | {hidden} |")
+    return "\n".join(out)
+
+
 def plot(rows: list[dict], path: str) -> None:
     import matplotlib
 
@@ -327,8 +369,11 @@ def main(argv=None) -> int:
     ap.add_argument("--asynctls", default="{}", help="extra AsyncTLS fields (JSON)")
     ap.add_argument("--offload", default="{}",
                     help="AsyncTLS fields of the asynctls_offload backends only (JSON), e.g. "
-                         "'{\"host_pool_tokens\": 393216}': the default host pool is 4x the device pool, "
-                         "more pinned memory than a host has when the device pool is large")
+                         "'{\"host_pool_tokens\": 393216}' (default: 4x the device pool plus the resident "
+                         "buffers, at most 70%% of the available host memory)")
+    ap.add_argument("--copy-gbps", type=float, default=52.3,
+                    help="host->device copy rate for the offload cost table (default: the pinned memcpy "
+                         "rate benchmarks/copy_bench.py measured on the H200)")
     ap.add_argument("--extra", default="{}", help="extra sglang.Engine arguments (JSON)")
     ap.add_argument("--shared-prefix", action="store_true",
                     help="requests of a point share a ctx-32 token prefix (prefilled once, radix "
@@ -362,6 +407,11 @@ def main(argv=None) -> int:
             rows += run_backend(args, backend, cfg, eager=timed)
             json.dump({"model": args.model, "args": vars(args), "rows": rows}, open(args.out, "w"), indent=1)
     print(table(rows, args.backends.split(",")[0]))
+    cost = offload_cost(rows, args.copy_gbps)
+    if cost:
+        print(offload_table(cost))
+        json.dump({"model": args.model, "args": vars(args), "rows": rows, "offload_cost": cost},
+                  open(args.out, "w"), indent=1)
     plot(rows, os.path.splitext(args.out)[0] + ".png")
     return 0
 
