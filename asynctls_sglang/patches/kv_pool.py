@@ -110,9 +110,9 @@ def _profile(original, self, *args, **kwargs):
                                  dtype_size=dtype_size, num_layers=layers, available=available - cost)
     _RESIDENT_ROWS[id(self)] = n
     _RESIDENT_TOKENS[id(self)] = resident_tokens
-    logging.getLogger(__name__).info("asynctls offload: %.3f GiB of the KV budget charged for the resident "
-                                     "buffers of %d running requests (%d tokens' worth of KV, counted in the default host "
-                                     "pool)", cost / 2**30, n, resident_tokens)
+    logging.getLogger(__name__).info(
+        "asynctls offload: %.3f GiB of the KV budget charged for the resident buffers of %d running "
+        "requests (%d tokens' worth of KV, counted in the default host pool)", cost / 2**30, n, resident_tokens)
     return available - cost
 
 
