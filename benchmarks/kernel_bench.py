@@ -248,8 +248,24 @@ def sglang_triton_decode(m: Model, layer: Layer, req_to_token, seq_lens, q, max_
 
 
 # --- one grid point ------------------------------------------------------------------------------
+SWEPT_STAGES = ("attention", "block_score")
+
+
+def sweep_module(stage: str, m: Model):
+    """The kernel wrapper module whose LAUNCH / SWEEP --sweep varies for `stage`."""
+    from asynctls_sglang.kernels.common import block_score
+    from asynctls_sglang.kernels.gqa import decode as gqa_decode
+    from asynctls_sglang.kernels.mla import decode as mla_decode
+
+    return {"attention": mla_decode if m.mla else gqa_decode, "block_score": block_score}[stage]
+
+
+def launch_label(overrides: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in overrides.items()) or "default"
+
+
 def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Timer, baselines: set[str],
-              workspace, hbm: float, legacy_stages: bool = True) -> dict:
+              workspace, hbm: float, legacy_stages: bool = True, sweep: tuple[str, ...] = ()) -> dict:
     from types import SimpleNamespace
 
     from asynctls_sglang.kernels import triton_ops as ops
@@ -358,6 +374,18 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
         row["ms"][name], row["mode"][name] = round(ms, 5), mode
         key = name if name in nbytes else "full_attention"
         row["hbm_frac"][name] = round(nbytes[key] / hbm / (ms * 1e-3), 3)
+    from asynctls_sglang.kernels.common.launch import launch_overrides
+
+    for stage in sweep:  # the stage under each alternative launch configuration (the first: the default)
+        module = sweep_module(stage, m)
+        for overrides in ({}, *module.SWEEP):
+            try:
+                with launch_overrides(module.LAUNCH, overrides):
+                    ms, _ = timer(fns[stage])
+            except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory: report, go on
+                row.setdefault("errors", {})[f"{stage}[{launch_label(overrides)}]"] = repr(exc)[:300]
+                continue
+            row.setdefault("sweep", {}).setdefault(stage, {})[launch_label(overrides)] = round(ms, 5)
     if "flashinfer" in row["ms"] and "step" in row["ms"]:
         row["speedup_vs_flashinfer"] = round(row["ms"]["flashinfer"] / row["ms"]["step"], 2)
         if "step_legacy" in row["ms"]:
@@ -383,6 +411,24 @@ def print_table(rows: list[dict]) -> None:
         cells = [f"{r['ms'][c] * 1e3:.1f}" if c in r["ms"] else "-" for c in cols]
         print(f"| {r['model']} | {r['ctx']} | {r['bs']} | {r['budget']} | " + " | ".join(cells)
               + f" | {r.get('speedup_vs_flashinfer', '-')} | {r['hbm_frac'].get('step', '-')} |")
+
+
+def print_sweep(rows: list[dict]) -> None:
+    """One table per swept stage: us per call under each launch configuration, the best marked."""
+    stages = list(dict.fromkeys(st for r in rows for st in r.get("sweep", {})))
+    for stage in stages:
+        labels = list(dict.fromkeys(lab for r in rows for lab in r.get("sweep", {}).get(stage, {})))
+        print(f"\n{stage}: microseconds per call under each launch configuration (* = fastest)")
+        print("| model | ctx | bs | K | " + " | ".join(labels) + " |")
+        print("|---|---|---|---|" + "---|" * len(labels))
+        for r in rows:
+            times = r.get("sweep", {}).get(stage, {})
+            if not times:
+                continue
+            best = min(times.values())
+            cells = [("-" if lab not in times else f"{times[lab] * 1e3:.1f}" + ("*" if times[lab] == best else ""))
+                     for lab in labels]
+            print(f"| {r['model']} | {r['ctx']} | {r['bs']} | {r['budget']} | " + " | ".join(cells) + " |")
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -428,10 +474,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "token_score_loop, summary_flags, step_legacy)")
     ap.add_argument("--hbm-tbs", type=float, default=4.2, help="HBM bandwidth floor in TB/s (H200: 4.2)")
     ap.add_argument("--quick", action="store_true", help="a short grid: 32k/128k, bs 1/8, K 2048, 10 reps")
+    ap.add_argument("--sweep", default="",
+                    help="comma list of stages (attention, block_score) also timed under each alternative "
+                         "launch configuration of their kernel (its SWEEP) at every point")
     ap.add_argument("--out", default=None, help="JSON results path (a PNG plot is written beside it)")
     a = ap.parse_args(argv)
     if a.quick:
         a.ctx, a.bs, a.budgets, a.reps = "32768,131072", "1,8", "2048", 10
+    unknown = {x for x in a.sweep.split(",") if x} - set(SWEPT_STAGES)
+    if unknown:
+        ap.error(f"--sweep takes {', '.join(SWEPT_STAGES)}; got {', '.join(sorted(unknown))}")
     return a
 
 
@@ -444,6 +496,7 @@ def main(argv=None) -> None:
     budgets = [int(x) for x in a.budgets.split(",")]
     baselines = set(a.baselines.split(",")) if a.baselines else set()
     all_models = models(a.mla_heads)
+    sweep = tuple(x for x in a.sweep.split(",") if x)
     timer = Timer(a.reps, not a.no_graph)
     workspace = torch.zeros(512 * 1024 * 1024, dtype=torch.uint8, device="cuda")
     result = {"device": torch.cuda.get_device_name(), "args": vars(a), "rows": []}
@@ -458,7 +511,7 @@ def main(argv=None) -> None:
             for bs in bss:
                 for budget in budgets:
                     row = run_point(m, layer, bs, ctx, budget, timer, baselines, workspace, a.hbm_tbs * 1e12,
-                                    not a.no_legacy)
+                                    not a.no_legacy, sweep)
                     result["rows"].append(row)
                     print("[kbench] " + json.dumps({k: row[k] for k in ("model", "ctx", "bs", "budget", "ms")}),
                           flush=True)
@@ -468,6 +521,7 @@ def main(argv=None) -> None:
         del layer
         torch.cuda.empty_cache()
     print_table(result["rows"])
+    print_sweep(result["rows"])
     if a.out:
         plot(result["rows"], os.path.splitext(a.out)[0] + ".png")
     print(f"[kbench] done in {time.time() - t0:.0f}s")

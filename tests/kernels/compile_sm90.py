@@ -260,6 +260,44 @@ def cases():
                            i64(1), i64(7), i64(bs), i64(bs, hk, n), i64(bs, mb), i64(bs), i64(p + 1), i64(p + 1),
                            i64(p + 1), i64(1), max_miss=m)
         out.append((f"plan_residency bs{bs} hk{hk} c{c} n{n}", plan))
+    out += _sweep_cases()
+    return out
+
+
+def _sweep_cases():
+    """kernel_bench --sweep's alternatives at the benchmark's bf16 shapes (Qwen3-8B 128k x 8, GLM
+    128k x 8): each must compile for the target, or the sweep would time an error."""
+    from asynctls_sglang.kernels import triton_ops
+    from asynctls_sglang.kernels.common import block_score
+    from asynctls_sglang.kernels.common.launch import launch_overrides
+    from asynctls_sglang.kernels.gqa import decode as gqa_decode
+    from asynctls_sglang.kernels.mla import decode as mla_decode
+
+    dt = torch.bfloat16
+    r2t, rows, sl, pages = _pool([131072] * 8, 64)
+    slots = r2t.numel()
+    k, kv = torch.empty(slots, 8, 128, dtype=dt), torch.empty(slots, 1, 576, dtype=dt)
+
+    def gqa():
+        triton_ops.sparse_decode_attention(torch.empty(8, 32, 128, dtype=dt), k, k, r2t, rows,
+                                           torch.empty(8, 8, 2048, dtype=torch.int64), 0.1)
+
+    def mla():
+        triton_ops.sparse_decode_attention(torch.empty(8, 20, 576, dtype=dt), kv, kv[..., :512], r2t, rows,
+                                           torch.empty(8, 1, 2048, dtype=torch.int64), 0.1)
+
+    def scores():
+        for hq, hk, d in ((32, 8, 128), (20, 1, 576)):
+            km = torch.empty(pages.numel(), hk, d, dtype=dt)
+            triton_ops.score_blocks(torch.empty(8, hq, d, dtype=dt), km, torch.empty_like(km), pages, sl, 64, 16, 64)
+
+    out = []
+    for module, fn in ((gqa_decode, gqa), (mla_decode, mla), (block_score, scores)):
+        for overrides in module.SWEEP:
+            def f(module=module, fn=fn, overrides=overrides):
+                with launch_overrides(module.LAUNCH, overrides):
+                    fn()
+            out.append((f"sweep {'.'.join(module.__name__.split('.')[-2:])} {overrides}", f))
     return out
 
 

@@ -8,7 +8,10 @@ import torch
 from kernel_testing import DEVICE, DTYPE_IDS, assert_close, by_device, case, gather_tokens, make_pool, poison
 
 from asynctls_sglang.kernels import triton_ops
+from asynctls_sglang.kernels.common.launch import launch_overrides
 from asynctls_sglang.kernels.common.merge import SplitWorkspace
+from asynctls_sglang.kernels.gqa import decode as gqa_decode
+from asynctls_sglang.kernels.mla import decode as mla_decode
 from asynctls_sglang.ops import torch_ops
 from asynctls_sglang.reference import dense_attention
 
@@ -153,3 +156,31 @@ def test_plan_splits_sized_for_the_active_columns():
     assert per == 128 and splits == 64  # 2048 active columns in 16 splits, the width covered by 64
     splits, per = plan_splits(65536, 1, cpu, 32, 64, active=512)
     assert splits <= MAX_SPLITS and splits * per >= 65536
+    assert plan_splits(8192, 1, cpu, 32, 64, waves=4) == (32, 256)  # four programs per "SM"
+
+
+def _sweep_cases(module, mla: bool):
+    return [pytest.param(module, o, mla, id=("mla-" if mla else "gqa-") + "-".join(f"{k}{v}" for k, v in o.items()))
+            for o in module.SWEEP]
+
+
+
+@pytest.mark.parametrize("module, overrides, mla", _sweep_cases(gqa_decode, False) + _sweep_cases(mla_decode, True))
+def test_every_sweep_alternative_is_exact(module, overrides, mla):
+    """The launch parameters benchmarks/kernel_bench.py --sweep times give the same attention
+    (ragged lengths, a budget past one length, more splits than the defaults plan)."""
+    shape = ([90, 40], 20, 1, 576, 512, 64) if mla else ([200, 7, 61], 9, 3, 96, 96, 80)
+    with launch_overrides(module.LAUNCH, overrides):
+        got, want, _ = _run(*shape, 0.0, FP32, mla=mla)
+    assert_close(got, want, FP32, f"attention with {overrides}")
+
+
+def test_launch_overrides_restore_and_refuse_unknown_names():
+    before = dict(gqa_decode.LAUNCH)
+    with pytest.raises(RuntimeError, match="boom"), launch_overrides(gqa_decode.LAUNCH, {"waves": 8}):
+        assert gqa_decode.LAUNCH["waves"] == 8
+        raise RuntimeError("boom")
+    assert gqa_decode.LAUNCH == before
+    with pytest.raises(ValueError, match="unknown launch parameters.*block_m"):
+        with launch_overrides(gqa_decode.LAUNCH, {"block_m": 8}):
+            pass

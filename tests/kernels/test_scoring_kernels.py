@@ -6,6 +6,8 @@ import torch
 from kernel_testing import DEVICE, DTYPE_IDS, assert_close, by_device, case, make_pool, poison
 
 from asynctls_sglang.kernels import triton_ops
+from asynctls_sglang.kernels.common import block_score
+from asynctls_sglang.kernels.common.launch import launch_overrides
 from asynctls_sglang.ops import torch_ops
 
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
@@ -44,6 +46,16 @@ def test_score_blocks(lens, hq, hk, d, b, sink, local, extra, dtype):
     got = triton_ops.score_blocks(q, kmin, kmax, pages, pool.seq_lens, b, sink, local, out=out)
     # fp32 sums of ~2D products of unit-size terms: error grows like sqrt(D * G)
     assert_close(got, want, FP32, "block scores", scale=(d * hq // hk) ** 0.5)
+
+
+@pytest.mark.parametrize("overrides", block_score.SWEEP, ids=lambda o: "-".join(f"{k}{v}" for k, v in o.items()))
+@pytest.mark.parametrize("lens, hq, hk, d, b, sink, local, extra", [
+    case([130, 61], 9, 3, 96, 16, 16, 16, 0, id="g3-D96"),
+    case([150], 5, 1, 576, 16, 8, 16, 0, id="mla-576-h5")])
+def test_score_blocks_every_sweep_alternative(lens, hq, hk, d, b, sink, local, extra, overrides):
+    """The launch parameters benchmarks/kernel_bench.py --sweep times give the same scores."""
+    with launch_overrides(block_score.LAUNCH, overrides):
+        test_score_blocks(lens, hq, hk, d, b, sink, local, extra, FP32)
 
 
 # (seq lens, Hq, Hk, D, r, block, k_b, sink, local)

@@ -7,6 +7,13 @@ from asynctls_sglang.kernels.common.block_score_kernel import block_score_kernel
 from asynctls_sglang.kernels.common.launch import FLOATS, cdiv, check, check_out, pow2
 
 
+#: Launch parameters: blocks per program (head dims up to 128 / larger), warps, pipeline stages.
+LAUNCH = {"block_m": 64, "block_m_wide": 32, "num_warps": 4, "num_stages": 3}
+#: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90).
+SWEEP = ({"block_m": 32, "block_m_wide": 16}, {"block_m": 128, "block_m_wide": 64}, {"num_warps": 8},
+         {"num_stages": 4}, {"block_m": 128, "num_warps": 8}, {"num_stages": 2})
+
+
 def score_blocks(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, pages: torch.Tensor,
                  seq_lens: torch.Tensor, block_size: int, sink_tokens: int, local_window: int,
                  *, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -30,11 +37,13 @@ def score_blocks(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, pages:
     if bs == 0 or mb == 0:
         return out
     g = hq // hk
-    block_m = 64 if d <= 128 else 32
+    cfg = LAUNCH
+    block_m = cfg["block_m"] if d <= 128 else cfg["block_m_wide"]
     block_d = min(pow2(d, 16), 128)
     block_score_kernel[(cdiv(mb, block_m), hk, bs)](
         q, kmin, kmax, pages, seq_lens, out, mb, sink_tokens, local_window,
         q.stride(0), q.stride(1), pages.stride(0), kmin.stride(0), kmin.stride(1),
         out.stride(0), out.stride(1),
-        G=g, D=d, B=block_size, BLOCK_G=pow2(g), BLOCK_M=block_m, BLOCK_D=block_d)
+        G=g, D=d, B=block_size, BLOCK_G=pow2(g), BLOCK_M=block_m, BLOCK_D=block_d,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out

@@ -4,6 +4,7 @@ Everything here works on Python ints and tensor metadata only: no host syncs.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -54,3 +55,18 @@ def check_out(out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dty
           f"{tuple(out.shape)} {out.dtype} on {out.device}")
     check(out.is_contiguous(), f"{name}: out must be contiguous")
     return out
+
+
+@contextlib.contextmanager
+def launch_overrides(launch: dict, overrides: dict):
+    """A kernel wrapper's LAUNCH parameters changed inside the block, restored after (also on
+    error); for benchmarks/kernel_bench.py --sweep and the tests of each SWEEP alternative."""
+    unknown = set(overrides) - set(launch)
+    check(not unknown, f"unknown launch parameters {sorted(unknown)}; known: {sorted(launch)}")
+    saved = dict(launch)
+    launch.update(overrides)
+    try:
+        yield
+    finally:
+        launch.clear()
+        launch.update(saved)

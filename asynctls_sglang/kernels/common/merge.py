@@ -20,15 +20,15 @@ class SplitWorkspace(NamedTuple):
 
 
 def plan_splits(n_tokens: int, n_units: int, device: torch.device, block_n: int,
-                min_tokens: int, active: int | None = None) -> tuple[int, int]:
+                min_tokens: int, active: int | None = None, waves: int = 2) -> tuple[int, int]:
     """(splits, tokens per split) for `n_units` (request, head-block) programs over `n_tokens`
-    positions: enough splits for about two waves of the GPU, each of at least `min_tokens`
+    positions: enough splits for about `waves` programs per SM, each of at least `min_tokens`
     positions (a multiple of block_n). ``active`` (<= n_tokens): the columns most rows actually
     read (per-row counts; the rest is padding whose splits exit at once): the splits are sized for
     it, and as many more as cover n_tokens, up to MAX_SPLITS. Shapes only: the same answer every step."""
     n_tokens = max(n_tokens, 1)
     active = n_tokens if active is None else max(1, min(active, n_tokens))
-    want = cdiv(2 * sm_count(device), max(n_units, 1))
+    want = cdiv(waves * sm_count(device), max(n_units, 1))
     splits = max(1, min(want, cdiv(active, min_tokens), MAX_SPLITS))
     per_split = cdiv(cdiv(active, splits), block_n) * block_n
     per_split = max(per_split, cdiv(cdiv(n_tokens, MAX_SPLITS), block_n) * block_n)

@@ -7,7 +7,12 @@ from asynctls_sglang.kernels.common.launch import FLOATS, check_counts, check, c
 from asynctls_sglang.kernels.common.merge import SplitWorkspace, merge_splits, plan_splits, split_workspace
 from asynctls_sglang.kernels.gqa.decode_kernel import gqa_decode_split_kernel
 
-BLOCK_N = 32
+#: Launch parameters: positions per iteration, warps, pipeline stages, and the split plan
+#: (merge.plan_splits: at least min_tokens positions per split, about `waves` programs per SM).
+LAUNCH = {"block_n": 32, "num_warps": 4, "num_stages": 2, "min_tokens": 64, "waves": 2}
+#: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90).
+SWEEP = ({"waves": 4}, {"waves": 8}, {"block_n": 64}, {"block_n": 64, "waves": 4}, {"num_stages": 3},
+         {"num_stages": 3, "waves": 4}, {"block_n": 16, "waves": 8}, {"block_n": 64, "num_warps": 8, "waves": 4})
 
 
 def gqa_sparse_decode(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
@@ -42,7 +47,8 @@ def gqa_sparse_decode(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.T
     if bs == 0:
         return out
     g = hq // hk
-    splits, per_split = plan_splits(kk, bs * hk, q.device, BLOCK_N, min_tokens=64, active=active)
+    cfg = LAUNCH
+    splits, per_split = plan_splits(kk, bs * hk, q.device, cfg["block_n"], cfg["min_tokens"], active, cfg["waves"])
     ws = split_workspace(bs, hq, splits, dv, q.device, workspace)
     gqa_decode_split_kernel[(bs, hk, splits)](
         q, k_buffer, v_buffer, req_to_token, req_pool_indices, positions,
@@ -52,7 +58,7 @@ def gqa_sparse_decode(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.T
         ws.mid_o.stride(0), ws.mid_o.stride(1), ws.mid_o.stride(2),
         ws.mid_lse.stride(0), ws.mid_lse.stride(1),
         G=g, D=d, DV=dv, BLOCK_G=pow2(g, 16), BLOCK_D=pow2(d, 16), BLOCK_DV=pow2(dv, 16),
-        BLOCK_N=BLOCK_N, HAS_CAP=logit_cap > 0,
+        BLOCK_N=cfg["block_n"], HAS_CAP=logit_cap > 0,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        HAS_COUNTS=counts is not None, num_warps=4, num_stages=2)
+        HAS_COUNTS=counts is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return merge_splits(ws, splits, out)

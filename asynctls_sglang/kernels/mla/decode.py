@@ -7,7 +7,12 @@ from asynctls_sglang.kernels.common.launch import FLOATS, check_counts, cdiv, ch
 from asynctls_sglang.kernels.common.merge import SplitWorkspace, merge_splits, plan_splits, split_workspace
 from asynctls_sglang.kernels.mla.decode_kernel import mla_decode_split_kernel
 
-BLOCK_N = 16
+#: Launch parameters: positions per iteration, warps, pipeline stages, and the split plan
+#: (merge.plan_splits: at least min_tokens positions per split, about `waves` programs per SM).
+LAUNCH = {"block_n": 16, "num_warps": 4, "num_stages": 2, "min_tokens": 64, "waves": 2}
+#: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90).
+SWEEP = ({"waves": 4}, {"waves": 8}, {"block_n": 32}, {"num_stages": 3}, {"num_warps": 8},
+         {"block_n": 32, "num_warps": 8, "waves": 4})
 BLOCK_H = 16
 
 
@@ -43,7 +48,9 @@ def mla_sparse_decode(q: torch.Tensor, kv_buffer: torch.Tensor, dv: int,
     if bs == 0:
         return out
     n_hb = cdiv(hq, BLOCK_H)
-    splits, per_split = plan_splits(kk, bs * n_hb, q.device, BLOCK_N, min_tokens=64, active=active)
+    cfg = LAUNCH
+    splits, per_split = plan_splits(kk, bs * n_hb, q.device, cfg["block_n"], cfg["min_tokens"], active,
+                                    cfg["waves"])
     ws = split_workspace(bs, hq, splits, dv, q.device, workspace)
     mla_decode_split_kernel[(bs, n_hb, splits)](
         q, kv_buffer, req_to_token, req_pool_indices, positions,
@@ -52,7 +59,7 @@ def mla_sparse_decode(q: torch.Tensor, kv_buffer: torch.Tensor, dv: int,
         ws.mid_o.stride(0), ws.mid_o.stride(1), ws.mid_o.stride(2),
         ws.mid_lse.stride(0), ws.mid_lse.stride(1),
         D=d, DV=dv, BLOCK_H=BLOCK_H, BLOCK_DV=pow2(dv, 16), BLOCK_R=pow2(d - dv, 16),
-        BLOCK_N=BLOCK_N, HAS_CAP=logit_cap > 0,
+        BLOCK_N=cfg["block_n"], HAS_CAP=logit_cap > 0,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        HAS_COUNTS=counts is not None, num_warps=4, num_stages=2)
+        HAS_COUNTS=counts is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return merge_splits(ws, splits, out)
