@@ -13,14 +13,15 @@ import kernel_bench  # noqa: E402
 
 
 def test_each_stage_varies_its_own_kernel():
-    from asynctls_sglang.kernels.common import block_score
+    from asynctls_sglang.kernels.common import block_score, topk
     from asynctls_sglang.kernels.gqa import decode as gqa_decode
     from asynctls_sglang.kernels.mla import decode as mla_decode
 
     assert kernel_bench.sweep_module("attention", SimpleNamespace(mla=False)) is gqa_decode
     assert kernel_bench.sweep_module("attention", SimpleNamespace(mla=True)) is mla_decode
     assert kernel_bench.sweep_module("block_score", SimpleNamespace(mla=True)) is block_score
-    for module in (gqa_decode, mla_decode, block_score):
+    assert kernel_bench.sweep_module("token_topk", SimpleNamespace(mla=False)) is topk
+    for module in (gqa_decode, mla_decode, block_score, topk):
         assert module.SWEEP and all(set(o) <= set(module.LAUNCH) for o in module.SWEEP)
 
 

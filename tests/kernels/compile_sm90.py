@@ -268,7 +268,7 @@ def _sweep_cases():
     """kernel_bench --sweep's alternatives at the benchmark's bf16 shapes (Qwen3-8B 128k x 8, GLM
     128k x 8): each must compile for the target, or the sweep would time an error."""
     from asynctls_sglang.kernels import triton_ops
-    from asynctls_sglang.kernels.common import block_score
+    from asynctls_sglang.kernels.common import block_score, topk
     from asynctls_sglang.kernels.common.launch import launch_overrides
     from asynctls_sglang.kernels.gqa import decode as gqa_decode
     from asynctls_sglang.kernels.mla import decode as mla_decode
@@ -286,13 +286,17 @@ def _sweep_cases():
         triton_ops.sparse_decode_attention(torch.empty(8, 20, 576, dtype=dt), kv, kv[..., :512], r2t, rows,
                                            torch.empty(8, 1, 2048, dtype=torch.int64), 0.1)
 
+    def ranked():  # block top-k (2048 blocks of 128k) and token top-k (8192 candidates), as the backend calls them
+        triton_ops.select_blocks(torch.empty(8, 8, 2048), 128)
+        triton_ops.select_tokens(torch.empty(8, 8, 8192), torch.empty(8, 8, 8192, dtype=torch.int64), 2048)
+
     def scores():
         for hq, hk, d in ((32, 8, 128), (20, 1, 576)):
             km = torch.empty(pages.numel(), hk, d, dtype=dt)
             triton_ops.score_blocks(torch.empty(8, hq, d, dtype=dt), km, torch.empty_like(km), pages, sl, 64, 16, 64)
 
     out = []
-    for module, fn in ((gqa_decode, gqa), (mla_decode, mla), (block_score, scores)):
+    for module, fn in ((gqa_decode, gqa), (mla_decode, mla), (block_score, scores), (topk, ranked)):
         for overrides in module.SWEEP:
             def f(module=module, fn=fn, overrides=overrides):
                 with launch_overrides(module.LAUNCH, overrides):

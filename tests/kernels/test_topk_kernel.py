@@ -7,6 +7,8 @@ import torch
 from kernel_testing import DEVICE, assert_topk_equivalent, by_device, case, poison
 
 from asynctls_sglang.kernels import triton_ops
+from asynctls_sglang.kernels.common import topk
+from asynctls_sglang.kernels.common.launch import launch_overrides
 from asynctls_sglang.ops import torch_ops
 
 
@@ -110,6 +112,28 @@ def test_select_tokens_exact(kind, shape, k, method):
     for r, row in enumerate(got.reshape(-1, k).tolist()):
         taken = [slot[(r, p)] for p in row if p >= 0]
         assert taken == sorted(taken), f"row {r}: not in candidate order"
+
+
+SWEEP_CASES = by_device([
+    case("ties", (2, 2, 300), 40, id="ties-N300-k40"),
+    case("near-equal", (1, 2, 4099), 200, id="one-ulp-N4099-k200"),
+    case("masked", (1, 2, 8192), 1968, id="masked-N8192-k1968"),
+], [
+    case("masked", (8, 8, 8192), 1968, id="gpu-tokens-8192-masked"),
+])
+
+
+@pytest.mark.parametrize("overrides", topk.SWEEP, ids=lambda o: "-".join(f"{k}{v}" for k, v in o.items()))
+@pytest.mark.parametrize("kind, shape, k", SWEEP_CASES)
+def test_every_sweep_alternative_is_exact(kind, shape, k, overrides):
+    """The launch parameters benchmarks/kernel_bench.py --sweep times (radix bits, warps) give
+    the same indices, ranked and unranked."""
+    if DEVICE.type == "cpu" and "bits" not in overrides and shape[-1] > 4096:
+        pytest.skip("warps change nothing under the interpreter (compile_sm90.py compiles them); the "
+                    "smaller rows run them")
+    with launch_overrides(topk.LAUNCH, overrides):
+        test_select_blocks_exact(kind, shape, k, "resident")
+        test_select_tokens_exact(kind, shape, k, "resident")
 
 
 def test_resident_refuses_long_rows():

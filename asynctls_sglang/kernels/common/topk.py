@@ -14,8 +14,13 @@ MAX_K = 8192
 #: two counts of at most N into one int32, so N <= 2^14.
 RESIDENT_MAX_N = 16384
 #: Radix digit of the resident kernel: 6 bits = 64-bin histograms (cheapest per resolved bit).
-RADIX_BITS = 6
 METHODS = ("auto", "resident", "stream")
+#: Launch parameters of the resident kernel: bits per radix pass, warps for rows of up to 1024,
+#: 4096 and 16384 entries (block top-k at 128k: 2048 blocks; token top-k: 8192 candidates).
+LAUNCH = {"bits": 6, "warps_1k": 4, "warps_4k": 8, "warps_16k": 16}
+#: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90).
+SWEEP = ({"bits": 4}, {"bits": 8}, {"warps_4k": 4, "warps_16k": 8}, {"warps_4k": 16, "warps_16k": 32},
+         {"bits": 8, "warps_16k": 32})
 
 
 def topk_indices(scores: torch.Tensor, k: int, pos: torch.Tensor | None = None, *,
@@ -65,10 +70,11 @@ def topk_indices(scores: torch.Tensor, k: int, pos: torch.Tensor | None = None, 
             SORTED=ordered, num_warps=8 if block_k >= 1024 else 4)
         return out
     block_n = pow2(n, 128)
+    cfg = LAUNCH
     topk_resident_kernel[(rows,)](
-        *args, HAS_POS=pos is not None, BLOCK_N=block_n, BLOCK_K=block_k, BITS=RADIX_BITS,
+        *args, HAS_POS=pos is not None, BLOCK_N=block_n, BLOCK_K=block_k, BITS=cfg["bits"],
         SORTED=ordered, PRELOAD_POS=block_n <= 8192,
-        num_warps=4 if block_n <= 1024 else 8 if block_n <= 4096 else 16)
+        num_warps=cfg["warps_1k"] if block_n <= 1024 else cfg["warps_4k"] if block_n <= 4096 else cfg["warps_16k"])
     return out
 
 
