@@ -51,18 +51,42 @@ def test_plan_refuses_buffers_that_leave_no_kv_pool():
         plan_resident_rows(2**30, 2**30, requested=None)
 
 
-def test_index_of_the_resident_share_of_the_host_pool_is_charged():
-    """The default host pool counts the resident buffers (4 logical tokens per token of theirs);
-    the index is kept per logical token on the device, so those tokens' index is charged too."""
+QWEN3 = dict(token_bytes=36 * 8 * 256 * 2, index_bytes=36 * 8 * (16 + 8 + 8))  # K/V and index per token
+GIB = 2**30
+
+
+def test_index_of_the_resident_share_is_charged_under_a_kv_cap():
+    """The H200 fixed-memory run: --max-total-tokens 102400 device tokens, resident buffers worth
+    117553, a 123 GiB host (cap ~627k tokens). The default host pool holds min(4 x 219953, cap);
+    _cell_size charged the index of 4 x 102400 of them; the rest is charged here."""
+    from asynctls_sglang.adapter.allocator import host_cap_tokens
     from asynctls_sglang.memory.index_store import SparseIndexStore
     from asynctls_sglang.patches.kv_pool import resident_index_bytes
 
-    cfg, shape = AsyncTLSConfig(offload=True), dict(heads=8, dim=128, is_mla=False, dtype_size=2, num_layers=36)
-    per_token = SparseIndexStore.bytes_per_token(cfg, kv_heads=8, head_dim=128, is_mla=False, kv_dtype_size=2,
-                                                 num_layers=36)
-    assert per_token == 36 * 8 * (16 + 8 + 8)  # INT4 keys (r = 32), scale/zero, min/max per block
-    assert resident_index_bytes(cfg, 117_553, available=100 * 2**30, **shape) == 4 * 117_553 * per_token
-    explicit = AsyncTLSConfig(offload=True, host_pool_tokens=600_000)
-    assert resident_index_bytes(explicit, 117_553, available=1, **shape) == 0
+    assert QWEN3["index_bytes"] == SparseIndexStore.bytes_per_token(
+        AsyncTLSConfig(offload=True), kv_heads=8, head_dim=128, is_mla=False, kv_dtype_size=2, num_layers=36)
+    cap = host_cap_tokens(QWEN3["token_bytes"], 123 * GIB)
+    got = resident_index_bytes(117_553, budget=100 * GIB, max_total_tokens=102_400, host_bytes=123 * GIB, **QWEN3)
+    assert got == (cap - 4 * 102_400) * QWEN3["index_bytes"]  # ~2 GB: the 217k logical tokens past 4 x the pool
+
+
+def test_no_charge_when_four_device_pools_already_fill_the_host():
+    """A whole H200 (no KV cap): the device pool alone reaches the host cap, so the resident
+    share adds no logical token and nothing is charged for it."""
+    from asynctls_sglang.patches.kv_pool import resident_index_bytes
+
+    assert resident_index_bytes(339_000, budget=50 * GIB, max_total_tokens=None, host_bytes=123 * GIB, **QWEN3) == 0
+
+
+def test_without_a_host_cap_the_whole_resident_share_is_charged():
+    from asynctls_sglang.patches.kv_pool import resident_index_bytes
+
+    got = resident_index_bytes(1000, budget=GIB, max_total_tokens=2048, host_bytes=None, **QWEN3)
+    assert got == 4 * 1000 * QWEN3["index_bytes"]
+
+
+def test_a_charge_that_leaves_no_pool_is_refused():
+    from asynctls_sglang.patches.kv_pool import resident_index_bytes
+
     with pytest.raises(ConfigError, match="index of the default host pool.*--asynctls-host-pool-tokens"):
-        resident_index_bytes(cfg, 117_553, available=2**30, **shape)
+        resident_index_bytes(117_553, budget=GIB, max_total_tokens=1024, host_bytes=None, **QWEN3)

@@ -45,16 +45,22 @@ def logical_tokens(cfg: AsyncTLSConfig, device_tokens: int, token_bytes: int | N
     if cfg.host_pool_tokens is not None:
         n = cfg.host_pool_tokens
     else:
-        n = DEFAULT_HOST_RATIO * (device_tokens + resident_tokens)
-        if token_bytes and available_bytes is not None:
-            n = min(n, int(DEFAULT_HOST_FRACTION * available_bytes) // token_bytes)
-            if n < device_tokens:  # offload would serve fewer tokens than the GPU holds alone
-                raise HostMemoryError(
-                    f"asynctls offload: {DEFAULT_HOST_FRACTION:.0%} of the available host memory "
-                    f"({available_bytes / 2**30:.2f} GiB) holds {max(n, 0)} tokens of KV, fewer than the "
-                    f"device pool's {device_tokens}: free host memory, set {flag_name('host_pool_tokens')}, "
-                    "or serve without offload")
+        n = min(DEFAULT_HOST_RATIO * (device_tokens + resident_tokens), host_cap_tokens(token_bytes, available_bytes))
+        if n < device_tokens:  # (only a host cap does this) offload would serve fewer tokens than the GPU alone
+            raise HostMemoryError(
+                f"asynctls offload: {DEFAULT_HOST_FRACTION:.0%} of the available host memory "
+                f"({available_bytes / 2**30:.2f} GiB) holds {max(n, 0)} tokens of KV, fewer than the "
+                f"device pool's {device_tokens}: free host memory, set {flag_name('host_pool_tokens')}, "
+                "or serve without offload")
     return max(b, n // b * b)
+
+
+def host_cap_tokens(token_bytes: int | None, available_bytes: int | None) -> float:
+    """Tokens of K/V (token_bytes each, every layer) in DEFAULT_HOST_FRACTION of available_bytes;
+    infinite when either is unknown."""
+    if not token_bytes or available_bytes is None:
+        return float("inf")
+    return int(DEFAULT_HOST_FRACTION * available_bytes) // token_bytes
 
 
 class DevicePageError(RuntimeError):

@@ -105,9 +105,17 @@ def _profile(original, self, *args, **kwargs):
     if requested is not None:
         requested //= self.ps.attn_dp_size
     n, cost = plan_resident_rows(available, row, requested)
-    resident_tokens = cost // (layers * heads * (dim + (v_dim or 0)) * dtype_size)
-    cost += resident_index_bytes(cfg, resident_tokens, heads=heads, dim=dim, is_mla=self.use_mla_backend,
-                                 dtype_size=dtype_size, num_layers=layers, available=available - cost)
+    token_bytes = layers * heads * (dim + (v_dim or 0)) * dtype_size
+    resident_tokens = cost // token_bytes
+    if cfg.host_pool_tokens is None:
+        from asynctls_sglang.memory.host_tier import available_host_bytes
+        from asynctls_sglang.memory.index_store import SparseIndexStore
+
+        index_bytes = SparseIndexStore.bytes_per_token(cfg, kv_heads=heads, head_dim=dim, is_mla=self.use_mla_backend,
+                                                       kv_dtype_size=dtype_size, num_layers=layers)
+        cost += resident_index_bytes(resident_tokens, token_bytes=token_bytes, index_bytes=index_bytes,
+                                     budget=available - cost, max_total_tokens=get_schedule().max_total_tokens,
+                                     host_bytes=available_host_bytes())
     _RESIDENT_ROWS[id(self)] = n
     _RESIDENT_TOKENS[id(self)] = resident_tokens
     logging.getLogger(__name__).info(
@@ -116,24 +124,29 @@ def _profile(original, self, *args, **kwargs):
     return available - cost
 
 
-def resident_index_bytes(cfg, resident_tokens: int, *, heads: int, dim: int, is_mla: bool, dtype_size: int,
-                         num_layers: int, available: int) -> int:
-    """Device bytes of the index for the logical tokens the default host pool adds for the resident
-    buffers (adapter.allocator.logical_tokens: DEFAULT_HOST_RATIO per resident token; the device
-    pool's own are charged per token in _cell_size). 0 with an explicit host_pool_tokens. Raises
-    ConfigError when they do not fit in `available` (the budget left after the buffers)."""
-    from asynctls_sglang.adapter.allocator import DEFAULT_HOST_RATIO
+def resident_index_bytes(resident_tokens: int, *, token_bytes: int, index_bytes: int, budget: int,
+                         max_total_tokens: int | None, host_bytes: int | None) -> int:
+    """GPU bytes to charge for the index of the logical tokens the default host pool adds for the
+    resident buffers: it is DEFAULT_HOST_RATIO x (device pool P + resident_tokens R), capped by
+    the host (adapter.allocator.logical_tokens), and _cell_size charges the index of
+    DEFAULT_HOST_RATIO x P already, so the extra is at most min(4R, max(0, cap - 4P)) tokens.
+    P is not known yet (SGLang sizes it from what this leaves); its least value is the budget less
+    the largest charge over the full per-token cost (K/V + 4 index entries), or --max-total-tokens
+    when that is lower. token_bytes / index_bytes: K/V and index bytes of one token (every
+    layer); budget: the KV budget left after the resident buffers. Raises ConfigError when the
+    charge leaves no KV pool."""
+    from asynctls_sglang.adapter.allocator import DEFAULT_HOST_RATIO, host_cap_tokens
     from asynctls_sglang.config import ConfigError, flag_name
-    from asynctls_sglang.memory.index_store import SparseIndexStore
 
-    if cfg.host_pool_tokens is not None:
-        return 0
-    per_token = SparseIndexStore.bytes_per_token(cfg, kv_heads=heads, head_dim=dim, is_mla=is_mla,
-                                                 kv_dtype_size=dtype_size, num_layers=num_layers)
-    need = DEFAULT_HOST_RATIO * resident_tokens * per_token
-    if need >= available:
+    ratio, cap = DEFAULT_HOST_RATIO, host_cap_tokens(token_bytes, host_bytes)
+    most = min(ratio * resident_tokens, cap) * index_bytes
+    least_pool = (budget - most) // (token_bytes + ratio * index_bytes)
+    if max_total_tokens is not None:
+        least_pool = min(least_pool, max_total_tokens)
+    need = int(min(ratio * resident_tokens, max(0, cap - ratio * max(least_pool, 0))) * index_bytes)
+    if need >= budget:
         raise ConfigError(f"asynctls offload: the index of the default host pool needs {need / 2**30:.2f} GiB "
-                          f"of GPU memory for the resident buffers' share, but only {available / 2**30:.2f} GiB "
+                          f"of GPU memory for the resident buffers' share, but only {budget / 2**30:.2f} GiB "
                           f"are left for the KV cache; set {flag_name('host_pool_tokens')} or lower "
                           "--max-running-requests")
     return need
