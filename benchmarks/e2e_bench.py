@@ -298,7 +298,7 @@ def offload_cost(rows: list[dict], copy_gbps: float) -> list[dict]:
     out, prev = [], {}
     for r in rows:
         off = r.get("offload")
-        if off is None or "batch_reached" in r:
+        if off is None or "batch_reached" in r or "eager" in r["backend"]:  # eager: not the graph step
             continue
         before = prev.get(r["backend"], {})
         prev[r["backend"]] = off

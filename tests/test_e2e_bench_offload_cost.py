@@ -50,10 +50,14 @@ def test_growth_beyond_the_copy_time_bounds_nothing(bench, rows):
     assert [c["hidden_at_least"] for c in bench.offload_cost(slow, 52.3)] == [0.0, 0.0]
 
 
-def test_points_without_a_baseline_or_at_fixed_memory_are_left_out(bench, rows):
+def test_points_without_a_baseline_at_fixed_memory_or_eager_are_left_out(bench, rows):
     alone = [r for r in rows if "+offload" in r["backend"]]
     assert bench.offload_cost(alone, 52.3) == []
     fixed = copy.deepcopy(rows)
     for r in fixed:
         r["batch_reached"] = r["bs"]
     assert bench.offload_cost(fixed, 52.3) == []
+    timed = copy.deepcopy(rows)
+    for r in timed:
+        r["backend"] = r["backend"].replace("+offload", "+offload(eager, timed)")
+    assert bench.offload_cost(timed, 52.3) == []  # eager decode against the graph step: no bound
