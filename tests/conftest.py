@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import sys
 
@@ -17,3 +18,13 @@ def tiny_model_dir(tmp_path_factory):
         return write_tiny_model(kind, str(root / kind))
 
     return get
+
+
+@pytest.fixture(scope="session")
+def e2e_bench():
+    """benchmarks/e2e_bench.py as a module (a GPU script; its bookkeeping is tested on the CPU)."""
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "e2e_bench.py")
+    spec = importlib.util.spec_from_file_location("e2e_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -3,21 +3,8 @@ requests' token times (GPU-only script; its accounting is checked here with a sc
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import os
 
 import pytest
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("e2e_bench", os.path.join(HERE, "..", "benchmarks", "e2e_bench.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 class QueueingEngine:
     """Serves at most `slots` requests at a time, each `steps` tokens of `dt` seconds."""
@@ -35,8 +22,8 @@ class QueueingEngine:
 
 
 @pytest.mark.parametrize("slots", [1, 2, 4])
-def test_batch_reached_is_the_engine_concurrency(bench, slots):
-    r = asyncio.run(bench.run_fixed_memory(QueueingEngine(slots, steps=5, dt=0.02), 4, 64, 5, 5000, 0))
+def test_batch_reached_is_the_engine_concurrency(e2e_bench, slots):
+    r = asyncio.run(e2e_bench.run_fixed_memory(QueueingEngine(slots, steps=5, dt=0.02), 4, 64, 5, 5000, 0))
     assert r["batch_reached"] == slots
     assert r["bs"] == 4 and r["output_tok_s"] > 0
     # 4 requests of 5 tokens, `slots` at a time: the wall time scales with the queueing
@@ -46,18 +33,18 @@ def test_batch_reached_is_the_engine_concurrency(bench, slots):
     assert r["decode_tok_s_at_batch"] == pytest.approx(50 * slots, rel=0.3)
 
 
-def test_table_compares_fixed_memory_rows_by_run_throughput(bench):
+def test_table_compares_fixed_memory_rows_by_run_throughput(e2e_bench):
     rows = [{"backend": "flashinfer", "bs": 4, "ctx": 98304, "batch_reached": 2, "ttft_s": 1, "decode_tok_s": 50.0,
              "output_tok_s": 100.0, "itl_ms_median": None, "itl_ms_p99": None},
             {"backend": "asynctls(K=2048)+offload", "bs": 4, "ctx": 98304, "batch_reached": 4, "ttft_s": 1,
              "decode_tok_s": 60.0, "output_tok_s": 250.0, "itl_ms_median": None, "itl_ms_p99": None}]
-    text = bench.table(rows, "flashinfer")
+    text = e2e_bench.table(rows, "flashinfer")
     assert "| 4 of 4 |" in text and "| 2 of 4 |" in text and text.rstrip().endswith("| 2.50 |")
     rows[0]["decode_tok_s_at_batch"], rows[1]["decode_tok_s_at_batch"] = 80.0, 120.0
-    assert bench.table(rows, "flashinfer").rstrip().endswith("| 2.50 (decode at batch: 1.50) |")
+    assert e2e_bench.table(rows, "flashinfer").rstrip().endswith("| 2.50 (decode at batch: 1.50) |")
 
 
-def test_profile_summary_groups_kernels_per_step(bench, tmp_path):
+def test_profile_summary_groups_kernels_per_step(e2e_bench, tmp_path):
     """--profile-steps: a chrome trace's GPU kernels summed per step, by group and name."""
     import gzip
     import json
@@ -69,14 +56,14 @@ def test_profile_summary_groups_kernels_per_step(bench, tmp_path):
     path = tmp_path / "x-TP-0.trace.json.gz"
     with gzip.open(path, "wt") as f:
         json.dump({"traceEvents": events}, f)
-    summary = bench.summarize_trace(str(path), steps=2)
+    summary = e2e_bench.summarize_trace(str(path), steps=2)
     assert summary["span_ms_per_step"] == 0.15 and summary["busy_ms_per_step"] == 0.08
     assert summary["groups_ms_per_step"] == {"GEMM": 0.04, "asynctls attention": 0.03, "asynctls selection": 0.01}
     assert summary["top_kernels"][0] == {"name": "nvjet_tst_128x256", "ms_per_step": 0.04, "calls_per_step": 1.0}
 
 
-def test_kernel_groups(bench):
-    assert bench.kernel_group("void flashinfer::norm::FusedAddRMSNormKernel<8u>") == "other"
-    assert bench.kernel_group("void flashinfer::BatchPrefillWithPagedKVCacheKernel<>") == "dense attention"
-    assert bench.kernel_group("topk_resident_kernel") == "asynctls selection"
-    assert bench.kernel_group("summary_fold_kernel") == "asynctls index upkeep"
+def test_kernel_groups(e2e_bench):
+    assert e2e_bench.kernel_group("void flashinfer::norm::FusedAddRMSNormKernel<8u>") == "other"
+    assert e2e_bench.kernel_group("void flashinfer::BatchPrefillWithPagedKVCacheKernel<>") == "dense attention"
+    assert e2e_bench.kernel_group("topk_resident_kernel") == "asynctls selection"
+    assert e2e_bench.kernel_group("summary_fold_kernel") == "asynctls index upkeep"

@@ -5,7 +5,6 @@ per step, +34% / +46%)."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 
@@ -15,21 +14,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RUN = os.path.join(HERE, "..", "docs", "results", "2026-11-29", "h200_session5", "e2e_offload.json")
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("e2e_bench", os.path.join(HERE, "..", "benchmarks", "e2e_bench.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture()
 def rows():
     return json.load(open(RUN))["rows"]
 
 
-def test_per_point_bytes_growth_and_hidden_share(bench, rows):
-    cost = bench.offload_cost(rows, 52.3)
+def test_per_point_bytes_growth_and_hidden_share(e2e_bench, rows):
+    cost = e2e_bench.offload_cost(rows, 52.3)
     assert [(c["bs"], c["ctx"]) for c in cost] == [(8, 65536), (8, 131072)]
     c64, c128 = cost
     assert c64["mb_per_step"] == pytest.approx(330.8, abs=0.1)  # the first point: its own counters
@@ -38,26 +29,26 @@ def test_per_point_bytes_growth_and_hidden_share(bench, rows):
     # 742 MB at 52.3 GB/s = 14.19 ms of copies; the step grew 4.8 ms: at least 66% hidden
     assert c128["copy_ms_per_step"] == pytest.approx(14.19, abs=0.01)
     assert c128["hidden_at_least"] == pytest.approx(1 - (15.348 - 10.543) / 14.19, abs=1e-3)
-    table = bench.offload_table(cost)
+    table = e2e_bench.offload_table(cost)
     assert "| 8 | 131072 | 10.543 / 15.348 | +46% | 742.0 | 14.19 (at 52.3 GB/s) | 66% |" in table
 
 
-def test_growth_beyond_the_copy_time_bounds_nothing(bench, rows):
+def test_growth_beyond_the_copy_time_bounds_nothing(e2e_bench, rows):
     slow = copy.deepcopy(rows)
     for r in slow:
         if "+offload" in r["backend"]:
             r["itl_ms_median"] += 20.0
-    assert [c["hidden_at_least"] for c in bench.offload_cost(slow, 52.3)] == [0.0, 0.0]
+    assert [c["hidden_at_least"] for c in e2e_bench.offload_cost(slow, 52.3)] == [0.0, 0.0]
 
 
-def test_points_without_a_baseline_at_fixed_memory_or_eager_are_left_out(bench, rows):
+def test_points_without_a_baseline_at_fixed_memory_or_eager_are_left_out(e2e_bench, rows):
     alone = [r for r in rows if "+offload" in r["backend"]]
-    assert bench.offload_cost(alone, 52.3) == []
+    assert e2e_bench.offload_cost(alone, 52.3) == []
     fixed = copy.deepcopy(rows)
     for r in fixed:
         r["batch_reached"] = r["bs"]
-    assert bench.offload_cost(fixed, 52.3) == []
+    assert e2e_bench.offload_cost(fixed, 52.3) == []
     timed = copy.deepcopy(rows)
     for r in timed:
         r["backend"] = r["backend"].replace("+offload", "+offload(eager, timed)")
-    assert bench.offload_cost(timed, 52.3) == []  # eager decode against the graph step: no bound
+    assert e2e_bench.offload_cost(timed, 52.3) == []  # eager decode against the graph step: no bound
