@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+
 class QueueingEngine:
     """Serves at most `slots` requests at a time, each `steps` tokens of `dt` seconds."""
 
