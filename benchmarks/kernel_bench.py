@@ -248,17 +248,17 @@ def sglang_triton_decode(m: Model, layer: Layer, req_to_token, seq_lens, q, max_
 
 
 # --- one grid point ------------------------------------------------------------------------------
-SWEPT_STAGES = ("attention", "block_score", "block_topk", "token_topk")
+SWEPT_STAGES = ("attention", "block_score", "block_topk", "cand_score", "token_topk")
 
 
 def sweep_module(stage: str, m: Model):
     """The kernel wrapper module whose LAUNCH / SWEEP --sweep varies for `stage`."""
-    from asynctls_sglang.kernels.common import block_score, topk
+    from asynctls_sglang.kernels.common import block_score, token_score, topk
     from asynctls_sglang.kernels.gqa import decode as gqa_decode
     from asynctls_sglang.kernels.mla import decode as mla_decode
 
     return {"attention": mla_decode if m.mla else gqa_decode, "block_score": block_score, "block_topk": topk,
-            "token_topk": topk}[stage]
+            "cand_score": token_score, "token_topk": topk}[stage]
 
 
 def launch_label(overrides: dict) -> str:
@@ -476,7 +476,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--hbm-tbs", type=float, default=4.2, help="HBM bandwidth floor in TB/s (H200: 4.2)")
     ap.add_argument("--quick", action="store_true", help="a short grid: 32k/128k, bs 1/8, K 2048, 10 reps")
     ap.add_argument("--sweep", default="",
-                    help="comma list of stages (attention, block_score, block_topk, token_topk) also timed under "
+                    help="comma list of stages (attention, block_score, block_topk, cand_score, token_topk) also timed under "
                          "each alternative launch configuration of their kernel (its SWEEP) at every point")
     ap.add_argument("--out", default=None, help="JSON results path (a PNG plot is written beside it)")
     a = ap.parse_args(argv)

@@ -268,7 +268,7 @@ def _sweep_cases():
     """kernel_bench --sweep's alternatives at the benchmark's bf16 shapes (Qwen3-8B 128k x 8, GLM
     128k x 8): each must compile for the target, or the sweep would time an error."""
     from asynctls_sglang.kernels import triton_ops
-    from asynctls_sglang.kernels.common import block_score, topk
+    from asynctls_sglang.kernels.common import block_score, token_score, topk
     from asynctls_sglang.kernels.common.launch import launch_overrides
     from asynctls_sglang.kernels.gqa import decode as gqa_decode
     from asynctls_sglang.kernels.mla import decode as mla_decode
@@ -290,13 +290,21 @@ def _sweep_cases():
         triton_ops.select_blocks(torch.empty(8, 8, 2048), 128)
         triton_ops.select_tokens(torch.empty(8, 8, 8192), torch.empty(8, 8, 8192, dtype=torch.int64), 2048)
 
+    def candidates():  # token scoring from the chosen blocks (128 of 64 tokens), Qwen3-8B and GLM shapes
+        for hq, hk, r in ((32, 8, 32), (20, 1, 128)):
+            codes = torch.empty(slots, hk, r // 2, dtype=torch.uint8)
+            triton_ops.score_block_tokens(torch.empty(8, hq, 128 if hk > 1 else 576, dtype=dt), codes,
+                                          torch.empty(slots, hk, 2), torch.stack([torch.arange(r)] * hk), r2t, rows,
+                                          torch.empty(8, hk, 128, dtype=torch.int64), sl, 64, 16, 64)
+
     def scores():
         for hq, hk, d in ((32, 8, 128), (20, 1, 576)):
             km = torch.empty(pages.numel(), hk, d, dtype=dt)
             triton_ops.score_blocks(torch.empty(8, hq, d, dtype=dt), km, torch.empty_like(km), pages, sl, 64, 16, 64)
 
     out = []
-    for module, fn in ((gqa_decode, gqa), (mla_decode, mla), (block_score, scores), (topk, ranked)):
+    for module, fn in ((gqa_decode, gqa), (mla_decode, mla), (block_score, scores), (token_score, candidates),
+                       (topk, ranked)):
         for overrides in module.SWEEP:
             def f(module=module, fn=fn, overrides=overrides):
                 with launch_overrides(module.LAUNCH, overrides):

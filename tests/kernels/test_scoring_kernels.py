@@ -6,7 +6,7 @@ import torch
 from kernel_testing import DEVICE, DTYPE_IDS, assert_close, by_device, case, make_pool, poison
 
 from asynctls_sglang.kernels import triton_ops
-from asynctls_sglang.kernels.common import block_score
+from asynctls_sglang.kernels.common import block_score, token_score
 from asynctls_sglang.kernels.common.launch import launch_overrides
 from asynctls_sglang.ops import torch_ops
 
@@ -176,3 +176,14 @@ def test_score_block_tokens_is_candidates_then_scores(lens, hq, hk, d, r, b, kb,
                                                 b, sink, local, heads=heads)
     assert torch.equal(ref_pos, pos)
     assert_close(got, ref, FP32, "token scores from blocks", scale=r ** 0.5 * 10)
+
+
+@pytest.mark.parametrize("overrides", token_score.SWEEP, ids=lambda o: "-".join(f"{k}{v}" for k, v in o.items()))
+@pytest.mark.parametrize("lens, hq, hk, d, r, b, kb, sink, local", [
+    case([120, 64, 9], 8, 2, 128, 32, 16, 6, 4, 16, id="g4-D128-r32-ragged"),
+    case([90], 20, 1, 576, 128, 16, 4, 8, 16, id="mla-576-r128-h20")])
+def test_score_block_tokens_every_sweep_alternative(lens, hq, hk, d, r, b, kb, sink, local, overrides):
+    """The launch parameters benchmarks/kernel_bench.py --sweep times give the same positions and
+    scores (bf16 q: the tl.dot path the backend runs)."""
+    with launch_overrides(token_score.LAUNCH, overrides):
+        test_score_block_tokens_is_candidates_then_scores(lens, hq, hk, d, r, b, kb, sink, local, BF16, "max")

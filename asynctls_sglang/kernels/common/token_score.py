@@ -15,6 +15,14 @@ from asynctls_sglang.kernels.common.token_score_kernel import token_score_kernel
 METHODS = ("auto", "dot", "loop")
 
 
+#: Launch parameters: candidates per program (128 with 4 warps, ~44 registers: ~1400 candidates in
+#: flight per SM; the gathers are latency-bound), warps, pipeline stages.
+LAUNCH = {"block_n": 128, "num_warps": 4, "num_stages": 3}
+#: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90).
+SWEEP = ({"block_n": 64}, {"block_n": 256}, {"num_warps": 8}, {"block_n": 256, "num_warps": 8},
+         {"block_n": 64, "num_warps": 2}, {"num_stages": 2})
+
+
 def score_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor,
                  channels: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
                  pos: torch.Tensor, ok: torch.Tensor, heads: str = "max", *,
@@ -85,7 +93,8 @@ def _launch(q, codes, scale_zero, channels, req_to_token, req_pool_indices, pos,
         return
     g = hq // hk
     dot = heads == "max" and (method == "dot" or (method == "auto" and g > 1 and q.dtype != torch.float32))
-    block_n = 128  # 4 warps, ~44 registers: ~1400 candidates in flight per SM (gathers are latency-bound)
+    cfg = LAUNCH
+    block_n = cfg["block_n"]
     from_blocks = blocks is not None
     if not from_blocks:
         blocks, seq_lens = pos, pos  # unused by the kernel (FROM_BLOCKS=False)
@@ -99,4 +108,5 @@ def _launch(q, codes, scale_zero, channels, req_to_token, req_pool_indices, pos,
         G=g, R2=r // 2, HEAD_MAX=heads == "max", HEADS_DOT=dot,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # 16-bit q and the codes: exact in tf32
         BLOCK_G=pow2(g, 16 if dot else 1), BLOCK_R=pow2(r // 2, 16 if dot else 2), BLOCK_N=block_n,
-        FROM_BLOCKS=from_blocks, B=block_size if from_blocks else 1)
+        FROM_BLOCKS=from_blocks, B=block_size if from_blocks else 1,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
