@@ -9,7 +9,9 @@ latent 512 + rope 64) x context x batch x token budget, block budget and block s
     cand_score (candidates and token_score in one launch, what the backend runs instead),
     block_score, block_topk, candidates (the chosen blocks' token positions, one kernel),
     token_score, token_topk, attention (over the chosen tokens),
-    step (all of the above as one CUDA graph, selection glue included: what the backend runs),
+    step (all of the above as one CUDA graph, selection glue included: what the backend's
+    CUDA-graph path runs per layer, the chosen positions put into the step's fixed-width
+    positions; the block table and that tensor are per step, built once outside),
 
 the previous selection kernels in the same run, for before/after in one call:
     block_topk_stream, token_topk_stream (the streaming top-k: one program per row, the row
@@ -271,7 +273,7 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
 
     from asynctls_sglang.kernels import triton_ops as ops
     from asynctls_sglang.ops import torch_ops
-    from asynctls_sglang.ops.select import select_positions
+    from asynctls_sglang.ops.select import put_chosen, select_chosen, select_positions, step_positions
 
     cfg = layer.cfg.replace(token_budget=budget)
     b = cfg.block_size
@@ -311,14 +313,30 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
     def attention():
         ops.sparse_decode_attention(q, layer.k, layer.v, req_to_token, rows, positions, sm_scale, out=att_out)
 
-    def step(sel_ops=ops, fused=True):
-        if fused:  # as memory.index_store.on_write: one launch for both
-            ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b,
-                                       index=(idx.codes, idx.scale_zero, idx.channels))
-        else:
-            ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b, method="flags")
-            ops.write_index_keys(idx.codes, idx.scale_zero, new_loc, k_new, idx.channels)
-        p = select_positions(q, idx, req_to_token, rows, seq_lens, mb, cfg, ops=sel_ops)
+    # the backend's per-step tensors (adapter.backend._graph_positions) at its default dense width
+    # (config.dense_len: max(K, DENSE_FLOOR)); no row is dense at these lengths
+    from asynctls_sglang.config import DENSE_FLOOR
+
+    width = max(cfg.token_budget, DENSE_FLOOR)
+    forced = ops.forced_positions(seq_lens, positions.shape[1], cfg.sink_tokens, cfg.local_window)
+    is_dense = torch.zeros(bs, 1, 1, dtype=torch.bool, device="cuda")
+    dense = ops.dense_positions(seq_lens, positions.shape[1], width)
+    step_pos = step_positions(forced, dense, is_dense)
+    counts = torch.full_like(seq_lens, cfg.token_budget)
+
+    def step():
+        # as memory.index_store.on_write: one launch for both
+        ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b,
+                                   index=(idx.codes, idx.scale_zero, idx.channels))
+        chosen = select_chosen(q, idx, req_to_token, rows, seq_lens, mb, cfg, ops=ops, pages=pages)
+        put_chosen(step_pos, dense, is_dense, chosen, forced.shape[2])
+        ops.sparse_decode_attention(q, layer.k, layer.v, req_to_token, rows, step_pos, sm_scale, out=att_out,
+                                    counts=counts, active=cfg.token_budget)
+
+    def step_legacy():  # the path before sessions 6-8 (select_positions builds the block table per layer)
+        ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b, method="flags")
+        ops.write_index_keys(idx.codes, idx.scale_zero, new_loc, k_new, idx.channels)
+        p = select_positions(q, idx, req_to_token, rows, seq_lens, mb, cfg, ops=legacy)
         ops.sparse_decode_attention(q, layer.k, layer.v, req_to_token, rows, p, sm_scale, out=att_out)
 
     fns = {
@@ -342,7 +360,7 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
         "token_topk_stream": lambda: ops.select_tokens(tscores, pos, k_sel, out=chosen_out, method="stream"),
         "summary_flags": lambda: ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b,
                                                             method="flags"),
-        "step_legacy": lambda: step(legacy, fused=False),
+        "step_legacy": step_legacy,
         "cand_score": lambda: ops.score_block_tokens(q, idx.codes, idx.scale_zero, idx.channels, req_to_token, rows,
                                                      blocks, seq_lens, b, cfg.sink_tokens, cfg.local_window,
                                                      out=cand_score_out),

@@ -14,7 +14,7 @@ import torch
 from asynctls_sglang import env
 from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
 from asynctls_sglang.config import AsyncTLSConfig, ConfigError
-from asynctls_sglang.ops.select import block_scores, positions_in_blocks, widen
+from asynctls_sglang.ops.select import block_scores, chosen_in_blocks, put_chosen, step_positions
 from asynctls_sglang.utils import swapped_attr
 
 
@@ -172,11 +172,14 @@ class OffloadDecodeMixin:
             step = rt.decode_step(req_to_token, fb.req_pool_indices, fb.seq_lens, plan.max_blocks,
                                   math.ceil(dense_len / cfg.block_size), ops)
             width = max(cfg.token_budget, dense_len)
+            forced = ops.forced_positions(fb.seq_lens, hk, cfg.sink_tokens, cfg.local_window)
+            dense = ops.dense_positions(fb.seq_lens, hk, width)
+            is_dense = step.dense.view(-1, 1, 1)
             # counts: the columns each row reads (the padding past them costs the attention nothing)
-            self._step = (step, ops.forced_positions(fb.seq_lens, hk, cfg.sink_tokens, cfg.local_window),
-                          ops.dense_positions(fb.seq_lens, hk, width), width,
-                          torch.where(step.dense, fb.seq_lens, cfg.token_budget))
-        step, forced, dense, width, counts = self._step
+            self._step = (step, forced.shape[2], dense, is_dense,
+                          torch.where(step.dense, fb.seq_lens, cfg.token_budget),
+                          step_positions(forced, dense, is_dense))  # each layer puts its chosen ones
+        step, start, dense, is_dense, counts, positions = self._step
         # NOTE: the copies planned for this layer at the previous step land before anything below
         # reads the resident buffers or rewrites this layer's plan buffers.
         rt.engine.wait(l)
@@ -192,10 +195,8 @@ class OffloadDecodeMixin:
         if cfg.prefetch_depth == 0:
             rt.prefetch(l, step, wanted)
         blocks = ops.select_blocks(rt.readable_scores(l, step, scores, wanted), cfg.selected_blocks)
-        sparse = widen(positions_in_blocks(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens, blocks,
-                                           cfg, ops, forced=forced), width)
-        positions = torch.where(step.dense.view(-1, 1, 1), dense, sparse)
-        table, req, columns = rt.buffer_table(l, step, positions)
+        chosen = chosen_in_blocks(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens, blocks, cfg, ops)
+        table, req, columns = rt.buffer_table(l, step, put_chosen(positions, dense, is_dense, chosen, start))
         if l == 0:
             self.asynctls_stats.record(columns, rows=~step.dense)
         cap = float(getattr(layer, "logit_cap", 0.0) or 0.0)
