@@ -90,3 +90,13 @@ def test_a_charge_that_leaves_no_pool_is_refused():
 
     with pytest.raises(ConfigError, match="index of the default host pool.*--asynctls-host-pool-tokens"):
         resident_index_bytes(117_553, budget=GIB, max_total_tokens=1024, host_bytes=None, **QWEN3)
+
+
+def test_an_explicit_host_pool_charges_its_whole_index():
+    """With host_pool_tokens set, _cell_size charges no index per device token: the index of the
+    whole logical range is a fixed size, charged from the budget (it was not charged at all)."""
+    from asynctls_sglang.patches.kv_pool import fixed_index_bytes
+
+    assert fixed_index_bytes(600_064, QWEN3["index_bytes"], 100 * GIB) == 600_064 * QWEN3["index_bytes"]  # ~5.5 GB
+    with pytest.raises(ConfigError, match="600064-token host pool.*--asynctls-host-pool-tokens"):
+        fixed_index_bytes(600_064, QWEN3["index_bytes"], 4 * GIB)

@@ -1,9 +1,10 @@
 """Build the AsyncTLS KV pools (which keep the sparse index) when asynctls decodes, and
 charge the index's bytes per token in SGLang's KV sizing so the device memory budget holds.
 With offload, the resident block buffers (a fixed amount per running request) are charged too:
-taken off the profiled KV budget (_profile_available_bytes) before SGLang sizes its pool, max_running_requests clamped to
-the rows charged (memory.offload_runtime.plan_resident_rows; a clear start-up error when they
-cannot fit)."""
+taken off the profiled KV budget (_profile_available_bytes) before SGLang sizes its pool,
+max_running_requests clamped to the rows charged (memory.offload_runtime.plan_resident_rows; a
+clear start-up error when they cannot fit); and so is the index of the logical tokens the device
+pool's per-token charge does not cover (resident_index_bytes, fixed_index_bytes)."""
 from __future__ import annotations
 
 import torch
@@ -107,20 +108,23 @@ def _profile(original, self, *args, **kwargs):
     n, cost = plan_resident_rows(available, row, requested)
     token_bytes = layers * heads * (dim + (v_dim or 0)) * dtype_size
     resident_tokens = cost // token_bytes
-    if cfg.host_pool_tokens is None:
-        from asynctls_sglang.memory.host_tier import available_host_bytes
-        from asynctls_sglang.memory.index_store import SparseIndexStore
+    from asynctls_sglang.memory.host_tier import available_host_bytes
+    from asynctls_sglang.memory.index_store import SparseIndexStore
 
-        index_bytes = SparseIndexStore.bytes_per_token(cfg, kv_heads=heads, head_dim=dim, is_mla=self.use_mla_backend,
-                                                       kv_dtype_size=dtype_size, num_layers=layers)
+    index_bytes = SparseIndexStore.bytes_per_token(cfg, kv_heads=heads, head_dim=dim, is_mla=self.use_mla_backend,
+                                                   kv_dtype_size=dtype_size, num_layers=layers)
+    if cfg.host_pool_tokens is not None:  # the whole index is this fixed size (_cell_size charges none of it)
+        cost += fixed_index_bytes(cfg.host_pool_tokens + cfg.block_size, index_bytes, available - cost)
+    else:
         cost += resident_index_bytes(resident_tokens, token_bytes=token_bytes, index_bytes=index_bytes,
                                      budget=available - cost, max_total_tokens=get_schedule().max_total_tokens,
                                      host_bytes=available_host_bytes())
     _RESIDENT_ROWS[id(self)] = n
     _RESIDENT_TOKENS[id(self)] = resident_tokens
     logging.getLogger(__name__).info(
-        "asynctls offload: %.3f GiB of the KV budget charged for the resident buffers of %d running "
-        "requests (%d tokens' worth of KV, counted in the default host pool)", cost / 2**30, n, resident_tokens)
+        "asynctls offload: %.3f GiB of the KV budget charged for the resident buffers of %d running requests "
+        "(%d tokens' worth of KV, counted in the default host pool) and the index beyond the device pool's",
+        cost / 2**30, n, resident_tokens)
     return available - cost
 
 
@@ -149,6 +153,20 @@ def resident_index_bytes(resident_tokens: int, *, token_bytes: int, index_bytes:
                           f"of GPU memory for the resident buffers' share, but only {budget / 2**30:.2f} GiB "
                           f"are left for the KV cache; set {flag_name('host_pool_tokens')} or lower "
                           "--max-running-requests")
+    return need
+
+
+def fixed_index_bytes(logical_tokens: int, index_bytes: int, budget: int) -> int:
+    """GPU bytes of the index over an explicit host_pool_tokens (kept per logical token on the
+    device: index_bytes each, every layer), charged from the KV budget; ConfigError when it
+    leaves no KV pool."""
+    from asynctls_sglang.config import ConfigError, flag_name
+
+    need = logical_tokens * index_bytes
+    if need >= budget:
+        raise ConfigError(f"asynctls offload: the index of a {logical_tokens}-token host pool needs "
+                          f"{need / 2**30:.2f} GiB of GPU memory, but only {budget / 2**30:.2f} GiB are left for "
+                          f"the KV cache; lower {flag_name('host_pool_tokens')} or raise --mem-fraction-static")
     return need
 
 
