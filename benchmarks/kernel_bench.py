@@ -273,7 +273,7 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
 
     from asynctls_sglang.kernels import triton_ops as ops
     from asynctls_sglang.ops import torch_ops
-    from asynctls_sglang.ops.select import put_chosen, select_chosen, select_positions, step_positions
+    from asynctls_sglang.ops.select import select_chosen, select_positions, step_positions
 
     cfg = layer.cfg.replace(token_budget=budget)
     b = cfg.block_size
@@ -317,21 +317,16 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
     # (config.dense_len: max(K, DENSE_FLOOR)); no row is dense at these lengths
     from asynctls_sglang.config import DENSE_FLOOR
 
-    width = max(cfg.token_budget, DENSE_FLOOR)
-    forced = ops.forced_positions(seq_lens, positions.shape[1], cfg.sink_tokens, cfg.local_window)
-    is_dense = torch.zeros(bs, 1, 1, dtype=torch.bool, device="cuda")
-    dense = ops.dense_positions(seq_lens, positions.shape[1], width)
-    step_pos = step_positions(forced, dense, is_dense)
-    counts = torch.full_like(seq_lens, cfg.token_budget)
+    sp = step_positions(seq_lens, torch.zeros(bs, dtype=torch.bool, device="cuda"), positions.shape[1],
+                        max(cfg.token_budget, DENSE_FLOOR), cfg, ops)
 
     def step():
         # as memory.index_store.on_write: one launch for both
         ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b,
                                    index=(idx.codes, idx.scale_zero, idx.channels))
-        chosen = select_chosen(q, idx, req_to_token, rows, seq_lens, mb, cfg, ops=ops, pages=pages)
-        put_chosen(step_pos, dense, is_dense, chosen, forced.shape[2])
-        ops.sparse_decode_attention(q, layer.k, layer.v, req_to_token, rows, step_pos, sm_scale, out=att_out,
-                                    counts=counts, active=cfg.token_budget)
+        p = sp.put(select_chosen(q, idx, req_to_token, rows, seq_lens, mb, cfg, ops=ops, pages=pages))
+        ops.sparse_decode_attention(q, layer.k, layer.v, req_to_token, rows, p, sm_scale, out=att_out,
+                                    counts=sp.counts, active=cfg.token_budget)
 
     def step_legacy():  # the path before sessions 6-8 (select_positions builds the block table per layer)
         ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b, method="flags")
@@ -494,8 +489,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--hbm-tbs", type=float, default=4.2, help="HBM bandwidth floor in TB/s (H200: 4.2)")
     ap.add_argument("--quick", action="store_true", help="a short grid: 32k/128k, bs 1/8, K 2048, 10 reps")
     ap.add_argument("--sweep", default="",
-                    help="comma list of stages (attention, block_score, block_topk, cand_score, token_topk) also timed under "
-                         "each alternative launch configuration of their kernel (its SWEEP) at every point")
+                    help="comma list of stages (attention, block_score, block_topk, cand_score, token_topk) also "
+                         "timed under each alternative launch configuration of their kernel (its SWEEP) at every point")
     ap.add_argument("--out", default=None, help="JSON results path (a PNG plot is written beside it)")
     a = ap.parse_args(argv)
     if a.quick:

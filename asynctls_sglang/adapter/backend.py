@@ -31,7 +31,7 @@ from asynctls_sglang.adapter.pools import AsyncTLSPoolMixin
 from asynctls_sglang.adapter.stats import DecodeStats
 from asynctls_sglang.config import AsyncTLSConfig, ConfigError, flag_name
 from asynctls_sglang.ops.dispatch import ops_for_device
-from asynctls_sglang.ops.select import put_chosen, select_chosen, select_positions, step_positions
+from asynctls_sglang.ops.select import select_chosen, select_positions, step_positions
 from asynctls_sglang.patches.capture_guard import capturing_graphs
 
 
@@ -262,21 +262,14 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         if first:
             # NOTE: per-step tensors, built at the first layer (inside the graph when capturing)
             # and reused by the later layers of the same step: they depend on lengths only.
-            is_dense = fb.seq_lens <= cfg.dense_len
-            forced = ops.forced_positions(fb.seq_lens, hk, cfg.sink_tokens, cfg.local_window)
-            dense = ops.dense_positions(fb.seq_lens, hk, width)
-            self._step = (
-                ops.block_table(req_to_token, fb.req_pool_indices, plan.max_blocks, cfg.block_size),
-                forced.shape[2], dense, is_dense.view(-1, 1, 1),
-                torch.where(is_dense, fb.seq_lens, cfg.token_budget),  # the columns each row reads
-                step_positions(forced, dense, is_dense.view(-1, 1, 1)))  # each layer puts its chosen ones
-        pages, start, dense, is_dense, counts, positions = self._step
-        chosen = select_chosen(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens, plan.max_blocks, cfg, ops,
-                               pages=pages)
-        put_chosen(positions, dense, is_dense, chosen, start)
+            self._step = (ops.block_table(req_to_token, fb.req_pool_indices, plan.max_blocks, cfg.block_size),
+                          step_positions(fb.seq_lens, fb.seq_lens <= cfg.dense_len, hk, width, cfg, ops))
+        pages, sp = self._step
+        positions = sp.put(select_chosen(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens, plan.max_blocks,
+                                         cfg, ops, pages=pages))
         if first:
-            self.asynctls_stats.record(positions, rows=~is_dense.view(-1))
-        return positions, counts, cfg.token_budget
+            self.asynctls_stats.record(positions, rows=~sp.is_dense.view(-1))
+        return positions, sp.counts, cfg.token_budget
 
     # introspection -------------------------------------------------------------------------------
     def asynctls_snapshot(self) -> dict:

@@ -14,7 +14,7 @@ import torch
 from asynctls_sglang import env
 from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
 from asynctls_sglang.config import AsyncTLSConfig, ConfigError
-from asynctls_sglang.ops.select import block_scores, chosen_in_blocks, put_chosen, step_positions
+from asynctls_sglang.ops.select import block_scores, chosen_in_blocks, step_positions
 from asynctls_sglang.utils import swapped_attr
 
 
@@ -172,14 +172,8 @@ class OffloadDecodeMixin:
             step = rt.decode_step(req_to_token, fb.req_pool_indices, fb.seq_lens, plan.max_blocks,
                                   math.ceil(dense_len / cfg.block_size), ops)
             width = max(cfg.token_budget, dense_len)
-            forced = ops.forced_positions(fb.seq_lens, hk, cfg.sink_tokens, cfg.local_window)
-            dense = ops.dense_positions(fb.seq_lens, hk, width)
-            is_dense = step.dense.view(-1, 1, 1)
-            # counts: the columns each row reads (the padding past them costs the attention nothing)
-            self._step = (step, forced.shape[2], dense, is_dense,
-                          torch.where(step.dense, fb.seq_lens, cfg.token_budget),
-                          step_positions(forced, dense, is_dense))  # each layer puts its chosen ones
-        step, start, dense, is_dense, counts, positions = self._step
+            self._step = (step, step_positions(fb.seq_lens, step.dense, hk, width, cfg, ops))
+        step, sp = self._step
         # NOTE: the copies planned for this layer at the previous step land before anything below
         # reads the resident buffers or rewrites this layer's plan buffers.
         rt.engine.wait(l)
@@ -196,12 +190,12 @@ class OffloadDecodeMixin:
             rt.prefetch(l, step, wanted)
         blocks = ops.select_blocks(rt.readable_scores(l, step, scores, wanted), cfg.selected_blocks)
         chosen = chosen_in_blocks(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens, blocks, cfg, ops)
-        table, req, columns = rt.buffer_table(l, step, put_chosen(positions, dense, is_dense, chosen, start))
+        table, req, columns = rt.buffer_table(l, step, sp.put(chosen))
         if l == 0:
             self.asynctls_stats.record(columns, rows=~step.dense)
         cap = float(getattr(layer, "logit_cap", 0.0) or 0.0)
         o = ops.sparse_decode_attention(q3, rt.engine.k[l], rt.value_buffer(l, layer.v_head_dim), table, req,
-                                        columns, layer.scaling, cap, counts=counts, active=cfg.token_budget)
+                                        columns, layer.scaling, cap, counts=sp.counts, active=cfg.token_budget)
         if cfg.prefetch_depth == 1:
             # NOTE: after the attention that read the victims' old contents (the copy stream forks here)
             rt.prefetch(l, step, wanted)

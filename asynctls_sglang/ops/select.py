@@ -39,7 +39,7 @@ def select_chosen(q: torch.Tensor, index: LayerIndex, req_to_token: torch.Tensor
                   req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, max_blocks: int,
                   cfg: AsyncTLSConfig, ops=torch_ops, *, pages: torch.Tensor | None = None) -> torch.Tensor:
     """select_positions without the forced columns: the chosen positions [bs, Hk, selected_tokens]
-    (-1 unused), for a caller that keeps the forced ones in place (step_positions / put_chosen)."""
+    (-1 unused), for a caller that keeps the forced ones in place (StepPositions.put)."""
     if pages is None:
         pages = ops.block_table(req_to_token, req_pool_indices, max_blocks, cfg.block_size)
     scores = block_scores(q, index, seq_lens, cfg, ops, pages)
@@ -88,22 +88,34 @@ def with_forced(chosen: torch.Tensor, seq_lens: torch.Tensor, cfg: AsyncTLSConfi
     return torch.cat([forced, chosen], dim=2)
 
 
-def step_positions(forced: torch.Tensor, dense: torch.Tensor, is_dense: torch.Tensor) -> torch.Tensor:
-    """Once per decode step, the fixed-width positions every layer's attention reads: dense rows
-    (is_dense [bs, 1, 1]) their own (dense [bs, Hk, W]); the others the forced positions, then
-    -1 where each layer's chosen ones go (put_chosen) and past them.
+class StepPositions(NamedTuple):
+    """The fixed-width positions every layer's attention reads in a decode step (CUDA-graph and
+    offload paths), built once per step (step_positions); each layer puts its chosen ones."""
+
+    positions: torch.Tensor  # [bs, Hk, W]: dense rows their own; the others forced, chosen, -1
+    dense: torch.Tensor  # [bs, Hk, W] every position of a dense row (-1 past its length)
+    is_dense: torch.Tensor  # [bs, 1, 1] bool
+    counts: torch.Tensor  # [bs] the columns each row reads: its length when dense, else token_budget
+    start: int  # the first chosen column (after the forced ones)
+
+    def put(self, chosen: torch.Tensor) -> torch.Tensor:
+        """A layer's chosen positions [bs, Hk, k] into columns [start, start + k), in place, for
+        the rows that are not dense (dense rows keep theirs). One launch. Returns positions."""
+        cols = slice(self.start, self.start + chosen.shape[2])
+        torch.where(self.is_dense, self.dense[:, :, cols], chosen, out=self.positions[:, :, cols])
+        return self.positions
+
+
+def step_positions(seq_lens: torch.Tensor, is_dense: torch.Tensor, hk: int, width: int, cfg: AsyncTLSConfig,
+                   ops=torch_ops) -> StepPositions:
+    """Once per decode step: StepPositions of width W = width for rows of seq_lens, is_dense [bs].
 
     NOTE: per layer this replaces a cat, a pad to W and a where over [bs, Hk, W] (W = the dense
     width, 8192 by default against 2048 attended) with one where over the chosen columns."""
+    forced = ops.forced_positions(seq_lens, hk, cfg.sink_tokens, cfg.local_window)
+    dense = ops.dense_positions(seq_lens, hk, width)
     sparse = torch.full_like(dense, -1)
     sparse[:, :, :forced.shape[2]] = forced
-    return torch.where(is_dense, dense, sparse)
-
-
-def put_chosen(positions: torch.Tensor, dense: torch.Tensor, is_dense: torch.Tensor, chosen: torch.Tensor,
-               start: int) -> torch.Tensor:
-    """A layer's chosen positions [bs, Hk, k] into columns [start, start + k) of step_positions'
-    tensor, in place, for the rows that are not dense (dense rows keep theirs). One launch."""
-    cols = slice(start, start + chosen.shape[2])
-    torch.where(is_dense, dense[:, :, cols], chosen, out=positions[:, :, cols])
-    return positions
+    d3 = is_dense.view(-1, 1, 1)
+    return StepPositions(torch.where(d3, dense, sparse), dense, d3, torch.where(is_dense, seq_lens, cfg.token_budget),
+                         forced.shape[2])

@@ -45,24 +45,36 @@ def _build_mla(original, self, *args, **kwargs):
         return original(self, *args, **kwargs)
 
 
+def _kv_shape(kvc) -> tuple[int, int, int | None]:
+    """(KV heads, key dim, value dim) of one layer's cache; MLA: one latent "head" whose first
+    channels are V (value dim None)."""
+    from sglang.srt.runtime_context import get_parallel
+
+    mc = kvc.model_config
+    if kvc.use_mla_backend:
+        return 1, mc.kv_lora_rank + mc.qk_rope_head_dim, None
+    heads = mc.get_num_kv_heads(get_parallel().attn_tp_size)
+    return heads, mc.head_dim, getattr(mc, "v_head_dim", None) or mc.head_dim
+
+
+def _index_bytes(cfg, kvc, num_layers: int) -> int:
+    """Device bytes of the sparse index per token (every layer) for kvc's model."""
+    from asynctls_sglang.memory.index_store import SparseIndexStore
+
+    heads, dim, _ = _kv_shape(kvc)
+    return SparseIndexStore.bytes_per_token(cfg, kv_heads=heads, head_dim=dim, is_mla=kvc.use_mla_backend,
+                                            kv_dtype_size=torch._utils._element_size(kvc.kv_cache_dtype),
+                                            num_layers=num_layers)
+
+
 def _cell_size(original, self, kvc, num_layers):
     size = original(self, kvc, num_layers)
     if not uses_asynctls(kvc.server_args):
         return size
-    from sglang.srt.runtime_context import get_parallel
-
     from asynctls_sglang.config import AsyncTLSConfig
-    from asynctls_sglang.memory.index_store import SparseIndexStore
 
-    mc = kvc.model_config
-    if kvc.use_mla_backend:
-        heads, dim, is_mla = 1, mc.kv_lora_rank + mc.qk_rope_head_dim, True
-    else:
-        heads, dim, is_mla = mc.get_num_kv_heads(get_parallel().attn_tp_size), mc.head_dim, False
     cfg = AsyncTLSConfig.from_env()
-    extra = SparseIndexStore.bytes_per_token(
-        cfg, kv_heads=heads, head_dim=dim, is_mla=is_mla,
-        kv_dtype_size=torch._utils._element_size(kvc.kv_cache_dtype), num_layers=num_layers)
+    extra = _index_bytes(cfg, kvc, num_layers)
     if cfg.offload and cfg.host_pool_tokens is None:
         # the index is kept per logical token: at most DEFAULT_HOST_RATIO per device token
         # (adapter.allocator.logical_tokens; fewer when the host caps it: then overcharged);
@@ -87,17 +99,14 @@ def _profile(original, self, *args, **kwargs):
     import logging
     import math
 
-    from sglang.srt.runtime_context import get_parallel, get_schedule
+    from sglang.srt.runtime_context import get_schedule
 
+    from asynctls_sglang.memory.host_tier import available_host_bytes
     from asynctls_sglang.memory.offload_runtime import plan_resident_rows, resident_row_bytes
 
     cfg = AsyncTLSConfig.from_env()
     mc = self.model_config
-    if self.use_mla_backend:
-        heads, dim, v_dim = 1, mc.kv_lora_rank + mc.qk_rope_head_dim, None
-    else:
-        heads, dim = mc.get_num_kv_heads(get_parallel().attn_tp_size), mc.head_dim
-        v_dim = getattr(mc, "v_head_dim", None) or dim
+    heads, dim, v_dim = _kv_shape(self)
     dtype_size = torch._utils._element_size(self.kv_cache_dtype)
     layers = self.layer_info.num_effective_layers
     row = resident_row_bytes(cfg, num_layers=layers, kv_heads=heads, head_dim=dim, v_head_dim=v_dim,
@@ -108,11 +117,7 @@ def _profile(original, self, *args, **kwargs):
     n, cost = plan_resident_rows(available, row, requested)
     token_bytes = layers * heads * (dim + (v_dim or 0)) * dtype_size
     resident_tokens = cost // token_bytes
-    from asynctls_sglang.memory.host_tier import available_host_bytes
-    from asynctls_sglang.memory.index_store import SparseIndexStore
-
-    index_bytes = SparseIndexStore.bytes_per_token(cfg, kv_heads=heads, head_dim=dim, is_mla=self.use_mla_backend,
-                                                   kv_dtype_size=dtype_size, num_layers=layers)
+    index_bytes = _index_bytes(cfg, self, layers)
     if cfg.host_pool_tokens is not None:  # the whole index is this fixed size (_cell_size charges none of it)
         cost += fixed_index_bytes(cfg.host_pool_tokens + cfg.block_size, index_bytes, available - cost)
     else:
