@@ -100,3 +100,27 @@ def test_an_explicit_host_pool_charges_its_whole_index():
     assert fixed_index_bytes(600_064, QWEN3["index_bytes"], 100 * GIB) == 600_064 * QWEN3["index_bytes"]  # ~5.5 GB
     with pytest.raises(ConfigError, match="600064-token host pool.*--asynctls-host-pool-tokens"):
         fixed_index_bytes(600_064, QWEN3["index_bytes"], 4 * GIB)
+
+
+@pytest.mark.parametrize("fields, ratio", [({}, 1), ({"offload": True}, 4),
+                                           ({"offload": True, "host_pool_tokens": 4096}, 0)],
+                         ids=["no-offload", "offload-auto", "offload-explicit"])
+def test_index_charged_per_device_token_once(monkeypatch, fields, ratio):
+    """SGLang's per-token cell size carries the index once per device token without offload, for
+    the DEFAULT_HOST_RATIO logical tokens of each with the auto host pool, and not at all with an
+    explicit one (its whole index is a fixed charge in _profile; charging it here too counted it
+    twice)."""
+    import json
+    from types import SimpleNamespace
+
+    from asynctls_sglang import BACKEND_NAME
+    from asynctls_sglang.patches import kv_pool
+
+    cfg = AsyncTLSConfig(**fields)
+    monkeypatch.setenv("ASYNCTLS_CONFIG", json.dumps(fields))
+    mc = SimpleNamespace(kv_lora_rank=512, qk_rope_head_dim=64)  # MLA: no tensor-parallel lookup
+    kvc = SimpleNamespace(server_args=SimpleNamespace(attention_backend=BACKEND_NAME), model_config=mc,
+                          use_mla_backend=True, kv_cache_dtype=torch.bfloat16)
+    per_token = kv_pool._index_bytes(cfg, kvc, 27)
+    assert per_token > 0
+    assert kv_pool._cell_size(lambda self, kvc, n: 1000, None, kvc, 27) == 1000 + ratio * per_token

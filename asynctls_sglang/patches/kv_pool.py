@@ -74,11 +74,13 @@ def _cell_size(original, self, kvc, num_layers):
     from asynctls_sglang.config import AsyncTLSConfig
 
     cfg = AsyncTLSConfig.from_env()
+    if cfg.offload and cfg.host_pool_tokens is not None:
+        # the index covers the fixed host pool, whatever the device pool: charged whole (_profile)
+        return size
     extra = _index_bytes(cfg, kvc, num_layers)
-    if cfg.offload and cfg.host_pool_tokens is None:
+    if cfg.offload:
         # the index is kept per logical token: at most DEFAULT_HOST_RATIO per device token
-        # (adapter.allocator.logical_tokens; fewer when the host caps it: then overcharged);
-        # an explicit host_pool_tokens is a fixed amount, not charged here (docs/offload.md)
+        # (adapter.allocator.logical_tokens; fewer when the host caps it: then overcharged)
         from asynctls_sglang.adapter.allocator import DEFAULT_HOST_RATIO
 
         extra *= DEFAULT_HOST_RATIO
@@ -118,7 +120,7 @@ def _profile(original, self, *args, **kwargs):
     token_bytes = layers * heads * (dim + (v_dim or 0)) * dtype_size
     resident_tokens = cost // token_bytes
     index_bytes = _index_bytes(cfg, self, layers)
-    if cfg.host_pool_tokens is not None:  # the whole index is this fixed size (_cell_size charges none of it)
+    if cfg.host_pool_tokens is not None:  # the whole index is this fixed size (_cell_size charges none)
         cost += fixed_index_bytes(cfg.host_pool_tokens + cfg.block_size, index_bytes, available - cost)
     else:
         cost += resident_index_bytes(resident_tokens, token_bytes=token_bytes, index_bytes=index_bytes,
