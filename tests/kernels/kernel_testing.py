@@ -27,6 +27,11 @@ def case(*values, id: str):  # noqa: A002 - pytest's own keyword
     return pytest.param(*values, id=id)
 
 
+def launch_id(overrides: dict) -> str:
+    """A test id for a SWEEP alternative of launch parameters, e.g. "block_n64-waves4"."""
+    return "-".join(f"{k}{v}" for k, v in overrides.items())
+
+
 def poison(t: torch.Tensor) -> torch.Tensor:
     """Fill with NaN (floats) or a garbage pattern (ints) so unwritten outputs show up."""
     if t.dtype.is_floating_point:

@@ -5,7 +5,8 @@ import math
 
 import pytest
 import torch
-from kernel_testing import DEVICE, DTYPE_IDS, assert_close, by_device, case, gather_tokens, make_pool, poison
+from kernel_testing import (DEVICE, DTYPE_IDS, assert_close, by_device, case, gather_tokens, launch_id, make_pool,
+                            poison)
 
 from asynctls_sglang.kernels import triton_ops
 from asynctls_sglang.kernels.common.launch import launch_overrides
@@ -160,7 +161,7 @@ def test_plan_splits_sized_for_the_active_columns():
 
 
 def _sweep_cases(module, mla: bool):
-    return [pytest.param(module, o, mla, id=("mla-" if mla else "gqa-") + "-".join(f"{k}{v}" for k, v in o.items()))
+    return [pytest.param(module, o, mla, id=("mla-" if mla else "gqa-") + launch_id(o))
             for o in module.SWEEP]
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import DEVICE, DTYPE_IDS, assert_close, by_device, case, make_pool, poison
+from kernel_testing import DEVICE, DTYPE_IDS, assert_close, by_device, case, launch_id, make_pool, poison
 
 from asynctls_sglang.kernels import triton_ops
 from asynctls_sglang.kernels.common import block_score, token_score
@@ -48,7 +48,7 @@ def test_score_blocks(lens, hq, hk, d, b, sink, local, extra, dtype):
     assert_close(got, want, FP32, "block scores", scale=(d * hq // hk) ** 0.5)
 
 
-@pytest.mark.parametrize("overrides", block_score.SWEEP, ids=lambda o: "-".join(f"{k}{v}" for k, v in o.items()))
+@pytest.mark.parametrize("overrides", block_score.SWEEP, ids=launch_id)
 @pytest.mark.parametrize("lens, hq, hk, d, b, sink, local, extra", [
     case([130, 61], 9, 3, 96, 16, 16, 16, 0, id="g3-D96"),
     case([150], 5, 1, 576, 16, 8, 16, 0, id="mla-576-h5")])
@@ -178,7 +178,7 @@ def test_score_block_tokens_is_candidates_then_scores(lens, hq, hk, d, r, b, kb,
     assert_close(got, ref, FP32, "token scores from blocks", scale=r ** 0.5 * 10)
 
 
-@pytest.mark.parametrize("overrides", token_score.SWEEP, ids=lambda o: "-".join(f"{k}{v}" for k, v in o.items()))
+@pytest.mark.parametrize("overrides", token_score.SWEEP, ids=launch_id)
 @pytest.mark.parametrize("lens, hq, hk, d, r, b, kb, sink, local", [
     case([120, 64, 9], 8, 2, 128, 32, 16, 6, 4, 16, id="g4-D128-r32-ragged"),
     case([90], 20, 1, 576, 128, 16, 4, 8, 16, id="mla-576-r128-h20")])

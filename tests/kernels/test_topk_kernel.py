@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import DEVICE, assert_topk_equivalent, by_device, case, poison
+from kernel_testing import DEVICE, assert_topk_equivalent, by_device, case, launch_id, poison
 
 from asynctls_sglang.kernels import triton_ops
 from asynctls_sglang.kernels.common import topk
@@ -123,7 +123,7 @@ SWEEP_CASES = by_device([
 ])
 
 
-@pytest.mark.parametrize("overrides", topk.SWEEP, ids=lambda o: "-".join(f"{k}{v}" for k, v in o.items()))
+@pytest.mark.parametrize("overrides", topk.SWEEP, ids=launch_id)
 @pytest.mark.parametrize("kind, shape, k", SWEEP_CASES)
 def test_every_sweep_alternative_is_exact(kind, shape, k, overrides):
     """The launch parameters benchmarks/kernel_bench.py --sweep times (radix bits, warps) give
