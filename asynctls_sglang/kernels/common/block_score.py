@@ -8,9 +8,11 @@ from asynctls_sglang.kernels.common.launch import FLOATS, cdiv, check, check_out
 
 
 #: Launch parameters: blocks per program (head dims up to 128 / larger), warps, pipeline stages.
-LAUNCH = {"block_m": 64, "block_m_wide": 32, "num_warps": 4, "num_stages": 3}
+#: H200 sweep at 128k x 1/8/32 (docs/results.md, session 9): block_m_wide 64 (MLA's 576-wide keys)
+#: 19.0/27.8/87.9 us against 18.7/34.6/116.3 for 32; GQA's best (num_warps 8) was within 5%.
+LAUNCH = {"block_m": 64, "block_m_wide": 64, "num_warps": 4, "num_stages": 3}
 #: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90).
-SWEEP = ({"block_m": 32, "block_m_wide": 16}, {"block_m": 128, "block_m_wide": 64}, {"num_warps": 8},
+SWEEP = ({"block_m_wide": 32}, {"block_m": 128, "block_m_wide": 128}, {"num_warps": 8},
          {"num_stages": 4}, {"block_m": 128, "num_warps": 8}, {"num_stages": 2})
 
 

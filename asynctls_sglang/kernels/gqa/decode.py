@@ -9,10 +9,13 @@ from asynctls_sglang.kernels.gqa.decode_kernel import gqa_decode_split_kernel
 
 #: Launch parameters: positions per iteration, warps, pipeline stages, and the split plan
 #: (merge.plan_splits: at least min_tokens positions per split, about `waves` programs per SM).
-LAUNCH = {"block_n": 32, "num_warps": 4, "num_stages": 2, "min_tokens": 64, "waves": 2}
+#: H200 sweep, Qwen3-8B 128k x 1/8/32, K 2048 (docs/results.md, session 9): 14.0/33.9/88.7 us
+#: against 14.6/46.5/103.1 for the former num_stages 2, waves 2.
+LAUNCH = {"block_n": 32, "num_warps": 4, "num_stages": 3, "min_tokens": 64, "waves": 4}
 #: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90).
-SWEEP = ({"waves": 4}, {"waves": 8}, {"block_n": 64}, {"block_n": 64, "waves": 4}, {"num_stages": 3},
-         {"num_stages": 3, "waves": 4}, {"block_n": 16, "waves": 8}, {"block_n": 64, "num_warps": 8, "waves": 4})
+SWEEP = ({"num_stages": 2, "waves": 2}, {"waves": 8}, {"block_n": 64}, {"block_n": 64, "num_stages": 2},
+         {"block_n": 64, "num_stages": 2, "waves": 2}, {"num_stages": 4}, {"block_n": 16, "waves": 8},
+         {"block_n": 64, "num_warps": 8})
 
 
 def gqa_sparse_decode(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,

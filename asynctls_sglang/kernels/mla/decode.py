@@ -9,10 +9,12 @@ from asynctls_sglang.kernels.mla.decode_kernel import mla_decode_split_kernel
 
 #: Launch parameters: positions per iteration, warps, pipeline stages, and the split plan
 #: (merge.plan_splits: at least min_tokens positions per split, about `waves` programs per SM).
-LAUNCH = {"block_n": 16, "num_warps": 4, "num_stages": 2, "min_tokens": 64, "waves": 2}
+#: H200 sweep, GLM-4.7-Flash 128k x 1/8/32, K 2048 (docs/results.md, session 9): 19.0/29.5/99.1 us
+#: against 20.8/37.5/102.1 for the former block_n 16.
+LAUNCH = {"block_n": 32, "num_warps": 4, "num_stages": 2, "min_tokens": 64, "waves": 2}
 #: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90).
-SWEEP = ({"waves": 4}, {"waves": 8}, {"block_n": 32}, {"num_stages": 3}, {"num_warps": 8},
-         {"block_n": 32, "num_warps": 8, "waves": 4})
+SWEEP = ({"block_n": 16}, {"waves": 4}, {"num_stages": 3}, {"num_warps": 8, "waves": 4},
+         {"num_stages": 3, "waves": 4}, {"block_n": 16, "num_stages": 3})
 BLOCK_H = 16
 
 
