@@ -145,23 +145,58 @@ def _itl(results) -> dict:
             "itl_ms_p99": round(step_ms[min(len(step_ms) - 1, int(0.99 * len(step_ms)))], 3)}
 
 
-async def run_fixed_memory(engine, n_req: int, ctx: int, out_len: int, vocab: int, seed: int) -> dict:
+def progress_line(elapsed: float, marks: list[list], state: dict | None) -> str:
+    """One line of a long run's progress: requests started (first token) and done, tokens so far,
+    and the backend's offload counters when it has them (prefill phases: calls and stream seconds)."""
+    started = sum(bool(m) for m in marks)
+    tokens = sum(m[-1][1] for m in marks if m)
+    line = f"[e2e] {elapsed:.0f} s: {started}/{len(marks)} requests decoding or done, {tokens} tokens out"
+    off = (state or {}).get("offload") or {}
+    if off:
+        phases = ", ".join(f"{name} {p['calls']}x {p['stream_s']:.1f} s"
+                           for name, p in (off.get("prefill_phases") or {}).items())
+        line += (f"; offload: {off.get('decode_steps', 0)} decode steps, prefix blocks loaded back "
+                 f"{off.get('prefix_blocks_loaded', 0)}, demoted {off.get('blocks_demoted', 0)}; {phases}")
+    return line
+
+
+async def _report_progress(engine, marks: list[list], t_submit: float, every: float) -> None:
+    """Print progress_line every `every` seconds until cancelled (the backend's state is asked of
+    the scheduler, which answers between forward passes: a line late by a long prefill shows it)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            states = await engine.tokenizer_manager.get_internal_state()
+            state = states[0].get("asynctls") if states else None
+        except Exception as e:  # progress must never end the run
+            state = {"error": repr(e)}
+        print(progress_line(time.perf_counter() - t_submit, marks, state), flush=True)
+
+
+async def run_fixed_memory(engine, n_req: int, ctx: int, out_len: int, vocab: int, seed: int,
+                           progress_s: float = 20.0) -> dict:
     """n_req distinct contexts submitted at once to a KV pool capped by --fixed-kv-tokens: how many
     decode together (the batch the backend reaches) and the output throughput of the whole run."""
     rng = random.Random(seed)
     prompts = [[rng.randrange(1000, vocab - 1000) for _ in range(ctx)] for _ in range(n_req)]
     params = {"max_new_tokens": out_len, "ignore_eos": True, "temperature": 0.0}
     t_submit = time.perf_counter()
+    all_marks: list[list] = [[] for _ in prompts]
 
     async def one(i: int, prompt: list[int]):
         # progress as each request ends: a run cut by a time limit still shows how far it got
-        marks: list = []
+        marks = all_marks[i]
         result = await _request(engine, prompt, params, marks)
         print(f"[e2e] fixed-memory request {i} done: first token at {marks[0][0] - t_submit:.1f} s, "
               f"{marks[-1][1]} tokens by {marks[-1][0] - t_submit:.1f} s", flush=True)
         return result
 
-    results = await asyncio.gather(*[one(i, p) for i, p in enumerate(prompts)])
+    ticker = asyncio.ensure_future(_report_progress(engine, all_marks, t_submit, progress_s)) if progress_s > 0 else None
+    try:
+        results = await asyncio.gather(*[one(i, p) for i, p in enumerate(prompts)])
+    finally:
+        if ticker is not None:
+            ticker.cancel()
     spans = [(m[0][0], m[-1][0]) for _, m in results]  # first to last token of each request
     batch = max(sum(a <= t <= b for a, b in spans) for t, _ in spans)
     t_end = max(b for _, b in spans)
@@ -242,7 +277,8 @@ def run_backend(args, backend: str, asynctls: dict, eager: bool = False) -> list
         engine.loop.run_until_complete(run_point(engine, 1, 4096, 8, vocab, 1))  # warm-up
         for i, (bs, ctx) in enumerate(points):
             if args.fixed_kv_tokens or args.fit:
-                r = engine.loop.run_until_complete(run_fixed_memory(engine, bs, ctx, args.out_len, vocab, 100 + i))
+                r = engine.loop.run_until_complete(run_fixed_memory(engine, bs, ctx, args.out_len, vocab, 100 + i,
+                                                                   args.progress_s))
                 if args.fixed_kv_tokens:
                     r.update(fixed_kv_tokens=args.fixed_kv_tokens, device_kv_tokens=kw["max_total_tokens"],
                              resident_buffer_tokens=resident)
@@ -363,6 +399,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budgets", default="2048", help="asynctls token budgets (one engine each)")
     ap.add_argument("--points", default="1x32768,8x32768,8x65536")
     ap.add_argument("--out-len", type=int, default=64)
+    ap.add_argument("--progress-s", type=float, default=20.0,
+                    help="fixed-memory and --fit runs: print requests started/done, tokens out and the offload "
+                         "prefill phases every this many seconds (0: off)")
     ap.add_argument("--context-length", type=int, default=140000)
     ap.add_argument("--chunked-prefill", type=int, default=16384)
     ap.add_argument("--mem-frac", type=float, default=0.85)

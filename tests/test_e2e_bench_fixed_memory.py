@@ -68,3 +68,38 @@ def test_kernel_groups(e2e_bench):
     assert e2e_bench.kernel_group("void flashinfer::BatchPrefillWithPagedKVCacheKernel<>") == "dense attention"
     assert e2e_bench.kernel_group("topk_resident_kernel") == "asynctls selection"
     assert e2e_bench.kernel_group("summary_fold_kernel") == "asynctls index upkeep"
+
+
+class ReportingEngine(QueueingEngine):
+    """A QueueingEngine whose scheduler answers get_internal_state with offload counters."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        outer = self
+
+        class TokenizerManager:
+            async def get_internal_state(self):
+                outer.asked += 1
+                return [{"asynctls": {"offload": {"decode_steps": 7, "prefix_blocks_loaded": 3, "blocks_demoted": 5,
+                                                  "prefill_phases": {"seed": {"calls": 2, "host_s": 0.1, "stream_s": 1.25}}}}}]
+
+        self.asked, self.tokenizer_manager = 0, TokenizerManager()
+
+
+def test_fixed_memory_runs_print_progress_with_the_offload_phases(e2e_bench, capsys):
+    """A long fixed-memory run says how far it got while it runs (a run cut by a time limit, or
+    one that makes no progress, shows it), with the backend's prefill phases."""
+    engine = ReportingEngine(1, steps=6, dt=0.02)
+    asyncio.run(e2e_bench.run_fixed_memory(engine, 3, 64, 6, 5000, 0, progress_s=0.05))
+    lines = [l for l in capsys.readouterr().out.splitlines() if "requests decoding or done" in l]
+    assert engine.asked >= 2 and len(lines) == engine.asked
+    assert "/3 requests decoding or done" in lines[0]
+    assert "7 decode steps" in lines[0] and "seed 2x 1.2 s" in lines[0] and "demoted 5" in lines[0]
+    # tokens out grow as the queue drains (1 slot: the requests run one after another)
+    counts = [int(l.split("done, ")[1].split(" tokens")[0]) for l in lines]
+    assert counts == sorted(counts) and counts[-1] > counts[0]
+
+
+def test_progress_line_without_offload_state(e2e_bench):
+    line = e2e_bench.progress_line(12.4, [[(0.0, 3)], [], [(0.0, 1), (0.1, 5)]], None)
+    assert line == "[e2e] 12 s: 2/3 requests decoding or done, 8 tokens out"
