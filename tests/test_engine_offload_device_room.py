@@ -113,3 +113,34 @@ def test_requests_sharing_a_prefix_are_admitted_together_and_load_it_once(tiny_m
     assert [len(o["output_ids"]) for o in outs] == [4] * 4
     assert [o["meta_info"]["cached_tokens"] for o in outs] == [800] * 4
     assert 0 < loaded <= 800 // 16  # once for the batch (less the pages still on the device)
+
+
+def test_long_chunked_prompts_under_a_kv_cap_all_finish_as_offload_off(tiny_model_dir):
+    """Six prompts of 1536 tokens, prefilled in chunks of 256, each about a whole device pool (100
+    pages) long, sent at once (the H200's 6 x 96k fixed-memory run, scaled down, MLA): every chunk
+    spares the window at its end, and the next chunk must give it back. Before, one window per
+    chunk stayed mapped until the request ended, the device-room gate shrank the chunks to one
+    page, and a prefix load-back found no free page: the scheduler stopped and the requests waited
+    forever. Now all finish, with offload off's tokens (the resident cache large enough)."""
+    import threading
+
+    model = tiny_model_dir("deepseek_v2")
+    prompts = random_prompts([1536] * 6, seed=12)
+    params = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
+    exact = dict(CFG, host_pool_tokens=16 * 2048, prefetch_depth=0, resident_blocks=128,
+                 max_miss_blocks_per_step=128)
+    runs = []
+    for cfg, pool in ((exact, 1600), (dict(CFG, offload=False), 6 * 1600)):
+        with engine(model, "asynctls", cfg, max_total_tokens=pool, max_running_requests=8,
+                    chunked_prefill_size=256, context_length=4096) as eng:
+            got: dict = {}
+            worker = threading.Thread(target=lambda: got.update(outs=eng.generate(input_ids=prompts, sampling_params=params)),
+                                      daemon=True)
+            worker.start()
+            worker.join(150)
+            assert "outs" in got, "the requests did not finish within 150 s (the scheduler stopped or made no progress)"
+            runs.append(([o["output_ids"] for o in got["outs"]], asynctls_stats(eng).get("offload")))
+    (outs, stats), (ref, _) = runs
+    assert [len(o) for o in outs] == [8] * 6
+    assert stats["prefix_blocks_loaded"] > 0 and stats["blocks_demoted"] > 0  # it did run under the cap
+    assert outs == ref

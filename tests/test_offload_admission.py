@@ -53,12 +53,14 @@ def test_hooked_sglang_methods_have_the_expected_shape():
         assert f"self.{attr}" in inspect.getsource(PrefillAdder.__init__), attr
 
 
-def test_reclaim_frees_only_blocks_decoded_past_every_window():
+def _two_requests(b: int = 16):
+    """An offload allocator and runtime (sink 4 tokens, local window 32, blocks of b) with request
+    rows 1 and 2: row 1 on logical pages 1..20, row 2 sharing row 1's first 6 pages (a radix
+    prefix) then on pages 30..43. Nothing mapped; device pages 40..49 free."""
     from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
     from asynctls_sglang.config import AsyncTLSConfig
     from asynctls_sglang.memory.offload_runtime import OffloadRuntime
 
-    b = 16
     cfg = AsyncTLSConfig(block_size=b, block_budget=16, token_budget=256, sink_tokens=4, local_window=32)
     alloc = object.__new__(OffloadPagedAllocator)
     alloc.page_size = b
@@ -68,11 +70,16 @@ def test_reclaim_frees_only_blocks_decoded_past_every_window():
                         device="cpu", num_rows=3, max_blocks=20, host_blocks=4)
     rt.device_page = alloc.device_page
     alloc.asynctls_runtime = rt
-    # request rows 1 and 2; row 2 shares row 1's first 6 pages (a radix prefix) then has its own
     req_to_token = torch.zeros(3, 20 * b, dtype=torch.int64)
     own1, own2 = list(range(1, 21)), list(range(1, 7)) + list(range(30, 44))
     for row, pages in ((1, own1), (2, own2)):
         req_to_token[row] = torch.tensor([p * b + t for p in pages for t in range(b)])
+    return alloc, rt, req_to_token
+
+
+def test_reclaim_frees_only_blocks_decoded_past_every_window():
+    b = 16
+    alloc, rt, req_to_token = _two_requests(b)
     alloc.device_page[1:21] = torch.arange(101, 121)
     alloc.device_page[30:44] = torch.arange(130, 144)
     alloc.device_page[10] = -1  # already host-only
@@ -88,6 +95,65 @@ def test_reclaim_frees_only_blocks_decoded_past_every_window():
     assert sorted(alloc.dev_free.tolist()) == sorted(list(range(40, 50)) + [100 + p for p in dropped])
     alloc.decoding = None
     assert alloc.reclaim_decode() == 0
+
+
+def _mapped_blocks(alloc, first_page: int, blocks: int) -> set[int]:
+    return {j for j in range(blocks) if alloc.device_page[first_page + j] >= 0}
+
+
+def test_chunked_prefill_gives_back_its_earlier_chunks_windows():
+    """Each chunk's demotion spares the window at that chunk's end; the next chunk's demotion must
+    give those pages back (before, one window's pages per chunk stayed mapped until the request
+    ended, and under a KV cap the device pool ran dry: H200, 6 x 96k MLA, no request finished)."""
+    b = 16
+    alloc, rt, req_to_token = _two_requests(b)
+    alloc.device_page[1:21] = torch.arange(101, 121)  # row 1's pages, mapped as SGLang allocates them
+    rows = torch.tensor([1])
+    empty = torch.empty(0, dtype=torch.int64)
+    # chunk 1: tokens 0..99 (complete blocks 0..5); window: sink block 0, local blocks 4..6
+    rt.demote(alloc, req_to_token, rows, [0], [100], empty)
+    assert _mapped_blocks(alloc, 1, 7) == {0, 4, 5, 6}
+    # chunk 2: tokens 100..199 (complete blocks 6..11); window: block 0, local blocks 10..12
+    rt.demote(alloc, req_to_token, rows, [100], [200], empty)
+    assert _mapped_blocks(alloc, 1, 13) == {0, 10, 11, 12}  # blocks 4, 5 of chunk 1's window given back
+    # chunk 3 ends the prefill at 300 tokens: only its window stays
+    rt.demote(alloc, req_to_token, rows, [200], [300], empty)
+    assert _mapped_blocks(alloc, 1, 19) == {0, 16, 17, 18}
+    rt.release_later(1)
+    assert 1 not in rt._spared
+
+
+def test_chunk_demotion_spares_the_windows_of_requests_decoding_on_a_shared_prefix():
+    """Row 2 decodes on row 1's first 6 pages (a shared radix prefix) with 90 tokens: its window
+    (blocks 0 and 2..5) holds pages row 1 computed. Row 1's next chunk must not give them back
+    while row 2 reads them, and gives them back once nothing reads them."""
+    b = 16
+    alloc, rt, req_to_token = _two_requests(b)
+    alloc.device_page[1:21] = torch.arange(101, 121)
+    alloc.device_page[30:36] = torch.arange(130, 136)
+    rows, empty = torch.tensor([1]), torch.empty(0, dtype=torch.int64)
+    rt.demote(alloc, req_to_token, rows, [0], [100], empty)
+    alloc.last_decode = (req_to_token, [2], [90])
+    rt.begin_forward(None)  # the decode step
+    rt.demote(alloc, req_to_token, rows, [100], [200], empty)
+    assert _mapped_blocks(alloc, 1, 13) == {0, 4, 5, 10, 11, 12}  # 4, 5: in row 2's window
+    alloc.last_decode = None  # row 2 ended
+    rt.begin_forward(None)
+    rt.demote(alloc, req_to_token, rows, [200], [300], empty)
+    assert _mapped_blocks(alloc, 1, 19) == {0, 16, 17, 18}
+
+
+def test_prefill_demotion_spares_windows_kept_by_prefills_since_the_last_decode():
+    """Row 2 prefilled (its window kept) but has not decoded yet when row 1's next chunk runs."""
+    b = 16
+    alloc, rt, req_to_token = _two_requests(b)
+    alloc.device_page[1:21] = torch.arange(101, 121)
+    alloc.device_page[30:36] = torch.arange(130, 136)
+    empty = torch.empty(0, dtype=torch.int64)
+    rt.demote(alloc, req_to_token, torch.tensor([1]), [0], [100], empty)
+    rt.demote(alloc, req_to_token, torch.tensor([2]), [96], [90 + 6], empty)  # row 2: 96 tokens
+    rt.demote(alloc, req_to_token, torch.tensor([1]), [100], [200], empty)
+    assert {4, 5} <= _mapped_blocks(alloc, 1, 13)  # row 2's first decode step reads them
 
 
 class _Tree:

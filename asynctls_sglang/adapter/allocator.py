@@ -89,6 +89,8 @@ class OffloadPagedAllocator(PagedTokenToKVPoolAllocator):
     #: the decode batch being allocated for (set around ScheduleBatch.prepare_for_decode by
     #: patches.offload): (req_to_token, cache rows, committed lengths), host lists
     decoding: tuple | None = None
+    #: the same for the last decode batch, kept after its allocation (OffloadRuntime.demote)
+    last_decode: tuple | None = None
     #: the OffloadRuntime (adapter.offload.build_offload_runtime), which decides what to give back
     asynctls_runtime = None
 

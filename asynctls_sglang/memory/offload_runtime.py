@@ -117,6 +117,13 @@ class OffloadRuntime:
         self.demoted_blocks = 0  # blocks whose device page was given back after a prefill
         self._pending_release: list[int] = []
         self._join_side_streams = False  # device pages were given back: order their reuse
+        #: cache row -> logical pages its prefills computed or loaded back that a window kept mapped;
+        #: its next prefill forward (the next chunk) reconsiders them, so a chunked prefill does not
+        #: leave one window's pages mapped per chunk (docs/offload.md, "Device room")
+        self._spared: dict[int, torch.Tensor] = {}
+        #: cache row -> the pages its window kept at its last prefill forward since the last decode
+        #: step (its first decode step reads them from the device); cleared when a decode step begins
+        self._recent_windows: dict[int, torch.Tensor] = {}
         #: logical page -> device page (None: SGLang's page ids are device pages, host blocks alike)
         self.device_page: torch.Tensor | None = None
         #: the table reads (readable_scores, buffer_table) as Triton kernels: on a GPU, where their
@@ -140,6 +147,8 @@ class OffloadRuntime:
         may still use the row (SGLang's overlap scheduler frees rows while a forward runs)."""
         if row > 0:
             self._pending_release.append(row)
+            self._spared.pop(row, None)
+            self._recent_windows.pop(row, None)
 
     def begin_forward(self, fresh_rows: torch.Tensor | None = None) -> None:
         """First thing in every forward (eager, before the layers). fresh_rows: rows starting a
@@ -155,6 +164,8 @@ class OffloadRuntime:
             self._pending_release.clear()
         if fresh_rows is not None and fresh_rows.numel():
             self.cache.reset(fresh_rows.long())
+        if fresh_rows is None:  # a decode step: the requests decoding are the allocator's last_decode
+            self._recent_windows.clear()
 
     # decode ----------------------------------------------------------------------------------------
     def decode_step(self, req_to_token: torch.Tensor, rows: torch.Tensor, lens: torch.Tensor,
@@ -358,18 +369,48 @@ class OffloadRuntime:
     def demote(self, allocator, req_to_token: torch.Tensor, rows: torch.Tensor, prefix_lens: Sequence[int],
                seq_lens: Sequence[int], loaded: torch.Tensor) -> None:
         """After a prefill (its blocks written through, its seeds issued): the blocks it computed or
-        loaded back keep only their host copy, except the window blocks of the batch's requests
-        (sink blocks and the local window of the first decode step, read from the device).
+        loaded back keep only their host copy, and so do the pages the windows of the same
+        requests' earlier prefill forwards kept (a chunked prefill's previous chunk ends), except
+        the pages in a window: the batch's requests' (sink blocks and the local window of the first
+        decode step), those of the prefills since the last decode step, and the last decode batch's.
         NOTE: every page a live request reads from the device is in some request's window and was
-        never unmapped (window pages are mapped when allocated and only unmapped by SGLang's free),
-        and pages loaded here were host-only before, so no live window loses its device page."""
+        never unmapped (window pages are mapped when allocated and only unmapped by SGLang's free);
+        pages loaded here were host-only before; a page a request computed (or loaded) itself can
+        be in another live request's window only when that one shares its prefix through the radix
+        tree, and then it is in one of the windows kept."""
         cfg, b = self.cfg, self.block_size
+        own = [int(r) for r in rows.tolist()]
         computed = self._request_blocks(req_to_token, rows, [(i, p // b, s // b)
                                                               for i, (p, s) in enumerate(zip(prefix_lens, seq_lens))])
+        earlier = [self._spared.pop(r) for r in own if r in self._spared]
         sink = [(i, 0, min(self.n_sink, -(-s // b))) for i, s in enumerate(seq_lens)]
         local = [(i, max(0, s + 1 - cfg.local_window) // b, -(-s // b)) for i, s in enumerate(seq_lens)]
         window = self._request_blocks(req_to_token, rows, sink + local)
-        self._unmap(allocator, torch.unique(torch.cat([computed, loaded])), window)
+        keep = [window, *(w for r, w in self._recent_windows.items() if r not in own)]
+        last = getattr(allocator, "last_decode", None)
+        if last is not None and last[1]:
+            keep.append(self._request_blocks(last[0], torch.tensor(last[1], dtype=torch.int64, device=req_to_token.device),
+                                             self._decode_windows(last[2])))
+        candidates = torch.unique(torch.cat([computed, loaded, *earlier]))
+        self._unmap(allocator, candidates, torch.cat(keep))
+        # what a window kept of this batch's own pages: reconsidered at each request's next prefill
+        left = candidates[self.device_page[candidates] >= 0]
+        for i, r in enumerate(own):
+            self._recent_windows[r] = self._request_blocks(req_to_token, rows, [sink[i], local[i]])
+            mine = self._request_blocks(req_to_token, rows, [(i, 0, -(-seq_lens[i] // b))])
+            mine = torch.unique(mine[torch.isin(mine, left)])
+            if mine.numel():
+                self._spared[r] = mine
+
+    def _decode_windows(self, lens: Sequence[int]) -> list[tuple[int, int, int]]:
+        """(i, lo, hi) block ranges a decode step of request i (committed length n) may read from
+        the device: its sink blocks and its local window, one block of margin on the left."""
+        b = self.block_size
+        out = []
+        for i, n in enumerate(lens):
+            first_local = max(0, n + 1 - self.cfg.local_window) // b - 1
+            out += [(i, 0, min(self.n_sink, -(-n // b))), (i, max(first_local, 0), -(-(n + 1) // b))]
+        return out
 
     def reclaim(self, allocator, req_to_token: torch.Tensor, rows: Sequence[int], lens: Sequence[int]) -> int:
         """A decode step finds the device pool short: give back the device pages of the decoding
@@ -378,12 +419,8 @@ class OffloadRuntime:
         prefixes) stay. rows, lens: the decode batch's cache rows and committed lengths (host).
         Returns the pages freed. Eager, syncs (reads req_to_token): called only when short.
         NOTE: decode reads only windows from the device, and complete blocks are on the host."""
-        cfg, b = self.cfg, self.block_size
-        keep, drop = [], []
-        for i, n in enumerate(lens):
-            first_local = max(0, n + 1 - cfg.local_window) // b - 1  # one block of margin
-            keep += [(i, 0, min(self.n_sink, -(-n // b))), (i, max(first_local, 0), -(-(n + 1) // b))]
-            drop.append((i, self.n_sink, first_local))
+        keep = self._decode_windows(lens)  # per request: its sink range, then its local window
+        drop = [(i, self.n_sink, keep[2 * i + 1][1]) for i in range(len(lens))]
         rows_t = torch.tensor(list(rows), dtype=torch.int64, device=req_to_token.device)
         candidates = torch.unique(self._request_blocks(req_to_token, rows_t, drop))
         if not candidates.numel():

@@ -200,6 +200,7 @@ def _prepare_for_decode(original, self, *args, **kwargs):
     # the allocation); host values, no sync
     alloc.decoding = (self.req_to_token_pool.req_to_token, [int(r.req_pool_idx) for r in self.reqs],
                       self.seq_lens_cpu.tolist())
+    alloc.last_decode = alloc.decoding  # kept: the next prefill's demotion spares these windows
     try:
         return original(self, *args, **kwargs)
     finally:
