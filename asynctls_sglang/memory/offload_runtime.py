@@ -385,8 +385,8 @@ class OffloadRuntime:
         earlier = [self._spared.pop(r) for r in own if r in self._spared]
         sink = [(i, 0, min(self.n_sink, -(-s // b))) for i, s in enumerate(seq_lens)]
         local = [(i, max(0, s + 1 - cfg.local_window) // b, -(-s // b)) for i, s in enumerate(seq_lens)]
-        window = self._request_blocks(req_to_token, rows, sink + local)
-        keep = [window, *(w for r, w in self._recent_windows.items() if r not in own)]
+        windows = [self._request_blocks(req_to_token, rows, [sink[i], local[i]]) for i in range(len(own))]
+        keep = [*windows, *(w for r, w in self._recent_windows.items() if r not in own)]
         last = getattr(allocator, "last_decode", None)
         if last is not None and last[1]:
             keep.append(self._request_blocks(last[0], torch.tensor(last[1], dtype=torch.int64, device=req_to_token.device),
@@ -396,7 +396,7 @@ class OffloadRuntime:
         # what a window kept of this batch's own pages: reconsidered at each request's next prefill
         left = candidates[self.device_page[candidates] >= 0]
         for i, r in enumerate(own):
-            self._recent_windows[r] = self._request_blocks(req_to_token, rows, [sink[i], local[i]])
+            self._recent_windows[r] = windows[i]
             mine = self._request_blocks(req_to_token, rows, [(i, 0, -(-seq_lens[i] // b))])
             mine = torch.unique(mine[torch.isin(mine, left)])
             if mine.numel():
