@@ -151,6 +151,8 @@ def progress_line(elapsed: float, marks: list[list], state: dict | None) -> str:
     started = sum(bool(m) for m in marks)
     tokens = sum(m[-1][1] for m in marks if m)
     line = f"[e2e] {elapsed:.0f} s: {started}/{len(marks)} requests decoding or done, {tokens} tokens out"
+    if (state or {}).get("error"):
+        line += f"; backend state not read: {state['error']}"
     off = (state or {}).get("offload") or {}
     if off:
         phases = ", ".join(f"{name} {p['calls']}x {p['stream_s']:.1f} s"

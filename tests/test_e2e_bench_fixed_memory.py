@@ -103,3 +103,4 @@ def test_fixed_memory_runs_print_progress_with_the_offload_phases(e2e_bench, cap
 def test_progress_line_without_offload_state(e2e_bench):
     line = e2e_bench.progress_line(12.4, [[(0.0, 3)], [], [(0.0, 1), (0.1, 5)]], None)
     assert line == "[e2e] 12 s: 2/3 requests decoding or done, 8 tokens out"
+    assert e2e_bench.progress_line(1, [[]], {"error": "TimeoutError()"}).endswith("; backend state not read: TimeoutError()")
