@@ -69,7 +69,10 @@ def plan_residency(blk2slot: torch.Tensor, slot2blk: torch.Tensor, last_used: to
         need.stride(0), need.stride(1), need.stride(2), pages.stride(0), pages.stride(1),
         host_blocks.stride(0) if host_blocks is not None else 0, counters.stride(0),
         HAS_HOST=host_blocks is not None, BLOCK_N=block_n, BLOCK_C=block_c,
-        BLOCK_X=min(1024, pow2(p, 16)),
+        # NOTE: fixed, as are the pages' row stride and the sizes (do_not_specialize): a prefill's
+        # seed plans with its own batch size and page-table width, and each new variant compiled
+        # during serving (~1.5 s on the H200's host; six variants over batch sizes 1-8)
+        BLOCK_X=1024,
         # H200, one program per (row, head), CUDA-graph replays: bs 64 x Hk 8, C 259, N 163,
         # M 64: 20 us with 8 warps, 23 with 4; C 100, N 43, M 16: 9.4 us with 4, 11 with 8
         num_warps=8 if max(block_n, block_c) >= 512 else 4)

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit(do_not_specialize=["N", "W", "P", "T"])  # vary with the batch: one variant
+@triton.jit(do_not_specialize=["N", "W", "P", "T", "s_pi"])  # vary with the batch: one variant
 def plan_residency_kernel(blk2slot, slot2blk, last_used, clock, counters, rows, need, pages, host_blocks,
                           src, dst, head, count,
                           N, C, MB, M, W, P, T, HK,
