@@ -144,3 +144,29 @@ def test_long_chunked_prompts_under_a_kv_cap_all_finish_as_offload_off(tiny_mode
     assert [len(o) for o in outs] == [8] * 6
     assert stats["prefix_blocks_loaded"] > 0 and stats["blocks_demoted"] > 0  # it did run under the cap
     assert outs == ref
+
+
+def test_a_chunked_prompt_beside_long_generations_waits_for_room_instead_of_stopping_the_server(tiny_model_dir):
+    """Four requests generate 500 tokens each while a 1400-token prompt is prefilled in 256-token
+    chunks on a 96-page device pool: the decoded pages fill the pool, and a chunk's prefix no
+    longer fits beside them. Before, the device-room gate still shrank the chunk to one page and
+    the prefix load-back found one page too few inside the forward ("64 prefix blocks must be
+    loaded back ... only 63 device pages are free"): the scheduler stopped, every request
+    waiting. Now the gate first takes back the pages the running requests decoded past (their
+    KV is on the host), and if that is not enough the chunk sits out the round."""
+    import threading
+
+    model = tiny_model_dir("qwen3")
+    prompts = random_prompts([100] * 4 + [1400], seed=23)
+    params = [{"temperature": 0, "max_new_tokens": n, "ignore_eos": True} for n in [500] * 4 + [8]]
+    with engine(model, "asynctls", CFG, max_total_tokens=N, max_running_requests=16,
+                chunked_prefill_size=256, context_length=4096) as eng:
+        got: dict = {}
+        worker = threading.Thread(target=lambda: got.update(outs=eng.generate(input_ids=prompts, sampling_params=params)),
+                                  daemon=True)
+        worker.start()
+        worker.join(150)
+        assert "outs" in got, "the requests did not finish within 150 s (the scheduler stopped or made no progress)"
+        stats = asynctls_stats(eng)["offload"]
+    assert [len(o["output_ids"]) for o in got["outs"]] == [500] * 4 + [8]
+    assert stats["prefix_blocks_loaded"] > 0  # the long prompt's chunks read their prefix back

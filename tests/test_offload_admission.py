@@ -218,6 +218,40 @@ def test_gate_shrinks_a_chunked_request_to_the_room():
     assert adder.asynctls_device_claimed == 10 + 15 + 1  # what the shrunk chunk needs
 
 
+def test_gate_parks_a_chunked_request_whose_prefix_leaves_no_room_while_others_run():
+    """Room 28 - 2 running; the prefix alone needs 30 pages: a one-page chunk would fail its
+    prefix load-back inside the forward (the scheduler stops). With requests running, the chunked
+    request sits out the round (SGLang offers it again); idle, it goes on with one page."""
+    busy = _adder(free_pages=30, running=2, rem_chunk=2048)
+    req = _req(480, 4000)
+    assert _admit(busy, req, "chunked") is req and busy.can_run_list == []
+    assert getattr(busy, "asynctls_device_claimed", 0) == 0 and busy.rem_chunk_tokens == 2048
+    # nothing else joins that round (SGLang would count a middle chunk in flight for the batch)
+    from sglang.srt.managers.schedule_policy import AddReqResult
+
+    assert _admit(busy, _req(0, 32)) == AddReqResult.NO_TOKEN and busy.can_run_list == []
+    idle = _adder(free_pages=30, running=0, rem_chunk=2048)
+    assert _admit(idle, req, "chunked") == "added" and idle.rem_chunk_tokens == 16
+
+
+def test_gate_gives_a_chunked_request_the_pages_running_requests_decoded_past():
+    """Row 1 decodes at 300 tokens on 20 mapped pages; 10 device pages are free. A chunked request
+    whose 10-page prefix leaves no room for a chunk first takes back row 1's pages outside its
+    windows (their KV is on the host), as a decode step short of pages does, then goes on."""
+    b = 16
+    alloc, rt, req_to_token = _two_requests(b)
+    alloc.device_page[1:21] = torch.arange(101, 121)
+    batch = SimpleNamespace(batch_size=lambda: 1, is_empty=lambda: False, reqs=[SimpleNamespace(req_pool_idx=1)],
+                            seq_lens_cpu=torch.tensor([300]),
+                            req_to_token_pool=SimpleNamespace(req_to_token=req_to_token))
+    adder = SimpleNamespace(token_to_kv_pool_allocator=alloc, running_batch=batch, can_run_list=[],
+                            rem_chunk_tokens=2048, tree_cache=_Tree(alloc, 0))
+    assert _admit(adder, _req(160, 4000), "chunked") == "added"
+    freed = set(range(1, 15))  # blocks 1..14: past the sink block, before the local window (15..)
+    assert _mapped_blocks(alloc, 1, 20) == set(range(20)) - freed
+    assert adder.rem_chunk_tokens == (10 + len(freed) - 1 - 11) * 16
+
+
 def _shared_req(prefix: int, total: int, path):
     """A request whose radix prefix ends at path[-1] (path: nodes from the root's child down)."""
     req = _req(prefix, total)

@@ -137,6 +137,23 @@ def _make_room(adder, alloc, need: int, req) -> bool:
     return _device_room(adder, alloc) >= need
 
 
+def _reclaim_running(adder, alloc) -> int:
+    """Give back the running requests' device pages they decoded past (OffloadRuntime.reclaim, as
+    a decode step short of pages does; their KV is on the host). Returns the pages freed.
+    Eager, syncs: only for a chunked request short of room for its prefix."""
+    rt, batch = alloc.asynctls_runtime, adder.running_batch
+    if rt is None or batch is None or batch.is_empty():
+        return 0
+    lens = batch.seq_lens_cpu.tolist()
+    if len(lens) != len(batch.reqs):
+        return 0
+    # NOTE: a request that finished in the last step has no row any more (req_pool_idx None)
+    live = [(int(r.req_pool_idx), n) for r, n in zip(batch.reqs, lens) if r.req_pool_idx is not None]
+    if not live:
+        return 0
+    return rt.reclaim(alloc, batch.req_to_token_pool.req_to_token, *map(list, zip(*live)))
+
+
 def _gated(add):
     """AROUND hook for PrefillAdder.add_one_req / add_chunked_req: the device-room admission."""
     def hook(original, self, req, *args, **kwargs):
@@ -147,6 +164,11 @@ def _gated(add):
         alloc = self.token_to_kv_pool_allocator
         if not isinstance(alloc, OffloadPagedAllocator):
             return original(self, req, *args, **kwargs)
+        if getattr(self, "asynctls_parked", False):
+            # NOTE: nothing else joins a round whose chunked request sits out: SGLang counts a
+            # middle chunk in flight for every prefill batch built while it has a chunked
+            # request, and only a batch holding that request counts it back
+            return AddReqResult.NO_TOKEN
         page = alloc.page_size
         shared = _shared_pages(self, req, page)
         need = _device_pages(req, self.rem_chunk_tokens, page, shared)
@@ -156,6 +178,16 @@ def _gated(add):
                 # NOTE: SGLang must take the chunked request back (it holds its pages); shrink its
                 # chunk to the room instead, at least one page
                 room = _device_room(self, alloc) - _device_pages(req, 0, page, shared)  # left for the chunk
+                if room < 1 and not idle and _reclaim_running(self, alloc):
+                    room = _device_room(self, alloc) - _device_pages(req, 0, page, shared)
+                if room < 1 and not idle:
+                    # not one page beside its prefix: park it this round (SGLang keeps it as its
+                    # chunked request and offers it again, as for hybrid SWA) while the running
+                    # requests give room back; a one-page chunk would make the prefix load-back
+                    # fail inside the forward and stop the scheduler. Idle, nothing gives room
+                    # back: it goes on, to that clear error rather than waiting forever.
+                    self.asynctls_parked = True
+                    return req
                 self.rem_chunk_tokens = max(page, room * page)
                 need = _device_pages(req, self.rem_chunk_tokens, page, shared)
             else:
