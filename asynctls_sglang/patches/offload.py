@@ -137,6 +137,17 @@ def _make_room(adder, alloc, need: int, req) -> bool:
     return _device_room(adder, alloc) >= need
 
 
+def _decoding(batch) -> tuple:
+    """(req_to_token, cache rows, committed lengths) of a ScheduleBatch's requests that hold a row
+    (host lists; a request that finished in the last step has none any more): what
+    OffloadRuntime.reclaim and the allocator's decoding / last_decode take."""
+    lens = batch.seq_lens_cpu.tolist()
+    if len(lens) != len(batch.reqs):  # not a batch of requests and their lengths: nothing known
+        return batch.req_to_token_pool.req_to_token, [], []
+    live = [(int(r.req_pool_idx), n) for r, n in zip(batch.reqs, lens) if r.req_pool_idx is not None]
+    return batch.req_to_token_pool.req_to_token, [r for r, _ in live], [n for _, n in live]
+
+
 def _reclaim_running(adder, alloc) -> int:
     """Give back the running requests' device pages they decoded past (OffloadRuntime.reclaim, as
     a decode step short of pages does; their KV is on the host). Returns the pages freed.
@@ -144,14 +155,8 @@ def _reclaim_running(adder, alloc) -> int:
     rt, batch = alloc.asynctls_runtime, adder.running_batch
     if rt is None or batch is None or batch.is_empty():
         return 0
-    lens = batch.seq_lens_cpu.tolist()
-    if len(lens) != len(batch.reqs):
-        return 0
-    # NOTE: a request that finished in the last step has no row any more (req_pool_idx None)
-    live = [(int(r.req_pool_idx), n) for r, n in zip(batch.reqs, lens) if r.req_pool_idx is not None]
-    if not live:
-        return 0
-    return rt.reclaim(alloc, batch.req_to_token_pool.req_to_token, *map(list, zip(*live)))
+    req_to_token, rows, lens = _decoding(batch)
+    return rt.reclaim(alloc, req_to_token, rows, lens) if rows else 0
 
 
 def _gated(add):
@@ -230,8 +235,7 @@ def _prepare_for_decode(original, self, *args, **kwargs):
         return original(self, *args, **kwargs)
     # NOTE: seq_lens_cpu: the committed lengths (prepare_for_decode adds this step's token after
     # the allocation); host values, no sync
-    alloc.decoding = (self.req_to_token_pool.req_to_token, [int(r.req_pool_idx) for r in self.reqs],
-                      self.seq_lens_cpu.tolist())
+    alloc.decoding = _decoding(self)
     alloc.last_decode = alloc.decoding  # kept: the next prefill's demotion spares these windows
     try:
         return original(self, *args, **kwargs)
