@@ -115,6 +115,20 @@ def test_requests_sharing_a_prefix_are_admitted_together_and_load_it_once(tiny_m
     assert 0 < loaded <= 800 // 16  # once for the batch (less the pages still on the device)
 
 
+def _generate_within(eng, prompts, params, seconds: float) -> list:
+    """eng.generate on another thread: its outputs, or a failure after `seconds` (a scheduler that
+    stopped leaves the call waiting forever)."""
+    import threading
+
+    got: dict = {}
+    worker = threading.Thread(target=lambda: got.update(outs=eng.generate(input_ids=prompts, sampling_params=params)),
+                              daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert "outs" in got, f"the requests did not finish within {seconds} s (the scheduler stopped or made no progress)"
+    return got["outs"]
+
+
 def test_long_chunked_prompts_under_a_kv_cap_all_finish_as_offload_off(tiny_model_dir):
     """Six prompts of 1536 tokens, prefilled in chunks of 256, each about a whole device pool (100
     pages) long, sent at once (the H200's 6 x 96k fixed-memory run, scaled down, MLA): every chunk
@@ -122,8 +136,6 @@ def test_long_chunked_prompts_under_a_kv_cap_all_finish_as_offload_off(tiny_mode
     chunk stayed mapped until the request ended, the device-room gate shrank the chunks to one
     page, and a prefix load-back found no free page: the scheduler stopped and the requests waited
     forever. Now all finish, with offload off's tokens (the resident cache large enough)."""
-    import threading
-
     model = tiny_model_dir("deepseek_v2")
     prompts = random_prompts([1536] * 6, seed=12)
     params = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
@@ -133,13 +145,8 @@ def test_long_chunked_prompts_under_a_kv_cap_all_finish_as_offload_off(tiny_mode
     for cfg, pool in ((exact, 1600), (dict(CFG, offload=False), 6 * 1600)):
         with engine(model, "asynctls", cfg, max_total_tokens=pool, max_running_requests=8,
                     chunked_prefill_size=256, context_length=4096) as eng:
-            got: dict = {}
-            worker = threading.Thread(target=lambda: got.update(outs=eng.generate(input_ids=prompts, sampling_params=params)),
-                                      daemon=True)
-            worker.start()
-            worker.join(150)
-            assert "outs" in got, "the requests did not finish within 150 s (the scheduler stopped or made no progress)"
-            runs.append(([o["output_ids"] for o in got["outs"]], asynctls_stats(eng).get("offload")))
+            outs = _generate_within(eng, prompts, params, 150)
+            runs.append(([o["output_ids"] for o in outs], asynctls_stats(eng).get("offload")))
     (outs, stats), (ref, _) = runs
     assert [len(o) for o in outs] == [8] * 6
     assert stats["prefix_blocks_loaded"] > 0 and stats["blocks_demoted"] > 0  # it did run under the cap
@@ -154,19 +161,12 @@ def test_a_chunked_prompt_beside_long_generations_waits_for_room_instead_of_stop
     loaded back ... only 63 device pages are free"): the scheduler stopped, every request
     waiting. Now the gate first takes back the pages the running requests decoded past (their
     KV is on the host), and if that is not enough the chunk sits out the round."""
-    import threading
-
     model = tiny_model_dir("qwen3")
     prompts = random_prompts([100] * 4 + [1400], seed=23)
     params = [{"temperature": 0, "max_new_tokens": n, "ignore_eos": True} for n in [500] * 4 + [8]]
     with engine(model, "asynctls", CFG, max_total_tokens=N, max_running_requests=16,
                 chunked_prefill_size=256, context_length=4096) as eng:
-        got: dict = {}
-        worker = threading.Thread(target=lambda: got.update(outs=eng.generate(input_ids=prompts, sampling_params=params)),
-                                  daemon=True)
-        worker.start()
-        worker.join(150)
-        assert "outs" in got, "the requests did not finish within 150 s (the scheduler stopped or made no progress)"
+        outs = _generate_within(eng, prompts, params, 150)
         stats = asynctls_stats(eng)["offload"]
-    assert [len(o["output_ids"]) for o in got["outs"]] == [500] * 4 + [8]
+    assert [len(o["output_ids"]) for o in outs] == [500] * 4 + [8]
     assert stats["prefix_blocks_loaded"] > 0  # the long prompt's chunks read their prefix back
