@@ -120,6 +120,7 @@ class Layer:
 
     def __init__(self, model: Model, cfg: AsyncTLSConfig, max_tokens: int, seed: int = 0):
         from asynctls_sglang.kernels import triton_ops
+        from asynctls_sglang.memory.index_store import index_key_buffers
         from asynctls_sglang.ops.select import LayerIndex
 
         self.model, self.cfg = model, cfg
@@ -136,8 +137,7 @@ class Layer:
         self.index = LayerIndex(
             torch.empty(self.n_pages, model.hk, model.d, device=dev, dtype=dt),
             torch.empty(self.n_pages, model.hk, model.d, device=dev, dtype=dt),
-            torch.empty(slots, model.hk, r // 2, device=dev, dtype=torch.uint8),
-            torch.empty(slots, model.hk, 2, device=dev, dtype=torch.float32),
+            *index_key_buffers(slots, model.hk, r, dev),  # the store's layout (head-major)
             torch.randperm(model.d, device=dev, generator=gen)[:r].sort().values.expand(model.hk, r).contiguous())
         self.flag = torch.zeros(self.n_pages, dtype=torch.int32, device=dev)
         self.page_order = torch.randperm(self.n_pages, device=dev, generator=gen)

@@ -28,8 +28,19 @@ def _channels(hk, d, r, seed):
     return torch.stack([torch.randperm(d, generator=gen)[:r].sort().values for _ in range(hk)]).to(DEVICE)
 
 
+def _buffers(slots, hk, r, head_major):
+    """Poisoned (codes, scale_zero) [slots, Hk, ...]: contiguous, or views of [Hk, slots, ...] (the
+    index store's layout, memory.index_store.index_key_buffers)."""
+    if head_major:
+        return (poison(torch.empty(hk, slots, r // 2, dtype=torch.uint8, device=DEVICE)).permute(1, 0, 2),
+                poison(torch.empty(hk, slots, 2, dtype=torch.float32, device=DEVICE)).permute(1, 0, 2))
+    return (poison(torch.empty(slots, hk, r // 2, dtype=torch.uint8, device=DEVICE)),
+            poison(torch.empty(slots, hk, 2, dtype=torch.float32, device=DEVICE)))
+
+
+@pytest.mark.parametrize("head_major", [False, True], ids=["slot-major", "head-major"])
 @pytest.mark.parametrize("t, slots, hk, d, r, dtype", CASES)
-def test_write_matches_torch_op(t, slots, hk, d, r, dtype):
+def test_write_matches_torch_op(t, slots, hk, d, r, dtype, head_major):
     gen = torch.Generator().manual_seed(t * d)
     k = (torch.randn(t, hk, d, generator=gen) * 3).to(dtype)
     k[0, 0] = 1.5  # a constant key: scale 0
@@ -38,9 +49,9 @@ def test_write_matches_torch_op(t, slots, hk, d, r, dtype):
     k = k.to(DEVICE)
     channels = _channels(hk, d, r, seed=d)
     loc = torch.randperm(slots, generator=gen)[:t].to(DEVICE)
-    want_c = poison(torch.empty(slots, hk, r // 2, dtype=torch.uint8, device=DEVICE))
-    want_z = poison(torch.empty(slots, hk, 2, dtype=torch.float32, device=DEVICE))
+    want_c, want_z = _buffers(slots, hk, r, head_major)
     got_c, got_z = want_c.clone(), want_z.clone()
+    assert got_c.stride() == want_c.stride() and got_z.stride() == want_z.stride()
     torch_ops.write_index_keys(want_c, want_z, loc, k, channels)
     triton_ops.write_index_keys(got_c, got_z, loc, k, channels)
     assert torch.equal(got_c, want_c)

@@ -178,6 +178,24 @@ def test_score_block_tokens_is_candidates_then_scores(lens, hq, hk, d, r, b, kb,
     assert_close(got, ref, FP32, "token scores from blocks", scale=r ** 0.5 * 10)
 
 
+@pytest.mark.parametrize("lens, hq, hk, d, r, b, kb, sink, local", [
+    case([120, 64, 9], 8, 2, 128, 32, 16, 6, 4, 16, id="g4-D128-r32-ragged"),
+    case([90], 20, 1, 576, 128, 16, 4, 8, 16, id="mla-576-r128-h20")])
+def test_score_block_tokens_head_major_index_keys(lens, hq, hk, d, r, b, kb, sink, local):
+    """The index store keeps codes and scale/zero head-major (views of [Hk, slots, ...]): the
+    same positions and bit-identical scores as from contiguous copies (bf16 q, the dot path)."""
+    args, blocks, pool_lens = _token_inputs(lens, hq, hk, d, r, b, kb, sink, local, BF16)
+    q, codes, scale_zero, channels, req_to_token, rows, _, _ = args
+    hm_codes = codes.permute(1, 0, 2).contiguous().permute(1, 0, 2)
+    hm_sz = scale_zero.permute(1, 0, 2).contiguous().permute(1, 0, 2)
+    assert hm_codes.stride(0) == r // 2 and hm_sz.stride(0) == 2 and torch.equal(hm_codes, codes)
+    common = (channels, req_to_token, rows, blocks, pool_lens, b, sink, local)
+    want, want_pos = triton_ops.score_block_tokens(q, codes, scale_zero, *common)
+    got, got_pos = triton_ops.score_block_tokens(q, hm_codes, hm_sz, *common)
+    assert torch.equal(got_pos, want_pos)
+    assert torch.equal(got.isinf(), want.isinf()) and torch.equal(got[want.isfinite()], want[want.isfinite()])
+
+
 @pytest.mark.parametrize("overrides", token_score.SWEEP, ids=launch_id)
 @pytest.mark.parametrize("lens, hq, hk, d, r, b, kb, sink, local", [
     case([120, 64, 9], 8, 2, 128, 32, 16, 6, 4, 16, id="g4-D128-r32-ragged"),
