@@ -13,15 +13,14 @@ MAX_K = 8192
 #: rows are streamed from memory once per radix pass (topk_kernel). The resident kernel packs
 #: two counts of at most N into one int32, so N <= 2^14.
 RESIDENT_MAX_N = 16384
+#: Radix digit of the resident kernel: 6 bits = 64-bin histograms (cheapest per resolved bit).
 METHODS = ("auto", "resident", "stream")
-#: Launch parameters of the resident kernel: how a radix pass counts the digits ("count": compare
-#: every entry with every digit value, one reduction; "histogram": tl.histogram + cumsum, which
-#: an H200 probe timed at ~3 us per pass, session 10), bits per pass, warps for rows of up to
-#: 1024, 4096 and 16384 entries (block top-k at 128k: 2048 blocks; token top-k: 8192 candidates).
-LAUNCH = {"radix": "count", "bits": 2, "warps_1k": 4, "warps_4k": 8, "warps_16k": 16}
+#: Launch parameters of the resident kernel: bits per radix pass, warps for rows of up to 1024,
+#: 4096 and 16384 entries (block top-k at 128k: 2048 blocks; token top-k: 8192 candidates).
+LAUNCH = {"bits": 6, "warps_1k": 4, "warps_4k": 8, "warps_16k": 16}
 #: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90).
-SWEEP = ({"bits": 1}, {"bits": 3}, {"radix": "histogram", "bits": 6}, {"radix": "histogram", "bits": 4},
-         {"warps_4k": 4, "warps_16k": 8}, {"warps_4k": 16, "warps_16k": 32})
+SWEEP = ({"bits": 4}, {"bits": 8}, {"warps_4k": 4, "warps_16k": 8}, {"warps_4k": 16, "warps_16k": 32},
+         {"bits": 8, "warps_16k": 32})
 
 
 def topk_indices(scores: torch.Tensor, k: int, pos: torch.Tensor | None = None, *,
@@ -74,7 +73,7 @@ def topk_indices(scores: torch.Tensor, k: int, pos: torch.Tensor | None = None, 
     cfg = LAUNCH
     topk_resident_kernel[(rows,)](
         *args, HAS_POS=pos is not None, BLOCK_N=block_n, BLOCK_K=block_k, BITS=cfg["bits"],
-        SORTED=ordered, PRELOAD_POS=block_n <= 8192, COUNT=cfg["radix"] == "count",
+        SORTED=ordered, PRELOAD_POS=block_n <= 8192,
         num_warps=cfg["warps_1k"] if block_n <= 1024 else cfg["warps_4k"] if block_n <= 4096 else cfg["warps_16k"])
     return out
 

@@ -107,20 +107,15 @@ def _bit_length(x):
 @triton.jit
 def topk_resident_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
                          HAS_POS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         BITS: tl.constexpr, SORTED: tl.constexpr, PRELOAD_POS: tl.constexpr,
-                         COUNT: tl.constexpr = True):
+                         BITS: tl.constexpr, SORTED: tl.constexpr, PRELOAD_POS: tl.constexpr):
     """Grid (rows,). Same contract as topk_kernel for N <= BLOCK_N, with the row held in registers.
 
     The row is read once; every radix pass then works on registers only:
       1. v = the score's order-preserving key as unsigned bits (0 for -inf: never chosen); the
          bits that all finite keys share (from their max and min) are resolved at once;
-      2. passes of BITS-bit digits narrow the prefix of the K-th largest key until it is exact or
-         until its bin holds exactly as many entries as are still needed (then all of them are
-         taken). Each pass needs, for every digit value d, how many entries still matching the
-         prefix have a digit >= d: COUNT compares every entry with every d (a [BLOCK_N, 2^BITS]
-         mask summed over the entries: one reduction), else tl.histogram of the digits and a
-         reverse cumsum. On the H200 the histogram pass cost ~3 us at 64 bins over 8192 entries
-         (most of the token top-k's ~20 us), and grows with the bins (session 10 probe);
+      2. passes of BITS-bit digits (histogram of the entries still matching the prefix) narrow
+         the prefix of the K-th largest key until it is exact or until its bin holds exactly as
+         many entries as are still needed (then all of them are taken);
       3. one scan packs (entries above, ties so far) and gives every taken entry its slot in
          index order: everything above the threshold plus the first `need` ties (lowest index).
     SORTED: the taken composites (key, ~index) go through out's row and are put in rank order
@@ -154,21 +149,13 @@ def topk_resident_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
         # -inf entries (v = 0) may match a short prefix: they count as the smallest keys, and the
         # K-th largest is finite, so they never decide the digit nor end the loop early
         m_in = (b_v & b_hmask) == b_prefix
-        b_dig = (b_v >> b_s) & ((1 << b_w) - 1)
-        if COUNT:
-            # [1 << BITS] entries with a digit >= d (digits >= 2^b_w never occur: those counts are 0)
-            b_ge = tl.sum(((b_dig[:, None] >= o_b[None, :]) & m_in[:, None]).to(tl.int32), axis=0)
-            b_digit = tl.sum((b_ge >= b_need).to(tl.int32), axis=0) - 1
-            b_above = tl.sum(tl.where(o_b == b_digit + 1, b_ge, 0), axis=0)
-            b_cnt = tl.sum(tl.where(o_b == b_digit, b_ge, 0), axis=0) - b_above
-        else:
-            b_hist = tl.histogram(b_dig, 1 << BITS, mask=m_in)
-            b_ge = tl.cumsum(b_hist, axis=0, reverse=True)
-            b_digit = tl.sum((b_ge >= b_need).to(tl.int32), axis=0) - 1
-            b_sel = o_b == b_digit
-            b_above = tl.sum(tl.where(b_sel, b_ge - b_hist, 0), axis=0)
-            b_cnt = tl.sum(tl.where(b_sel, b_hist, 0), axis=0)
-        b_need = b_need - b_above
+        b_hist = tl.histogram((b_v >> b_s) & ((1 << b_w) - 1), 1 << BITS, mask=m_in)
+        # [1 << BITS] entries with a digit >= d
+        b_ge = tl.cumsum(b_hist, axis=0, reverse=True)
+        b_digit = tl.sum((b_ge >= b_need).to(tl.int32), axis=0) - 1
+        b_sel = o_b == b_digit
+        b_need = b_need - tl.sum(tl.where(b_sel, b_ge - b_hist, 0), axis=0)
+        b_cnt = tl.sum(tl.where(b_sel, b_hist, 0), axis=0)
         b_prefix = b_prefix | (b_digit << b_s)
         b_hi = b_s
         b_hmask = -1 << b_s
