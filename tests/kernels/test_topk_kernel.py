@@ -22,6 +22,9 @@ def _scores(kind: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
         x[..., ::7] = torch.randn(x[..., ::7].shape, generator=gen)
     elif kind == "masked":
         x[torch.rand(shape, generator=gen) < 0.6] = float("-inf")
+    elif kind == "negative-masked":  # every finite score < 0: -inf keys share their high bits
+        x = -x.abs() - 2.0 ** -10
+        x[torch.rand(shape, generator=gen) < 0.6] = float("-inf")
     elif kind == "all-masked-rows":
         x[..., :] = float("-inf")
         x[0, 0, : shape[-1] // 3] = torch.randn(shape[-1] // 3, generator=gen)
@@ -52,6 +55,7 @@ CASES = by_device([
     case("all-masked-rows", (2, 2, 33), 5, id="empty-rows"),
     case("random", (1, 2, 20), 32, id="k-larger-than-N"),
     case("masked", (2, 1, 100), 64, id="k-larger-than-finite"),
+    case("negative-masked", (2, 2, 300), 50, id="negative-and-minus-inf"),
     case("wide-range", (2, 2, 200), 17, id="wide-range"),
     case("near-equal", (1, 2, 150), 60, id="one-ulp-apart"),
     case("ties", (1, 2, 2500), 300, id="multi-chunk-N2500"),
@@ -128,10 +132,20 @@ SWEEP_CASES = by_device([
 def test_every_sweep_alternative_is_exact(kind, shape, k, overrides):
     """The launch parameters benchmarks/kernel_bench.py --sweep times (radix bits, warps) give
     the same indices, ranked and unranked."""
-    if DEVICE.type == "cpu" and "bits" not in overrides and shape[-1] > 4096:
+    if DEVICE.type == "cpu" and not {"bits", "radix"} & set(overrides) and shape[-1] > 4096:
         pytest.skip("warps change nothing under the interpreter (compile_sm90.py compiles them); the "
                     "smaller rows run them")
     with launch_overrides(topk.LAUNCH, overrides):
+        test_select_blocks_exact(kind, shape, k, "resident")
+        test_select_tokens_exact(kind, shape, k, "resident")
+
+
+@pytest.mark.parametrize("kind, shape, k", [c for c in CASES if DEVICE.type != "cpu" or c.values[1][-1] <= 4099])
+def test_bitwise_radix_is_exact_on_every_case(kind, shape, k):
+    """The one-bit-per-pass radix (a --sweep alternative) on every kind of row: ties, signed
+    zeros, -inf rows, only negative scores beside -inf, k past the finite scores, extremes
+    (rows of up to 4099 entries under the interpreter)."""
+    with launch_overrides(topk.LAUNCH, {"radix": "bitwise"}):
         test_select_blocks_exact(kind, shape, k, "resident")
         test_select_tokens_exact(kind, shape, k, "resident")
 

@@ -17,10 +17,12 @@ RESIDENT_MAX_N = 16384
 METHODS = ("auto", "resident", "stream")
 #: Launch parameters of the resident kernel: bits per radix pass, warps for rows of up to 1024,
 #: 4096 and 16384 entries (block top-k at 128k: 2048 blocks; token top-k: 8192 candidates).
-LAUNCH = {"bits": 6, "warps_1k": 4, "warps_4k": 8, "warps_16k": 16}
+LAUNCH = {"radix": "histogram", "bits": 6, "warps_1k": 4, "warps_4k": 8, "warps_16k": 16}
 #: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90).
+#: radix "bitwise": one bit per pass, one scalar sum each (no tl.histogram, whose passes an H200
+#: probe found to be most of the token top-k, session 10); not yet timed.
 SWEEP = ({"bits": 4}, {"bits": 8}, {"warps_4k": 4, "warps_16k": 8}, {"warps_4k": 16, "warps_16k": 32},
-         {"bits": 8, "warps_16k": 32})
+         {"bits": 8, "warps_16k": 32}, {"radix": "bitwise"})
 
 
 def topk_indices(scores: torch.Tensor, k: int, pos: torch.Tensor | None = None, *,
@@ -73,7 +75,7 @@ def topk_indices(scores: torch.Tensor, k: int, pos: torch.Tensor | None = None, 
     cfg = LAUNCH
     topk_resident_kernel[(rows,)](
         *args, HAS_POS=pos is not None, BLOCK_N=block_n, BLOCK_K=block_k, BITS=cfg["bits"],
-        SORTED=ordered, PRELOAD_POS=block_n <= 8192,
+        SORTED=ordered, PRELOAD_POS=block_n <= 8192, BITWISE=cfg["radix"] == "bitwise",
         num_warps=cfg["warps_1k"] if block_n <= 1024 else cfg["warps_4k"] if block_n <= 4096 else cfg["warps_16k"])
     return out
 

@@ -107,7 +107,8 @@ def _bit_length(x):
 @triton.jit
 def topk_resident_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
                          HAS_POS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         BITS: tl.constexpr, SORTED: tl.constexpr, PRELOAD_POS: tl.constexpr):
+                         BITS: tl.constexpr, SORTED: tl.constexpr, PRELOAD_POS: tl.constexpr,
+                         BITWISE: tl.constexpr = False):
     """Grid (rows,). Same contract as topk_kernel for N <= BLOCK_N, with the row held in registers.
 
     The row is read once; every radix pass then works on registers only:
@@ -115,7 +116,9 @@ def topk_resident_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
          bits that all finite keys share (from their max and min) are resolved at once;
       2. passes of BITS-bit digits (histogram of the entries still matching the prefix) narrow
          the prefix of the K-th largest key until it is exact or until its bin holds exactly as
-         many entries as are still needed (then all of them are taken);
+         many entries as are still needed (then all of them are taken); BITWISE: one bit per
+         pass, counted by one scalar sum instead of a histogram (more passes, each without
+         tl.histogram; a kernel_bench --sweep alternative);
       3. one scan packs (entries above, ties so far) and gives every taken entry its slot in
          index order: everything above the threshold plus the first `need` ties (lowest index).
     SORTED: the taken composites (key, ~index) go through out's row and are put in rank order
@@ -143,22 +146,35 @@ def topk_resident_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
     b_need = b_taken
     o_b = tl.arange(0, 1 << BITS)
     # b_cnt: entries matching the prefix; the K-th largest is the b_need-th largest of them
-    while (b_hi > 0) & (b_cnt > b_need):
-        b_w = tl.minimum(b_hi, BITS)
-        b_s = b_hi - b_w
-        # -inf entries (v = 0) may match a short prefix: they count as the smallest keys, and the
-        # K-th largest is finite, so they never decide the digit nor end the loop early
-        m_in = (b_v & b_hmask) == b_prefix
-        b_hist = tl.histogram((b_v >> b_s) & ((1 << b_w) - 1), 1 << BITS, mask=m_in)
-        # [1 << BITS] entries with a digit >= d
-        b_ge = tl.cumsum(b_hist, axis=0, reverse=True)
-        b_digit = tl.sum((b_ge >= b_need).to(tl.int32), axis=0) - 1
-        b_sel = o_b == b_digit
-        b_need = b_need - tl.sum(tl.where(b_sel, b_ge - b_hist, 0), axis=0)
-        b_cnt = tl.sum(tl.where(b_sel, b_hist, 0), axis=0)
-        b_prefix = b_prefix | (b_digit << b_s)
-        b_hi = b_s
-        b_hmask = -1 << b_s
+    if BITWISE:
+        while (b_hi > 0) & (b_cnt > b_need):
+            b_s = b_hi - 1
+            # finite entries matching the prefix with this bit set (b_cnt counts finite entries)
+            b_one = tl.sum(((b_v != 0) & ((b_v & b_hmask) == b_prefix) & (((b_v >> b_s) & 1) == 1)).to(tl.int32),
+                           axis=0)
+            m_one = b_one >= b_need
+            b_need = tl.where(m_one, b_need, b_need - b_one)
+            b_cnt = tl.where(m_one, b_one, b_cnt - b_one)
+            b_prefix = b_prefix | (m_one.to(tl.int32) << b_s)
+            b_hi = b_s
+            b_hmask = -1 << b_s
+    else:
+        while (b_hi > 0) & (b_cnt > b_need):
+            b_w = tl.minimum(b_hi, BITS)
+            b_s = b_hi - b_w
+            # -inf entries (v = 0) may match a short prefix: they count as the smallest keys, and the
+            # K-th largest is finite, so they never decide the digit nor end the loop early
+            m_in = (b_v & b_hmask) == b_prefix
+            b_hist = tl.histogram((b_v >> b_s) & ((1 << b_w) - 1), 1 << BITS, mask=m_in)
+            # [1 << BITS] entries with a digit >= d
+            b_ge = tl.cumsum(b_hist, axis=0, reverse=True)
+            b_digit = tl.sum((b_ge >= b_need).to(tl.int32), axis=0) - 1
+            b_sel = o_b == b_digit
+            b_need = b_need - tl.sum(tl.where(b_sel, b_ge - b_hist, 0), axis=0)
+            b_cnt = tl.sum(tl.where(b_sel, b_hist, 0), axis=0)
+            b_prefix = b_prefix | (b_digit << b_s)
+            b_hi = b_s
+            b_hmask = -1 << b_s
     # above / tie against the prefix, in unsigned order (xor SIGN turns it into signed order)
     b_hv = b_v & b_hmask
     # (only v is kept across the passes: ok = v != 0, key = v ^ SIGN)
