@@ -5,7 +5,6 @@ import contextlib
 import json
 import os
 import random
-import signal
 from typing import Iterator
 
 BASE_ENGINE_ARGS = dict(skip_tokenizer_init=True, disable_cuda_graph=True, dtype="float32",

@@ -3,7 +3,6 @@ the OpenAI-compatible API, multi-turn chat through the radix cache, an SGLang fr
 program, and the backend's stats on /get_server_info. One server for the module."""
 from __future__ import annotations
 
-import os
 
 import pytest
 

@@ -13,7 +13,7 @@ import glob
 import json
 import os
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 from asynctls_sglang.config import AsyncTLSConfig  # noqa: E402
-from asynctls_sglang.reference import select_tokens, calibrate_channels  # noqa: E402
+from asynctls_sglang.reference import select_tokens  # noqa: E402
 from asynctls_sglang.reference.select import forced_positions  # noqa: E402
 from asynctls_sglang.reference.index_keys import INV_15  # noqa: E402
 
