@@ -7,6 +7,8 @@ latent 512 + rope 64) x context x batch x token budget, block budget and block s
     summary (fold the new key into its block's min/max), index_write (its INT4 index key),
     summary_index (both in one launch, what the backend runs instead of the two),
     cand_score (candidates and token_score in one launch, what the backend runs instead),
+    token_select (cand_score and token_topk through score_select_block_tokens: the two launches,
+    or one fused kernel when --sweep token_select tries it),
     block_score, block_topk, candidates (the chosen blocks' token positions, one kernel),
     token_score, token_topk, attention (over the chosen tokens),
     step (all of the above as one CUDA graph, selection glue included: what the backend's
@@ -52,7 +54,7 @@ from asynctls_sglang.config import AsyncTLSConfig  # noqa: E402
 STAGES = ("summary", "index_write", "block_score", "block_topk", "candidates", "token_score", "token_topk",
           "attention")
 #: the stages the backend runs fused (timed beside their parts)
-FUSED = ("summary_index", "cand_score")
+FUSED = ("summary_index", "cand_score", "token_select")
 #: the previous selection kernels, timed beside their replacements
 LEGACY = ("block_topk_stream", "candidates_torch", "token_score_loop", "token_topk_stream", "summary_flags")
 
@@ -188,6 +190,7 @@ def stage_bytes(m: Model, cfg: AsyncTLSConfig, bs: int, ctx: int, budget: int) -
     out["block_topk_stream"], out["token_topk_stream"] = out["block_topk"], out["token_topk"]
     out["candidates_torch"], out["token_score_loop"] = out["candidates"], out["token_score"]
     out["summary_flags"] = out["summary"]
+    out["token_select"] = out["cand_score"] + out["token_topk"]
     out["step_legacy"] = out["step"]
     out["full_attention"] = bs * ctx * m.hk * kv_row
     return out
@@ -250,17 +253,17 @@ def sglang_triton_decode(m: Model, layer: Layer, req_to_token, seq_lens, q, max_
 
 
 # --- one grid point ------------------------------------------------------------------------------
-SWEPT_STAGES = ("attention", "block_score", "block_topk", "cand_score", "token_topk")
+SWEPT_STAGES = ("attention", "block_score", "block_topk", "cand_score", "token_topk", "token_select")
 
 
 def sweep_module(stage: str, m: Model):
     """The kernel wrapper module whose LAUNCH / SWEEP --sweep varies for `stage`."""
-    from asynctls_sglang.kernels.common import block_score, token_score, topk
+    from asynctls_sglang.kernels.common import block_score, token_score, token_select, topk
     from asynctls_sglang.kernels.gqa import decode as gqa_decode
     from asynctls_sglang.kernels.mla import decode as mla_decode
 
     return {"attention": mla_decode if m.mla else gqa_decode, "block_score": block_score, "block_topk": topk,
-            "cand_score": token_score, "token_topk": topk}[stage]
+            "cand_score": token_score, "token_topk": topk, "token_select": token_select}[stage]
 
 
 def launch_label(overrides: dict) -> str:
@@ -309,6 +312,7 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
         pos_, ok_ = legacy.candidate_positions(blk, lens, bsize, sink, local)
         return legacy.score_tokens(q_, codes, sz, channels, r2t, req_rows, pos_, ok_, heads=heads), pos_
     legacy.score_block_tokens = legacy_block_tokens
+    legacy.score_select_block_tokens = None  # select.chosen_in_blocks: the two legacy ops above
 
     def attention():
         ops.sparse_decode_attention(q, layer.k, layer.v, req_to_token, rows, positions, sm_scale, out=att_out)
@@ -359,6 +363,10 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
         "cand_score": lambda: ops.score_block_tokens(q, idx.codes, idx.scale_zero, idx.channels, req_to_token, rows,
                                                      blocks, seq_lens, b, cfg.sink_tokens, cfg.local_window,
                                                      out=cand_score_out),
+        # level 2 whole (token_select.LAUNCH: the two kernels above, or one fused)
+        "token_select": lambda: ops.score_select_block_tokens(q, idx.codes, idx.scale_zero, idx.channels, req_to_token,
+                                                              rows, blocks, seq_lens, b, cfg.sink_tokens,
+                                                              cfg.local_window, k_sel, out=chosen_out),
         "summary_index": lambda: ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b,
                                                             index=(idx.codes, idx.scale_zero, idx.channels)),
     }
@@ -416,7 +424,7 @@ def print_table(rows: list[dict]) -> None:
              "step": "STEP", "flashinfer": "FI", "sglang_triton": "SGL-tr", "block_topk_stream": "btopk-old",
              "candidates_torch": "cand-old", "token_score_loop": "tscore-old", "token_topk_stream": "ttopk-old",
              "summary_flags": "summ-old", "step_legacy": "STEP-old", "summary_index": "summ+idx",
-             "cand_score": "cand+tscore"}
+             "cand_score": "cand+tscore", "token_select": "tsel"}
     print("\nmicroseconds per layer call (median); speedup = FlashInfer full / AsyncTLS step; "
           "hbm = step bytes / (HBM floor x time)")
     print("| model | ctx | bs | K | " + " | ".join(short[c] for c in cols) + " | speedup | hbm |")
@@ -489,7 +497,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--hbm-tbs", type=float, default=4.2, help="HBM bandwidth floor in TB/s (H200: 4.2)")
     ap.add_argument("--quick", action="store_true", help="a short grid: 32k/128k, bs 1/8, K 2048, 10 reps")
     ap.add_argument("--sweep", default="",
-                    help="comma list of stages (attention, block_score, block_topk, cand_score, token_topk) also "
+                    help="comma list of stages (attention, block_score, block_topk, cand_score, token_topk, "
+                         "token_select) also "
                          "timed under each alternative launch configuration of their kernel (its SWEEP) at every point")
     ap.add_argument("--out", default=None, help="JSON results path (a PNG plot is written beside it)")
     a = ap.parse_args(argv)

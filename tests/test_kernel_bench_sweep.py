@@ -13,7 +13,7 @@ import kernel_bench  # noqa: E402
 
 
 def test_each_stage_varies_its_own_kernel():
-    from asynctls_sglang.kernels.common import block_score, token_score, topk
+    from asynctls_sglang.kernels.common import block_score, token_score, token_select, topk
     from asynctls_sglang.kernels.gqa import decode as gqa_decode
     from asynctls_sglang.kernels.mla import decode as mla_decode
 
@@ -22,7 +22,8 @@ def test_each_stage_varies_its_own_kernel():
     assert kernel_bench.sweep_module("block_score", SimpleNamespace(mla=True)) is block_score
     assert kernel_bench.sweep_module("token_topk", SimpleNamespace(mla=False)) is topk
     assert kernel_bench.sweep_module("cand_score", SimpleNamespace(mla=False)) is token_score
-    for module in (gqa_decode, mla_decode, block_score, token_score, topk):
+    assert kernel_bench.sweep_module("token_select", SimpleNamespace(mla=True)) is token_select
+    for module in (gqa_decode, mla_decode, block_score, token_score, topk, token_select):
         assert module.SWEEP and all(set(o) <= set(module.LAUNCH) for o in module.SWEEP)
 
 

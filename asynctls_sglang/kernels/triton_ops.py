@@ -22,6 +22,7 @@ from asynctls_sglang.kernels.common.index_keys import write_index_keys
 from asynctls_sglang.kernels.common.merge import SplitWorkspace
 from asynctls_sglang.kernels.common.summary import update_block_summaries
 from asynctls_sglang.kernels.common.token_score import score_block_tokens, score_tokens
+from asynctls_sglang.kernels.common.token_select import score_select_block_tokens
 from asynctls_sglang.kernels.common.topk import select_blocks, select_tokens
 from asynctls_sglang.kernels.gqa.decode import gqa_sparse_decode
 from asynctls_sglang.kernels.mla.decode import is_latent_view, mla_sparse_decode
@@ -29,7 +30,8 @@ from asynctls_sglang.ops.torch_ops import block_table, dense_positions, forced_p
 
 __all__ = [
     "update_block_summaries", "write_index_keys", "block_table", "score_blocks", "select_blocks",
-    "candidate_positions", "score_tokens", "score_block_tokens", "forced_positions", "select_tokens",
+    "candidate_positions", "score_tokens", "score_block_tokens", "score_select_block_tokens", "forced_positions",
+    "select_tokens",
     "truncate_candidates", "sparse_decode_attention", "dense_positions", "SplitWorkspace",
 ]
 

@@ -73,10 +73,13 @@ def chosen_in_blocks(q: torch.Tensor, index: LayerIndex, req_to_token: torch.Ten
     if cfg.selection == "quest":
         pos, ok = ops.candidate_positions(blocks, seq_lens, b, cfg.sink_tokens, cfg.local_window)
         return ops.truncate_candidates(pos, ok, cfg.selected_tokens)
-    # candidates and their scores: one launch on the Triton ops
-    tok, pos = ops.score_block_tokens(q, index.codes, index.scale_zero, index.channels, req_to_token,
-                                      req_pool_indices, blocks, seq_lens, b, cfg.sink_tokens,
-                                      cfg.local_window, heads=cfg.token_heads)
+    args = (q, index.codes, index.scale_zero, index.channels, req_to_token, req_pool_indices, blocks, seq_lens, b,
+            cfg.sink_tokens, cfg.local_window)
+    fused = getattr(ops, "score_select_block_tokens", None)
+    if fused is not None:  # the Triton ops: scoring and top-k, in one launch when their LAUNCH says so
+        return fused(*args, cfg.selected_tokens, heads=cfg.token_heads)
+    # candidates and their scores (one launch on the Triton ops), then the top-k
+    tok, pos = ops.score_block_tokens(*args, heads=cfg.token_heads)
     return ops.select_tokens(tok, pos, cfg.selected_tokens)
 
 

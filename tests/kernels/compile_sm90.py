@@ -173,6 +173,24 @@ def cases():
                                                   r2t, rows, torch.empty(bs, hk, kb, dtype=torch.int64), sl, 64, 16, 64,
                                                   heads=heads, method=method)
                 out.append((f"score_block_tokens {heads}/{method} hq{hq} hk{hk} d{d} r{r} kb{-(-n // 64)} {dt}", g))
+    # score_select_block_tokens fused (token scoring + top-k in one program), every chunk size
+    from asynctls_sglang.kernels.common import token_select
+    from asynctls_sglang.kernels.common.launch import launch_overrides
+
+    for lens, hq, hk, d, r, kb, k, dt in (([131072] * 2, 32, 8, 128, 32, 128, 1968, torch.bfloat16),
+                                           ([131072] * 2, 20, 1, 576, 128, 128, 1968, torch.bfloat16),
+                                           ([131072] * 2, 32, 8, 128, 32, 128, 432, torch.bfloat16),
+                                           ([300], 8, 2, 64, 16, 5, 40, torch.float32)):
+        for overrides in token_select.SWEEP:
+            def f(lens=lens, hq=hq, hk=hk, d=d, r=r, kb=kb, k=k, dt=dt, overrides=overrides):
+                r2t, rows, sl, _ = _pool(lens, 64)
+                bs, slots = len(lens), r2t.numel()
+                with launch_overrides(token_select.LAUNCH, overrides):
+                    triton_ops.score_select_block_tokens(
+                        torch.empty(bs, hq, d, dtype=dt), torch.empty(slots, hk, r // 2, dtype=torch.uint8),
+                        torch.empty(slots, hk, 2), torch.stack([torch.arange(r) for _ in range(hk)]), r2t, rows,
+                        torch.empty(bs, hk, kb, dtype=torch.int64), sl, 64, 16, 64, k)
+            out.append((f"token_select {overrides} hq{hq} hk{hk} d{d} r{r} kb{kb} k{k} {dt}", f))
     # candidate_positions
     for bs, hk, kb, b in ((3, 2, 5, 8), (8, 8, 128, 64), (2, 1, 128, 64), (1, 3, 7, 16)):
         def f(bs=bs, hk=hk, kb=kb, b=b):

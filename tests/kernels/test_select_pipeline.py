@@ -7,6 +7,8 @@ from kernel_testing import DEVICE, assert_topk_equivalent, by_device, case, make
 
 from asynctls_sglang.config import AsyncTLSConfig
 from asynctls_sglang.kernels import triton_ops
+from asynctls_sglang.kernels.common import token_select
+from asynctls_sglang.kernels.common.launch import launch_overrides
 from asynctls_sglang.ops import torch_ops
 from asynctls_sglang.ops.select import LayerIndex, select_positions
 
@@ -46,8 +48,14 @@ def _index(pool, hk, d, r, b, seed):
     return LayerIndex(kmin, kmax, codes, scale_zero, channels)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["two-launches", "fused-token-select"])
 @pytest.mark.parametrize("lens, hq, hk, d, r, cfg", CASES)
-def test_selection_matches_torch_ops(lens, hq, hk, d, r, cfg):
+def test_selection_matches_torch_ops(lens, hq, hk, d, r, cfg, fused):
+    with launch_overrides(token_select.LAUNCH, {"fused": fused}):
+        _selection_matches_torch_ops(lens, hq, hk, d, r, cfg)
+
+
+def _selection_matches_torch_ops(lens, hq, hk, d, r, cfg):
     b = cfg.block_size
     pool = make_pool(lens, b, seed=hq)
     index = _index(pool, hk, d, r, b, seed=d)

@@ -73,13 +73,12 @@ def score_block_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.T
     return scores, pos
 
 
-def _launch(q, codes, scale_zero, channels, req_to_token, req_pool_indices, pos, ok, out, heads, method, *,
-            blocks=None, seq_lens=None, block_size=1, sink=0, local=0) -> None:
-    """Checks the shared arguments and launches token_score_kernel (ok: uint8 view; with blocks,
-    pos is written and ok unused)."""
-    bs, hq, d = q.shape
+def score_consts(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor, channels: torch.Tensor,
+                 req_to_token: torch.Tensor, heads: str, method: str) -> dict:
+    """Checks the arguments every token-scoring launch shares -> the scoring constexprs of
+    token_score_kernel._candidate_scores (G, R2, HEAD_MAX, HEADS_DOT, PRECISION, BLOCK_G, BLOCK_R)."""
+    hq = q.shape[1]
     hk, r = channels.shape
-    n = pos.shape[2]
     check(q.dtype in FLOATS and hq % hk == 0, f"q float, Hq ({hq}) a multiple of Hk ({hk})")
     check(heads in TOKEN_HEADS, f"heads must be one of {TOKEN_HEADS}, got {heads!r}")
     check(method in METHODS, f"method must be one of {METHODS}, got {method!r}")
@@ -89,10 +88,23 @@ def _launch(q, codes, scale_zero, channels, req_to_token, req_pool_indices, pos,
     for name, t in (("q", q), ("codes", codes), ("scale_zero", scale_zero), ("channels", channels),
                     ("req_to_token", req_to_token)):
         check(t.stride(-1) == 1, f"{name} needs a unit last stride")
-    if bs == 0 or n == 0:
-        return
     g = hq // hk
     dot = heads == "max" and (method == "dot" or (method == "auto" and g > 1 and q.dtype != torch.float32))
+    return dict(G=g, R2=r // 2, HEAD_MAX=heads == "max", HEADS_DOT=dot,
+                PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # 16-bit q and the codes: exact in tf32
+                BLOCK_G=pow2(g, 16 if dot else 1), BLOCK_R=pow2(r // 2, 16 if dot else 2))
+
+
+def _launch(q, codes, scale_zero, channels, req_to_token, req_pool_indices, pos, ok, out, heads, method, *,
+            blocks=None, seq_lens=None, block_size=1, sink=0, local=0) -> None:
+    """Checks the shared arguments and launches token_score_kernel (ok: uint8 view; with blocks,
+    pos is written and ok unused)."""
+    consts = score_consts(q, codes, scale_zero, channels, req_to_token, heads, method)
+    bs = q.shape[0]
+    hk = channels.shape[0]
+    n = pos.shape[2]
+    if bs == 0 or n == 0:
+        return
     cfg = LAUNCH
     block_n = cfg["block_n"]
     from_blocks = blocks is not None
@@ -105,8 +117,5 @@ def _launch(q, codes, scale_zero, channels, req_to_token, req_pool_indices, pos,
         scale_zero.stride(1), channels.stride(0), req_to_token.stride(0), pos.stride(0),
         pos.stride(1), ok.stride(0), ok.stride(1), out.stride(0), out.stride(1),
         blocks, seq_lens, blocks.stride(0), blocks.stride(1), blocks.stride(2), sink, local,
-        G=g, R2=r // 2, HEAD_MAX=heads == "max", HEADS_DOT=dot,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # 16-bit q and the codes: exact in tf32
-        BLOCK_G=pow2(g, 16 if dot else 1), BLOCK_R=pow2(r // 2, 16 if dot else 2), BLOCK_N=block_n,
-        FROM_BLOCKS=from_blocks, B=block_size if from_blocks else 1,
+        **consts, BLOCK_N=block_n, FROM_BLOCKS=from_blocks, B=block_size if from_blocks else 1,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])

@@ -72,12 +72,19 @@ def topk_indices(scores: torch.Tensor, k: int, pos: torch.Tensor | None = None, 
             SORTED=ordered, num_warps=8 if block_k >= 1024 else 4)
         return out
     block_n = pow2(n, 128)
-    cfg = LAUNCH
     topk_resident_kernel[(rows,)](
-        *args, HAS_POS=pos is not None, BLOCK_N=block_n, BLOCK_K=block_k, BITS=cfg["bits"],
-        SORTED=ordered, PRELOAD_POS=block_n <= 8192, BITWISE=cfg["radix"] == "bitwise",
-        num_warps=cfg["warps_1k"] if block_n <= 1024 else cfg["warps_4k"] if block_n <= 4096 else cfg["warps_16k"])
+        *args, HAS_POS=pos is not None, BLOCK_N=block_n, BLOCK_K=block_k, SORTED=ordered,
+        PRELOAD_POS=block_n <= 8192, **resident_launch(block_n))
     return out
+
+
+def resident_launch(block_n: int) -> dict:
+    """LAUNCH as the register-resident selection's constexprs and warps for a row of block_n
+    entries (topk_resident_kernel, and the token top-k fused into token scoring)."""
+    cfg = LAUNCH
+    return dict(BITS=cfg["bits"], BITWISE=cfg["radix"] == "bitwise",
+                num_warps=cfg["warps_1k"] if block_n <= 1024 else cfg["warps_4k"] if block_n <= 4096
+                else cfg["warps_16k"])
 
 
 def select_blocks(scores: torch.Tensor, k: int, *, out: torch.Tensor | None = None,

@@ -105,33 +105,12 @@ def _bit_length(x):
 
 
 @triton.jit
-def topk_resident_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
-                         HAS_POS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         BITS: tl.constexpr, SORTED: tl.constexpr, PRELOAD_POS: tl.constexpr,
-                         BITWISE: tl.constexpr = False):
-    """Grid (rows,). Same contract as topk_kernel for N <= BLOCK_N, with the row held in registers.
-
-    The row is read once; every radix pass then works on registers only:
-      1. v = the score's order-preserving key as unsigned bits (0 for -inf: never chosen); the
-         bits that all finite keys share (from their max and min) are resolved at once;
-      2. passes of BITS-bit digits (histogram of the entries still matching the prefix) narrow
-         the prefix of the K-th largest key until it is exact or until its bin holds exactly as
-         many entries as are still needed (then all of them are taken); BITWISE: one bit per
-         pass, counted by one scalar sum instead of a histogram (more passes, each without
-         tl.histogram; a kernel_bench --sweep alternative);
-      3. one scan packs (entries above, ties so far) and gives every taken entry its slot in
-         index order: everything above the threshold plus the first `need` ties (lowest index).
-    SORTED: the taken composites (key, ~index) go through out's row and are put in rank order
-    (by counting for BLOCK_K <= 256, else a register sort). Slots past the finite entries: -1.
-    """
-    i_r = tl.program_id(0).to(tl.int64)
+def _resident_threshold(b_x, K, BITS: tl.constexpr, BITWISE: tl.constexpr):
+    """Steps 1-2 of topk_resident_kernel for a row b_x [BLOCK_N] fp32 (-inf: never chosen) ->
+    (v, taken, prefix, hmask, need): the keys as unsigned bits (0 for -inf), min(K, finite
+    entries), and the K-th largest key's resolved prefix (bits under hmask), with how many of the
+    entries matching it are still needed."""
     SIGN = -2147483648
-    o_n = tl.arange(0, BLOCK_N)
-    m_n = o_n < N
-    # [BLOCK_N]
-    b_x = tl.load(scores + i_r * s_sr + o_n, mask=m_n, other=float("-inf"))
-    if HAS_POS and PRELOAD_POS and not SORTED:
-        b_pos = tl.load(pos + i_r * s_pr + o_n, mask=m_n, other=-1)
     m_ok = b_x > float("-inf")
     b_key = _ordered_key(b_x)
     b_v = tl.where(m_ok, b_key ^ SIGN, 0)
@@ -175,6 +154,14 @@ def topk_resident_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
             b_prefix = b_prefix | (b_digit << b_s)
             b_hi = b_s
             b_hmask = -1 << b_s
+    return b_v, b_taken, b_prefix, b_hmask, b_need
+
+
+@triton.jit
+def _resident_slots(b_v, b_prefix, b_hmask, b_need):
+    """Step 3 of topk_resident_kernel -> (take [BLOCK_N] bool, slot [BLOCK_N]): every entry above
+    the threshold and the first `need` ties, each with its place in index order."""
+    SIGN = -2147483648
     # above / tie against the prefix, in unsigned order (xor SIGN turns it into signed order)
     b_hv = b_v & b_hmask
     # (only v is kept across the passes: ok = v != 0, key = v ^ SIGN)
@@ -187,6 +174,39 @@ def topk_resident_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
     b_ties = b_before >> 16
     m_take = m_above | (m_tie & (b_ties < b_need))
     o_slot = (b_before & 65535) + tl.minimum(b_ties, b_need)
+    return m_take, o_slot
+
+
+@triton.jit
+def topk_resident_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
+                         HAS_POS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                         BITS: tl.constexpr, SORTED: tl.constexpr, PRELOAD_POS: tl.constexpr,
+                         BITWISE: tl.constexpr = False):
+    """Grid (rows,). Same contract as topk_kernel for N <= BLOCK_N, with the row held in registers.
+
+    The row is read once; every radix pass then works on registers only:
+      1. v = the score's order-preserving key as unsigned bits (0 for -inf: never chosen); the
+         bits that all finite keys share (from their max and min) are resolved at once;
+      2. passes of BITS-bit digits (histogram of the entries still matching the prefix) narrow
+         the prefix of the K-th largest key until it is exact or until its bin holds exactly as
+         many entries as are still needed (then all of them are taken); BITWISE: one bit per
+         pass, counted by one scalar sum instead of a histogram (more passes, each without
+         tl.histogram; a kernel_bench --sweep alternative);
+      3. one scan packs (entries above, ties so far) and gives every taken entry its slot in
+         index order: everything above the threshold plus the first `need` ties (lowest index).
+    SORTED: the taken composites (key, ~index) go through out's row and are put in rank order
+    (by counting for BLOCK_K <= 256, else a register sort). Slots past the finite entries: -1.
+    """
+    i_r = tl.program_id(0).to(tl.int64)
+    o_n = tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    # [BLOCK_N]
+    b_x = tl.load(scores + i_r * s_sr + o_n, mask=m_n, other=float("-inf"))
+    if HAS_POS and PRELOAD_POS and not SORTED:
+        b_pos = tl.load(pos + i_r * s_pr + o_n, mask=m_n, other=-1)
+    SIGN = -2147483648
+    b_v, b_taken, b_prefix, b_hmask, b_need = _resident_threshold(b_x, K, BITS, BITWISE)
+    m_take, o_slot = _resident_slots(b_v, b_prefix, b_hmask, b_need)
     p_o = out + i_r * s_or
     o_k = tl.arange(0, BLOCK_K)
     if SORTED:
