@@ -78,3 +78,19 @@ def test_rows_longer_than_the_resident_select_take_the_two_launches():
     with launch_overrides(token_select.LAUNCH, {"fused": True}):
         _check([kb * b + 300], 4, 1, 64, 16, b, kb, 4, 16, FP32, "max", 64)
 
+
+
+def test_fused_rows_without_candidates_take_nothing():
+    """A request-head whose chosen blocks are all unused (-1) or all inside sink/local: -1 only."""
+    args, blocks, seq_lens = _token_inputs([200, 90], 8, 2, 64, 16, 16, 5, 4, 16, FP32)
+    q, codes, scale_zero, channels, req_to_token, rows, _, _ = args
+    blocks = blocks.clone()
+    blocks[0, 1] = -1
+    blocks[1, 0] = torch.tensor([0, -1, 5, -1, -1], device=DEVICE)  # sink block 0 (sink 4 < 16) stays a candidate
+    common = (q, codes, scale_zero, channels, req_to_token, rows, blocks, seq_lens, 16, 4, 16)
+    with launch_overrides(token_select.LAUNCH, {"fused": True}):
+        got = triton_ops.score_select_block_tokens(*common, 30)
+    scores, pos = triton_ops.score_block_tokens(*common)
+    want = triton_ops.select_tokens(scores, pos, 30)
+    assert (got[0, 1] == -1).all()
+    _assert_same_choice(got, want, scores, pos)
