@@ -23,7 +23,7 @@ LAUNCH = {"radix": "histogram", "bits": 6, "warps_1k": 4, "warps_4k": 8, "warps_
 #: radix "bitwise": one bit per pass, one scalar sum each (no tl.histogram, whose passes an H200
 #: probe found to be most of the token top-k, session 10); not yet timed.
 SWEEP = ({"bits": 4}, {"bits": 8}, {"warps_4k": 4, "warps_16k": 8}, {"warps_4k": 16, "warps_16k": 32},
-         {"bits": 8, "warps_16k": 32}, {"radix": "bitwise"})
+         {"bits": 8, "warps_16k": 32}, {"radix": "bitwise"}, {"radix": "bitwise", "warps_4k": 4, "warps_16k": 8})
 
 
 def topk_indices(scores: torch.Tensor, k: int, pos: torch.Tensor | None = None, *,
