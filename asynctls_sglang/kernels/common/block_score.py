@@ -10,10 +10,13 @@ from asynctls_sglang.kernels.common.launch import FLOATS, cdiv, check, check_out
 #: Launch parameters: blocks per program (head dims up to 128 / larger), warps, pipeline stages.
 #: H200 sweep at 128k x 1/8/32 (docs/results.md, session 9): block_m_wide 64 (MLA's 576-wide keys)
 #: 19.0/27.8/87.9 us against 18.7/34.6/116.3 for 32; GQA's best (num_warps 8) was within 5%.
-LAUNCH = {"block_m": 64, "block_m_wide": 64, "num_warps": 4, "num_stages": 3}
+#: heads: KV heads per program (their summaries of a page are adjacent: longer contiguous reads
+#: of randomly placed pages, fewer programs); not yet timed beyond 1.
+LAUNCH = {"block_m": 64, "block_m_wide": 64, "num_warps": 4, "num_stages": 3, "heads": 1}
 #: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90).
 SWEEP = ({"block_m_wide": 32}, {"block_m": 128, "block_m_wide": 128}, {"num_warps": 8},
-         {"num_stages": 4}, {"block_m": 128, "num_warps": 8}, {"num_stages": 2})
+         {"num_stages": 4}, {"block_m": 128, "num_warps": 8}, {"num_stages": 2}, {"heads": 2},
+         {"heads": 4}, {"heads": 8, "block_m": 32})
 
 
 def score_blocks(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, pages: torch.Tensor,
@@ -42,10 +45,11 @@ def score_blocks(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, pages:
     cfg = LAUNCH
     block_m = cfg["block_m"] if d <= 128 else cfg["block_m_wide"]
     block_d = min(pow2(d, 16), 128)
-    block_score_kernel[(cdiv(mb, block_m), hk, bs)](
+    heads = min(cfg["heads"], hk)
+    block_score_kernel[(cdiv(mb, block_m), cdiv(hk, heads), bs)](
         q, kmin, kmax, pages, seq_lens, out, mb, sink_tokens, local_window,
         q.stride(0), q.stride(1), pages.stride(0), kmin.stride(0), kmin.stride(1),
         out.stride(0), out.stride(1),
-        G=g, D=d, B=block_size, BLOCK_G=pow2(g), BLOCK_M=block_m, BLOCK_D=block_d,
+        G=g, D=d, B=block_size, BLOCK_G=pow2(g), BLOCK_M=block_m, BLOCK_D=block_d, HK=hk, HEADS=heads,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out
