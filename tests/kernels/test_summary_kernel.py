@@ -79,15 +79,17 @@ def test_written_in_chunks_equals_reference(lens, chunk, hk, d, b, dtype):
         assert torch.equal(kmin[blocks].cpu(), want_min) and torch.equal(kmax[blocks].cpu(), want_max)
 
 
+@pytest.mark.parametrize("head_major", [False, True], ids=["slot-major", "head-major"])
 @pytest.mark.parametrize("method", ["flags", "scan"])
 @pytest.mark.parametrize("t, hk, d, r, b, dtype", [
     case(3, 8, 128, 32, 64, BF16, id="decode-bs3"),
     case(37, 2, 96, 22, 16, FP32, id="chunk-37-r22"),
     case(5, 1, 576, 128, 64, BF16, id="mla-576"),
 ])
-def test_fold_with_index_keys_in_one_launch(t, hk, d, r, b, dtype, method):
+def test_fold_with_index_keys_in_one_launch(t, hk, d, r, b, dtype, method, head_major):
     """update_block_summaries(index=...) writes the same index keys as write_index_keys (bit-exact)
-    and the same summaries as without them; slots it does not write keep their poison."""
+    and the same summaries as without them; slots it does not write keep their poison. Into
+    contiguous index keys and into the index store's head-major views alike."""
     pool = make_pool([t + 3], b, seed=11)
     loc = pool.req_to_token[pool.req_pool_indices[0], 3:3 + t].long()
     k = torch.randn(t, hk, d, generator=torch.Generator().manual_seed(12)).to(dtype).to(DEVICE)
@@ -97,15 +99,19 @@ def test_fold_with_index_keys_in_one_launch(t, hk, d, r, b, dtype, method):
     tables = []
     for fused in (False, True):
         kmin, kmax = _state(pages, hk, d, dtype, seed=14)
-        codes = torch.full((pool.n_slots, hk, r // 2), 0xAB, dtype=torch.uint8, device=DEVICE)
-        sz = torch.full((pool.n_slots, hk, 2), float("nan"), device=DEVICE)
+        if head_major:
+            codes = torch.full((hk, pool.n_slots, r // 2), 0xAB, dtype=torch.uint8, device=DEVICE).permute(1, 0, 2)
+            sz = torch.full((hk, pool.n_slots, 2), float("nan"), device=DEVICE).permute(1, 0, 2)
+        else:
+            codes = torch.full((pool.n_slots, hk, r // 2), 0xAB, dtype=torch.uint8, device=DEVICE)
+            sz = torch.full((pool.n_slots, hk, 2), float("nan"), device=DEVICE)
         flag = torch.zeros(pages, dtype=torch.int32, device=DEVICE)
         if fused:
             summary.update_block_summaries(kmin, kmax, flag, loc, k, b, index=(codes, sz, channels), method=method)
         else:
             torch_ops.update_block_summaries(kmin, kmax, flag, loc, k, b)
             torch_ops.write_index_keys(codes, sz, loc, k, channels)
-        tables.append((kmin, kmax, codes, sz.view(torch.int32)))
+        tables.append((kmin, kmax, codes, sz.contiguous().view(torch.int32)))
     for want, got in zip(*tables):
         assert torch.equal(got, want)
     assert not bool((tables[1][2][loc] == 0xAB).all())  # the keys were written
