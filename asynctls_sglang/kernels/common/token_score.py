@@ -61,16 +61,23 @@ def score_block_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.T
     pass over the positions) -> (scores [bs, Hk, k_b * B] fp32, pos [bs, Hk, k_b * B] int64).
     pos is bit-exact with candidate_positions; the scores equal score_tokens' on those candidates
     bit for bit. ``out``: a (scores, pos) pair to write."""
-    bs, hk, kb = blocks.shape
+    bs, hk, kb = check_blocks(blocks, seq_lens, channels)
     n = kb * block_size
-    check(seq_lens.shape == (bs,), f"seq_lens must be [{bs}]")
-    check(channels.shape[0] == hk, f"blocks must be [bs, {channels.shape[0]}, k_b]")
     scores_out, pos_out = out if out is not None else (None, None)
     scores = check_out(scores_out, (bs, hk, n), torch.float32, q.device, "score_block_tokens scores")
     pos = check_out(pos_out, (bs, hk, n), torch.int64, q.device, "score_block_tokens pos")
     _launch(q, codes, scale_zero, channels, req_to_token, req_pool_indices, pos, pos, scores, heads, method,
             blocks=blocks, seq_lens=seq_lens, block_size=block_size, sink=sink_tokens, local=local_window)
     return scores, pos
+
+
+def check_blocks(blocks: torch.Tensor, seq_lens: torch.Tensor, channels: torch.Tensor) -> tuple[int, int, int]:
+    """The chosen blocks [bs, Hk, k_b] against seq_lens [bs] and the index channels [Hk, r]
+    -> (bs, Hk, k_b)."""
+    bs, hk, kb = blocks.shape
+    check(seq_lens.shape == (bs,), f"seq_lens must be [{bs}]")
+    check(channels.shape[0] == hk, f"blocks must be [bs, {channels.shape[0]}, k_b]")
+    return bs, hk, kb
 
 
 def score_consts(q: torch.Tensor, codes: torch.Tensor, scale_zero: torch.Tensor, channels: torch.Tensor,

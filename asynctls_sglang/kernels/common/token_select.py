@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from asynctls_sglang.kernels.common.launch import check, check_out, pow2
-from asynctls_sglang.kernels.common.token_score import score_block_tokens, score_consts
+from asynctls_sglang.kernels.common.token_score import check_blocks, score_block_tokens, score_consts
 from asynctls_sglang.kernels.common.token_score_kernel import token_select_kernel
 from asynctls_sglang.kernels.common.topk import MAX_K, RESIDENT_MAX_N, resident_launch, select_tokens
 
@@ -27,15 +27,13 @@ def score_select_block_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: 
     """select_tokens(*score_block_tokens(...), k): [bs, Hk, k] positions of the chosen blocks'
     best-scoring candidates, -1 unused, in candidate order (the same set as the two ops; ties:
     the earlier candidate). Arguments as score_block_tokens'; ``out``: the positions to write."""
-    bs, hk, kb = blocks.shape
+    bs, hk, kb = check_blocks(blocks, seq_lens, channels)
     n = kb * block_size
     if not LAUNCH["fused"] or n > RESIDENT_MAX_N or bs == 0 or n == 0:
         scores, pos = score_block_tokens(q, codes, scale_zero, channels, req_to_token, req_pool_indices, blocks,
                                          seq_lens, block_size, sink_tokens, local_window, heads, method=method)
         return select_tokens(scores, pos, k, out=out)
     consts = score_consts(q, codes, scale_zero, channels, req_to_token, heads, method)
-    check(seq_lens.shape == (bs,), f"seq_lens must be [{bs}]")
-    check(channels.shape[0] == hk, f"blocks must be [bs, {channels.shape[0]}, k_b]")
     check(0 < k <= MAX_K, f"k must be in 1..{MAX_K}, got {k}")
     out = check_out(out, (bs, hk, k), torch.int64, q.device, "score_select_block_tokens")
     scratch = torch.empty(bs, hk, n, dtype=torch.float32, device=q.device)
