@@ -38,7 +38,6 @@ def token_score_kernel(q, codes, scale_zero, channels, req_to_token, req_pool_in
     tl.store(scores + i_b.to(tl.int64) * s_ob + i_h * s_oh + o_n, b_s, mask=m_n)
 
 
-
 @triton.jit
 def token_select_kernel(q, codes, scale_zero, channels, req_to_token, req_pool_indices, blocks, seq_lens,
                         scores, out, N, K, sink, local,
@@ -77,6 +76,7 @@ def token_select_kernel(q, codes, scale_zero, channels, req_to_token, req_pool_i
     tl.store(p_o + o_slot, b_blk.to(tl.int64) * B + o_n % B, mask=m_take)
     o_k = tl.arange(0, BLOCK_K)
     tl.store(p_o + o_k, tl.full([BLOCK_K], -1, dtype=tl.int64), mask=(o_k >= b_taken) & (o_k < K))
+
 
 @triton.jit
 def _candidate_scores(q, codes, scale_zero, channels, req_to_token, req_pool_indices, pos, ok, o_n, m_n, i_h, i_b,

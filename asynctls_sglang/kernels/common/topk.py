@@ -13,10 +13,9 @@ MAX_K = 8192
 #: rows are streamed from memory once per radix pass (topk_kernel). The resident kernel packs
 #: two counts of at most N into one int32, so N <= 2^14.
 RESIDENT_MAX_N = 16384
-#: Radix digit of the resident kernel: 6 bits = 64-bin histograms (cheapest per resolved bit).
 METHODS = ("auto", "resident", "stream")
 #: Launch parameters of the resident kernel: how a radix pass counts (a tl.histogram of `bits`-bit
-#: digits, or "bitwise": one bit, one sum), bits per radix pass, warps for rows of up to 1024,
+#: digits, 6 bits = 64 bins by default, or "bitwise": one bit, one sum), warps for rows of up to 1024,
 #: 4096 and 16384 entries (block top-k at 128k: 2048 blocks; token top-k: 8192 candidates).
 LAUNCH = {"radix": "histogram", "bits": 6, "warps_1k": 4, "warps_4k": 8, "warps_16k": 16}
 #: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90).
