@@ -126,8 +126,12 @@ class SparseIndexStore:
         n = self.codes[layer].shape[0]
         step = 1 << 16
         for start in range(0, n, step):
-            loc = torch.arange(start, min(n, start + step), device=keys.device)
-            k = keys[loc].view(-1, self.kv_heads, self.head_dim)
+            stop = min(n, start + step)
+            loc = torch.arange(start, stop, device=keys.device)
+            # NOTE: a slice, not keys[loc]: the offload engine's logical keys (LogicalKeys) copy a
+            # contiguous host range in one DMA; gathering it on the CPU by index took 40-80 s per
+            # requantisation at an 80-87 GB host pool (H200, 2026-11-29 launch recipes)
+            k = keys[start:stop].reshape(-1, self.kv_heads, self.head_dim)
             self.ops.write_index_keys(self.codes[layer], self.scale_zero[layer], loc, k,
                                       self.channels[layer])
         self.requantisations += 1

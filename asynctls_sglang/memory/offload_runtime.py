@@ -466,19 +466,25 @@ class OffloadRuntime:
 
 
 class LogicalKeys:
-    """Keys by logical slot for the index's re-quantisation (``keys[loc]``): the device page where
-    the slot has one, else the host tier (only complete blocks are on the host; slots with neither
-    belong to no live block, and their index keys are never read). Eager, rare (calibration)."""
+    """Keys by logical slot for the index's re-quantisation (``keys[start:stop]``): the device page
+    where the slot has one, else the host tier (only complete blocks are on the host; slots with
+    neither belong to no live block, and their index keys are never read). Eager, rare
+    (calibration): the whole logical range of every layer, so the host part moves as one
+    contiguous copy per range (PCIe bandwidth), never a gather on the CPU."""
 
     def __init__(self, runtime: OffloadRuntime, layer: int, k_pool: torch.Tensor) -> None:
         self.runtime, self.layer, self.k_pool, self.device = runtime, layer, k_pool, k_pool.device
 
-    def __getitem__(self, loc: torch.Tensor) -> torch.Tensor:
+    def __getitem__(self, span: slice) -> torch.Tensor:
+        if not isinstance(span, slice) or span.step not in (None, 1):
+            raise TypeError("LogicalKeys reads contiguous slot ranges (keys[start:stop])")
         rt = self.runtime
         host = rt.host.k[self.layer]
-        loc = loc.long()
-        from_host = host[loc.to(host.device)].to(self.device)
+        start, stop, _ = span.indices(host.shape[0])
+        loc = torch.arange(start, stop, device=self.device)
         if rt.device_page is None:
             return self.k_pool[loc]
+        rt.host.wait_written()  # NOTE: a block is read from the host only after its write-through landed
+        from_host = host[start:stop].to(self.device, non_blocking=True)
         mapped = rt.device_page[loc // rt.block_size] >= 0
         return torch.where(mapped.view(-1, 1, 1), self.k_pool[rt.device_slots(loc)], from_host)
