@@ -7,16 +7,18 @@ from asynctls_sglang.kernels.common.block_score_kernel import block_score_kernel
 from asynctls_sglang.kernels.common.launch import FLOATS, cdiv, check, check_out, pow2
 
 
-#: Launch parameters: blocks per program (head dims up to 128 / larger), warps, pipeline stages.
-#: H200 sweep at 128k x 1/8/32 (docs/results.md, session 9): block_m_wide 64 (MLA's 576-wide keys)
-#: 19.0/27.8/87.9 us against 18.7/34.6/116.3 for 32; GQA's best (num_warps 8) was within 5%.
-#: heads: KV heads per program (their summaries of a page are adjacent: longer contiguous reads
-#: of randomly placed pages, fewer programs); not yet timed beyond 1.
-LAUNCH = {"block_m": 64, "block_m_wide": 64, "num_warps": 4, "num_stages": 3, "heads": 1}
+#: Launch parameters: blocks per program and warps for head dims up to 128 / larger (MLA's
+#: 576-wide latent keys), pipeline stages, KV heads per program.
+#: H200 sweeps (docs/results.md): block_m_wide 64 for MLA, 19.0/27.8/87.9 us at 128k x 1/8/32
+#: against 18.7/34.6/116.3 for 32 (session 9); 8 warps for GQA, Qwen3-8B 128k x 1/8/32 9.9/28.4/78.3
+#: against 10.2/29.8/81.9 with 4, while MLA with 8 lost (38.4 against 27.4 at 128k x 8); 2-8 KV
+#: heads per program (a page's summaries of adjacent heads read as one run) lost for GQA (35.8-41.6
+#: at 128k x 8) and changed nothing for MLA, whose one latent head it cannot group (session 11).
+LAUNCH = {"block_m": 64, "block_m_wide": 64, "num_warps": 8, "num_warps_wide": 4, "num_stages": 3, "heads": 1}
 #: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90).
-SWEEP = ({"block_m_wide": 32}, {"block_m": 128, "block_m_wide": 128}, {"num_warps": 8},
-         {"num_stages": 4}, {"block_m": 128, "num_warps": 8}, {"num_stages": 2}, {"heads": 2},
-         {"heads": 4}, {"heads": 8, "block_m": 32})
+SWEEP = ({"block_m_wide": 32}, {"block_m": 128, "block_m_wide": 128}, {"num_warps": 4},
+         {"num_warps_wide": 8}, {"num_stages": 4}, {"block_m": 128, "num_warps": 4}, {"num_stages": 2},
+         {"heads": 2}, {"heads": 4, "num_warps": 4})
 
 
 def score_blocks(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, pages: torch.Tensor,
@@ -43,7 +45,8 @@ def score_blocks(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, pages:
         return out
     g = hq // hk
     cfg = LAUNCH
-    block_m = cfg["block_m"] if d <= 128 else cfg["block_m_wide"]
+    wide = d > 128
+    block_m = cfg["block_m_wide"] if wide else cfg["block_m"]
     block_d = min(pow2(d, 16), 128)
     heads = min(cfg["heads"], hk)
     block_score_kernel[(cdiv(mb, block_m), cdiv(hk, heads), bs)](
@@ -51,5 +54,5 @@ def score_blocks(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, pages:
         q.stride(0), q.stride(1), pages.stride(0), kmin.stride(0), kmin.stride(1),
         out.stride(0), out.stride(1),
         G=g, D=d, B=block_size, BLOCK_G=pow2(g), BLOCK_M=block_m, BLOCK_D=block_d, HK=hk, HEADS=heads,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        num_warps=cfg["num_warps_wide" if wide else "num_warps"], num_stages=cfg["num_stages"])
     return out
