@@ -12,8 +12,9 @@ from asynctls_sglang.kernels.common.topk import MAX_K, RESIDENT_MAX_N, resident_
 #: fused: one program per request and KV head scores its candidates into an L2 scratch row, as
 #: many at a time as have chunk_bytes of index codes (1024 at r = 32, 256 at MLA's r = 128; ptxas
 #: for sm_90 spills at twice that), and selects from the row in registers (no position tensor,
-#: one launch fewer, but only bs * Hk programs score); else the two kernels. Off until the H200
-#: times it (kernel_bench --sweep token_select).
+#: one launch fewer, but only bs * Hk programs score); else the two kernels. Off: it lost at every
+#: point of the H200 sweep (session 11; 64.6 against 43.8 us at Qwen3-8B 128k x 8, 184.1 against
+#: 32.9 for GLM-4.7-Flash): too few programs score, and MLA's 128 channels per candidate most of all.
 LAUNCH = {"fused": False, "chunk_bytes": 16384}
 #: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90).
 SWEEP = ({"fused": True}, {"fused": True, "chunk_bytes": 8192}, {"fused": True, "chunk_bytes": 32768})
