@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from asynctls_sglang.eval.client import get_json, is_healthy  # noqa: E402
-from asynctls_sglang.eval.server import _signal_group, free_port  # noqa: E402
+from asynctls_sglang.eval.server import _signal_group, free_port, stop_on_sigterm  # noqa: E402
 
 RECIPES = {"qwen3_8b_h200.sh": "qwen3_8b", "glm47_flash_h200.sh": "glm47_flash",
            "qwen3_8b_h200_offload.sh": "qwen3_8b", "glm47_flash_h200_offload.sh": "glm47_flash"}
@@ -96,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=420.0, help="seconds to wait for /health")
     ap.add_argument("--out", default="recipes.json")
     args = ap.parse_args(argv)
+    # NOTE: the device stage's `timeout` sends SIGTERM; killed outright, this process left the
+    # recipe's server (its own session) holding 121 GiB of the GPU for the next call (H200,
+    # 2026-11-29). Unwinding runs smoke()'s finally, which stops it.
+    stop_on_sigterm()
     log_dir = os.path.dirname(os.path.abspath(args.out))
     rows = []
     for recipe in args.recipes.split(","):

@@ -84,3 +84,41 @@ def test_offload_recipes_fit_the_h200_box(path):
     row = resident_row_bytes(cfg, num_layers=layers, kv_heads=heads, head_dim=dim, v_head_dim=v_dim,
                              dtype_size=2, max_blocks=131072 // cfg.block_size)
     assert (running + 1) * row <= H200_GPU_BYTES / 3, f"resident buffers {(running + 1) * row / 1e9:.1f} GB"
+
+
+def test_recipe_smoke_stops_its_server_when_terminated(tmp_path):
+    """A `timeout` that SIGTERMs benchmarks/recipe_smoke.py must not leave the recipe's server (its
+    own session) running: one left holding 121 GiB of the H200 made the next recipe run out of
+    memory. Here the 'server' is a sleep in its own session; smoke() waits for its /health."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    fake = tmp_path / "launch"
+    fake.mkdir()
+    pid_file = tmp_path / "server.pid"
+    (fake / "qwen3_8b_h200.sh").write_text(f"echo $$ > {pid_file}; exec sleep 300\n")
+    code = (f"import sys; sys.argv[0] = 'recipe_smoke'; sys.path.insert(0, {os.path.join(root, 'benchmarks')!r})\n"
+            "import recipe_smoke as r\n"
+            f"r.ROOT = {str(tmp_path)!r}\n"
+            f"sys.exit(r.main(['--recipes', 'qwen3_8b_h200.sh', '--out', {str(tmp_path / 'out.json')!r}]))\n")
+    smoke = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pid_file.exists(), smoke.communicate(timeout=30)[0]
+    server = int(pid_file.read_text())
+    smoke.send_signal(signal.SIGTERM)
+    smoke.wait(60)
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        try:
+            os.kill(server, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.killpg(server, signal.SIGKILL)
+        pytest.fail("the recipe's server outlived recipe_smoke")

@@ -15,7 +15,6 @@ import argparse
 import importlib.util
 import os
 import shlex
-import signal
 import sys
 import threading
 import time
@@ -29,7 +28,7 @@ from asynctls_sglang.eval.datagen import Sample, load_or_generate
 from asynctls_sglang.eval.methods import METHODS, Run, detect_device, device_args, plan_runs
 from asynctls_sglang.eval.prompts import PROMPT_FORMATS, ChatWrapper, chat_wrapper, render
 from asynctls_sglang.eval.scoring import score
-from asynctls_sglang.eval.server import Server, ServerError
+from asynctls_sglang.eval.server import Server, ServerError, stop_on_sigterm
 from asynctls_sglang.eval.tasks import DEFAULT_TASKS, RulerTask
 
 
@@ -128,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results, timings, done = _resume(out, runs, task_names, args.samples)
         if done:
             log(f"[ruler] resuming {out}: kept {', '.join(sorted(done))}")
-    _stop_on_sigterm()
+    stop_on_sigterm()
     for run in runs:
         if run.label in done:
             continue
@@ -217,14 +216,6 @@ def _merge(folders: Sequence[str], out: str, task_names: Sequence[str]) -> int:
 def _method_rank(method: str) -> int:
     base = method.split("+", 1)[0]
     return METHODS.index(base) if base in METHODS else len(METHODS)
-
-
-def _stop_on_sigterm() -> None:
-    """SIGTERM (a `timeout`, a job scheduler) unwinds like Ctrl-C, so the running server is stopped."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def _resume(out: str, runs: Sequence[Run], task_names: Sequence[str],

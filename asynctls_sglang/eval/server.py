@@ -97,6 +97,15 @@ class Server:
         self.stop()
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (a `timeout`, a job scheduler) unwinds like Ctrl-C, so the finally blocks that stop
+    running servers run: a server in its own session outlives a parent killed outright."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pgid, sig)
