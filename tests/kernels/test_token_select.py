@@ -66,7 +66,7 @@ def test_every_sweep_alternative(overrides):
         _check([300, 170], 8, 2, 128, 32, 16, 40, 4, 16, BF16, "max", 200)
 
 
-@pytest.mark.parametrize("radix", ["histogram", "bitwise"])
+@pytest.mark.parametrize("radix", ["histogram", "bitwise", "bitpair"])
 def test_fused_with_each_radix(radix):
     with launch_overrides(topk.LAUNCH, {"radix": radix}):
         _check([120, 64, 9], 8, 2, 128, 32, 16, 6, 4, 16, BF16, "max", 40)

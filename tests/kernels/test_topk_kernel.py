@@ -140,12 +140,14 @@ def test_every_sweep_alternative_is_exact(kind, shape, k, overrides):
         test_select_tokens_exact(kind, shape, k, "resident")
 
 
+@pytest.mark.parametrize("radix", ["histogram", "bitpair"])
 @pytest.mark.parametrize("kind, shape, k", [c for c in CASES if DEVICE.type != "cpu" or c.values[1][-1] <= 4099])
-def test_histogram_radix_is_exact_on_every_case(kind, shape, k):
-    """The radix that counts tl.histogram digits (a --sweep alternative; the default counts one bit
-    per pass) on every kind of row: ties, signed zeros, -inf rows, only negative scores beside
-    -inf, k past the finite scores, extremes (rows of up to 4099 entries under the interpreter)."""
-    with launch_overrides(topk.LAUNCH, {"radix": "histogram"}):
+def test_every_radix_is_exact_on_every_case(kind, shape, k, radix):
+    """The radixes besides the default one-bit passes (--sweep alternatives: tl.histogram digits,
+    and two bits per pass from three counts packed in one int64 sum) on every kind of row: ties,
+    signed zeros, -inf rows, only negative scores beside -inf, k past the finite scores, extremes
+    (rows of up to 4099 entries under the interpreter)."""
+    with launch_overrides(topk.LAUNCH, {"radix": radix}):
         test_select_blocks_exact(kind, shape, k, "resident")
         test_select_tokens_exact(kind, shape, k, "resident")
 

@@ -14,20 +14,23 @@ MAX_K = 8192
 #: two counts of at most N into one int32, so N <= 2^14.
 RESIDENT_MAX_N = 16384
 METHODS = ("auto", "resident", "stream")
-#: Launch parameters of the resident kernel: how a radix pass counts ("bitwise": one bit per pass,
-#: one scalar sum each; or "histogram": a tl.histogram of `bits`-bit digits, 64 bins at 6 bits),
-#: warps for rows of up to 1024, 4096 and 16384 entries (block top-k at 128k: 2048 blocks; token
-#: top-k: 8192 candidates). The default won kernel_bench --sweep on the H200 (2026-11-29, session
-#: 11): token top-k 23.3 against 26.3 us with the histogram at Qwen3-8B 128k x 8, 18.1 against
-#: 19.1 for GLM-4.7-Flash; block top-k 15.0 against 17.1 at Qwen3-8B 128k x 32, within 0.5 us of
-#: the best elsewhere.
+#: radix -> bits a pass resolves with one scalar sum ("bitpair": two, from three counts packed in
+#: one int64 sum, half the passes of "bitwise"); 0: tl.histogram passes of `bits`-bit digits.
+RADIX_SUM_BITS = {"histogram": 0, "bitwise": 1, "bitpair": 2}
+#: Launch parameters of the resident kernel: how a radix pass counts (RADIX_SUM_BITS), warps for
+#: rows of up to 1024, 4096 and 16384 entries (block top-k at 128k: 2048 blocks; token top-k: 8192
+#: candidates). The default won kernel_bench --sweep on the H200 (2026-11-29, session 11): token
+#: top-k 23.3 against 26.3 us with the histogram at Qwen3-8B 128k x 8, 18.1 against 19.1 for
+#: GLM-4.7-Flash; block top-k 15.0 against 17.1 at Qwen3-8B 128k x 32, within 0.5 us of the best
+#: elsewhere. "bitpair" came after that run: exact on the CPU, not yet timed.
 LAUNCH = {"radix": "bitwise", "bits": 6, "warps_1k": 4, "warps_4k": 4, "warps_16k": 8}
 #: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90); the
 #: first is the session-10 default.
 SWEEP = ({"radix": "histogram", "warps_4k": 8, "warps_16k": 16}, {"radix": "histogram"},
          {"radix": "histogram", "bits": 4, "warps_4k": 8, "warps_16k": 16},
          {"radix": "histogram", "bits": 8, "warps_4k": 8, "warps_16k": 32},
-         {"warps_4k": 8, "warps_16k": 16}, {"warps_4k": 2, "warps_16k": 4}, {"warps_16k": 16})
+         {"warps_4k": 8, "warps_16k": 16}, {"warps_4k": 2, "warps_16k": 4}, {"warps_16k": 16},
+         {"radix": "bitpair"}, {"radix": "bitpair", "warps_4k": 8, "warps_16k": 16})
 
 
 def topk_indices(scores: torch.Tensor, k: int, pos: torch.Tensor | None = None, *,
@@ -87,7 +90,7 @@ def resident_launch(block_n: int) -> dict:
     """LAUNCH as the register-resident selection's constexprs and warps for a row of block_n
     entries (topk_resident_kernel, and the token top-k fused into token scoring)."""
     cfg = LAUNCH
-    return dict(BITS=cfg["bits"], BITWISE=cfg["radix"] == "bitwise",
+    return dict(BITS=cfg["bits"], SUM_BITS=RADIX_SUM_BITS[cfg["radix"]],
                 num_warps=cfg["warps_1k"] if block_n <= 1024 else cfg["warps_4k"] if block_n <= 4096
                 else cfg["warps_16k"])
 

@@ -105,11 +105,12 @@ def _bit_length(x):
 
 
 @triton.jit
-def _resident_threshold(b_x, K, BITS: tl.constexpr, BITWISE: tl.constexpr):
+def _resident_threshold(b_x, K, BITS: tl.constexpr, SUM_BITS: tl.constexpr):
     """Steps 1-2 of topk_resident_kernel for a row b_x [BLOCK_N] fp32 (-inf: never chosen) ->
     (v, taken, prefix, hmask, need): the keys as unsigned bits (0 for -inf), min(K, finite
     entries), and the K-th largest key's resolved prefix (bits under hmask), with how many of the
-    entries matching it are still needed."""
+    entries matching it are still needed. SUM_BITS: bits resolved per pass by one scalar sum (1,
+    or 2 with three counts packed in an int64); 0: BITS-bit digits counted by tl.histogram."""
     SIGN = -2147483648
     m_ok = b_x > float("-inf")
     b_key = _ordered_key(b_x)
@@ -125,7 +126,7 @@ def _resident_threshold(b_x, K, BITS: tl.constexpr, BITWISE: tl.constexpr):
     b_need = b_taken
     o_b = tl.arange(0, 1 << BITS)
     # b_cnt: entries matching the prefix; the K-th largest is the b_need-th largest of them
-    if BITWISE:
+    if SUM_BITS == 1:
         while (b_hi > 0) & (b_cnt > b_need):
             b_s = b_hi - 1
             # finite entries matching the prefix with this bit set (b_cnt counts finite entries)
@@ -135,6 +136,28 @@ def _resident_threshold(b_x, K, BITS: tl.constexpr, BITWISE: tl.constexpr):
             b_need = tl.where(m_one, b_need, b_need - b_one)
             b_cnt = tl.where(m_one, b_one, b_cnt - b_one)
             b_prefix = b_prefix | (m_one.to(tl.int32) << b_s)
+            b_hi = b_s
+            b_hmask = -1 << b_s
+    elif SUM_BITS == 2:
+        while (b_hi > 0) & (b_cnt > b_need):
+            b_w = tl.minimum(b_hi, 2)
+            b_s = b_hi - b_w
+            b_d = (b_v >> b_s) & ((1 << b_w) - 1)
+            # finite entries matching the prefix with a digit >= 1, 2, 3, in 16-bit fields (N <= 2^14)
+            m_in = (b_v != 0) & ((b_v & b_hmask) == b_prefix)
+            b_ge = (b_d >= 1).to(tl.int64) + ((b_d >= 2).to(tl.int64) << 16) + ((b_d >= 3).to(tl.int64) << 32)
+            b_pack = tl.sum(tl.where(m_in, b_ge, 0), axis=0)
+            b_ge1 = (b_pack & 65535).to(tl.int32)
+            b_ge2 = ((b_pack >> 16) & 65535).to(tl.int32)
+            b_ge3 = (b_pack >> 32).to(tl.int32)
+            # the K-th largest key's digit: the largest d with (entries with a digit >= d) >= need
+            # (the counts fall with d, so it is how many of them reach need)
+            b_digit = (b_ge1 >= b_need).to(tl.int32) + (b_ge2 >= b_need).to(tl.int32) + (b_ge3 >= b_need).to(tl.int32)
+            b_at = tl.where(b_digit == 0, b_cnt, tl.where(b_digit == 1, b_ge1, tl.where(b_digit == 2, b_ge2, b_ge3)))
+            b_above = tl.where(b_digit == 0, b_ge1, tl.where(b_digit == 1, b_ge2, tl.where(b_digit == 2, b_ge3, 0)))
+            b_need = b_need - b_above
+            b_cnt = b_at - b_above
+            b_prefix = b_prefix | (b_digit << b_s)
             b_hi = b_s
             b_hmask = -1 << b_s
     else:
@@ -181,7 +204,7 @@ def _resident_slots(b_v, b_prefix, b_hmask, b_need):
 def topk_resident_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
                          HAS_POS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                          BITS: tl.constexpr, SORTED: tl.constexpr, PRELOAD_POS: tl.constexpr,
-                         BITWISE: tl.constexpr = False):
+                         SUM_BITS: tl.constexpr = 0):
     """Grid (rows,). Same contract as topk_kernel for N <= BLOCK_N, with the row held in registers.
 
     The row is read once; every radix pass then works on registers only:
@@ -189,9 +212,9 @@ def topk_resident_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
          bits that all finite keys share (from their max and min) are resolved at once;
       2. passes of BITS-bit digits (histogram of the entries still matching the prefix) narrow
          the prefix of the K-th largest key until it is exact or until its bin holds exactly as
-         many entries as are still needed (then all of them are taken); BITWISE: one bit per
-         pass, counted by one scalar sum instead of a histogram (more passes, each without
-         tl.histogram; a kernel_bench --sweep alternative);
+         many entries as are still needed (then all of them are taken); SUM_BITS 1 or 2: that
+         many bits per pass, counted by one scalar sum instead of a histogram (more passes, each
+         without tl.histogram);
       3. one scan packs (entries above, ties so far) and gives every taken entry its slot in
          index order: everything above the threshold plus the first `need` ties (lowest index).
     SORTED: the taken composites (key, ~index) go through out's row and are put in rank order
@@ -205,7 +228,7 @@ def topk_resident_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
     if HAS_POS and PRELOAD_POS and not SORTED:
         b_pos = tl.load(pos + i_r * s_pr + o_n, mask=m_n, other=-1)
     SIGN = -2147483648
-    b_v, b_taken, b_prefix, b_hmask, b_need = _resident_threshold(b_x, K, BITS, BITWISE)
+    b_v, b_taken, b_prefix, b_hmask, b_need = _resident_threshold(b_x, K, BITS, SUM_BITS)
     m_take, o_slot = _resident_slots(b_v, b_prefix, b_hmask, b_need)
     p_o = out + i_r * s_or
     o_k = tl.arange(0, BLOCK_K)
