@@ -7,15 +7,19 @@ from asynctls_sglang.kernels.common.launch import FLOATS, check_counts, cdiv, ch
 from asynctls_sglang.kernels.common.merge import SplitWorkspace, merge_splits, plan_splits, split_workspace
 from asynctls_sglang.kernels.mla.decode_kernel import mla_decode_split_kernel
 
-#: Launch parameters: positions per iteration, warps, pipeline stages, and the split plan
-#: (merge.plan_splits: at least min_tokens positions per split, about `waves` programs per SM).
+#: Launch parameters: query heads per program (block_h: GLM-4.7-Flash's 20 heads take two
+#: programs of 16, each reading every chosen latent row; 32 reads them once), positions per
+#: iteration, warps, pipeline stages, and the split plan (merge.plan_splits: at least min_tokens
+#: positions per split, about `waves` programs per SM).
 #: H200 sweep, GLM-4.7-Flash 128k x 1/8/32, K 2048 (docs/results.md, session 9): 19.0/29.5/99.1 us
-#: against 20.8/37.5/102.1 for the former block_n 16.
-LAUNCH = {"block_n": 32, "num_warps": 4, "num_stages": 2, "min_tokens": 64, "waves": 2}
+#: against 20.8/37.5/102.1 for the former block_n 16. The stage is at 15% of its HBM floor at
+#: 128k x 8 (session 11); block_h 32 is not yet timed.
+LAUNCH = {"block_h": 16, "block_n": 32, "num_warps": 4, "num_stages": 2, "min_tokens": 64, "waves": 2}
 #: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90).
 SWEEP = ({"block_n": 16}, {"waves": 4}, {"num_stages": 3}, {"num_warps": 8, "waves": 4},
-         {"num_stages": 3, "waves": 4}, {"block_n": 16, "num_stages": 3})
-BLOCK_H = 16
+         {"num_stages": 3, "waves": 4}, {"block_n": 16, "num_stages": 3},
+         {"block_h": 32, "num_warps": 8}, {"block_h": 32, "num_warps": 8, "block_n": 16},
+         {"block_h": 32, "num_warps": 8, "waves": 4})
 
 
 def is_latent_view(k_buffer: torch.Tensor, v_buffer: torch.Tensor) -> bool:
@@ -49,8 +53,8 @@ def mla_sparse_decode(q: torch.Tensor, kv_buffer: torch.Tensor, dv: int,
     out = check_out(out, (bs, hq, dv), torch.float32, q.device, "sparse_decode_attention")
     if bs == 0:
         return out
-    n_hb = cdiv(hq, BLOCK_H)
     cfg = LAUNCH
+    n_hb = cdiv(hq, cfg["block_h"])
     splits, per_split = plan_splits(kk, bs * n_hb, q.device, cfg["block_n"], cfg["min_tokens"], active,
                                     cfg["waves"])
     ws = split_workspace(bs, hq, splits, dv, q.device, workspace)
@@ -60,7 +64,7 @@ def mla_sparse_decode(q: torch.Tensor, kv_buffer: torch.Tensor, dv: int,
         q.stride(0), q.stride(1), kv_buffer.stride(0), req_to_token.stride(0), positions.stride(0),
         ws.mid_o.stride(0), ws.mid_o.stride(1), ws.mid_o.stride(2),
         ws.mid_lse.stride(0), ws.mid_lse.stride(1),
-        D=d, DV=dv, BLOCK_H=BLOCK_H, BLOCK_DV=pow2(dv, 16), BLOCK_R=pow2(d - dv, 16),
+        D=d, DV=dv, BLOCK_H=cfg["block_h"], BLOCK_DV=pow2(dv, 16), BLOCK_R=pow2(d - dv, 16),
         BLOCK_N=cfg["block_n"], HAS_CAP=logit_cap > 0,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         HAS_COUNTS=counts is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
