@@ -14,11 +14,16 @@ from asynctls_sglang.kernels.common.launch import FLOATS, cdiv, check, check_out
 #: against 10.2/29.8/81.9 with 4, while MLA with 8 lost (38.4 against 27.4 at 128k x 8); 2-8 KV
 #: heads per program (a page's summaries of adjacent heads read as one run) lost for GQA (35.8-41.6
 #: at 128k x 8) and changed nothing for MLA, whose one latent head it cannot group (session 11).
-LAUNCH = {"block_m": 64, "block_m_wide": 64, "num_warps": 8, "num_warps_wide": 4, "num_stages": 3, "heads": 1}
+#: split_d_wide: for head dims over 128, one program per 128-channel slice of a page tile, the
+#: slices' partial scores added by one torch sum (5x the programs for MLA's 576; block scoring is
+#: at 33% of its HBM floor at GLM-4.7-Flash 128k x 8, 256 programs on 132 SMs); not yet timed.
+LAUNCH = {"block_m": 64, "block_m_wide": 64, "num_warps": 8, "num_warps_wide": 4, "num_stages": 3, "heads": 1,
+          "split_d_wide": False}
 #: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90).
 SWEEP = ({"block_m_wide": 32}, {"block_m": 128, "block_m_wide": 128}, {"num_warps": 4},
          {"num_warps_wide": 8}, {"num_stages": 4}, {"block_m": 128, "num_warps": 4}, {"num_stages": 2},
-         {"heads": 2}, {"heads": 4, "num_warps": 4})
+         {"heads": 2}, {"heads": 4, "num_warps": 4}, {"split_d_wide": True},
+         {"split_d_wide": True, "block_m_wide": 128}, {"split_d_wide": True, "num_warps_wide": 8, "block_m_wide": 128})
 
 
 def score_blocks(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, pages: torch.Tensor,
@@ -49,10 +54,15 @@ def score_blocks(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, pages:
     block_m = cfg["block_m_wide"] if wide else cfg["block_m"]
     block_d = min(pow2(d, 16), 128)
     heads = min(cfg["heads"], hk)
-    block_score_kernel[(cdiv(mb, block_m), cdiv(hk, heads), bs)](
-        q, kmin, kmax, pages, seq_lens, out, mb, sink_tokens, local_window,
+    n_dc = cdiv(d, block_d) if wide and cfg["split_d_wide"] else 1
+    # NOTE: the slices' partial rows are summed by torch (fixed order: deterministic), [slices, bs, Hk, MB]
+    dst = out if n_dc == 1 else torch.empty((n_dc, bs, hk, mb), dtype=torch.float32, device=q.device)
+    block_score_kernel[(cdiv(mb, block_m) * n_dc, cdiv(hk, heads), bs)](
+        q, kmin, kmax, pages, seq_lens, dst, mb, sink_tokens, local_window,
         q.stride(0), q.stride(1), pages.stride(0), kmin.stride(0), kmin.stride(1),
-        out.stride(0), out.stride(1),
+        dst.stride(-3), dst.stride(-2), dst.stride(0) if n_dc > 1 else 0,
         G=g, D=d, B=block_size, BLOCK_G=pow2(g), BLOCK_M=block_m, BLOCK_D=block_d, HK=hk, HEADS=heads,
-        num_warps=cfg["num_warps_wide" if wide else "num_warps"], num_stages=cfg["num_stages"])
+        SPLIT_D=n_dc > 1, num_warps=cfg["num_warps_wide" if wide else "num_warps"], num_stages=cfg["num_stages"])
+    if n_dc > 1:
+        torch.sum(dst, 0, out=out)
     return out
