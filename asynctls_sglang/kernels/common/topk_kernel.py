@@ -125,23 +125,20 @@ def _resident_threshold(b_x, K, BITS: tl.constexpr, SUM_BITS: tl.constexpr):
     b_prefix = (b_kmax ^ SIGN) & b_hmask
     b_need = b_taken
     o_b = tl.arange(0, 1 << BITS)
-    # b_cnt: entries matching the prefix; the K-th largest is the b_need-th largest of them
-    if SUM_BITS == 1:
-        while (b_hi > 0) & (b_cnt > b_need):
-            b_s = b_hi - 1
+    # b_cnt: entries matching the prefix; the K-th largest is the b_need-th largest of them. Each
+    # pass finds the digit of the next b_w bits and, among the entries matching the prefix, how many
+    # have a digit >= it (at) and > it (above): those are taken before the threshold.
+    while (b_hi > 0) & (b_cnt > b_need):
+        b_w = tl.minimum(b_hi, BITS if SUM_BITS == 0 else SUM_BITS)
+        b_s = b_hi - b_w
+        if SUM_BITS == 1:
             # finite entries matching the prefix with this bit set (b_cnt counts finite entries)
             b_one = tl.sum(((b_v != 0) & ((b_v & b_hmask) == b_prefix) & (((b_v >> b_s) & 1) == 1)).to(tl.int32),
                            axis=0)
-            m_one = b_one >= b_need
-            b_need = tl.where(m_one, b_need, b_need - b_one)
-            b_cnt = tl.where(m_one, b_one, b_cnt - b_one)
-            b_prefix = b_prefix | (m_one.to(tl.int32) << b_s)
-            b_hi = b_s
-            b_hmask = -1 << b_s
-    elif SUM_BITS == 2:
-        while (b_hi > 0) & (b_cnt > b_need):
-            b_w = tl.minimum(b_hi, 2)
-            b_s = b_hi - b_w
+            b_digit = (b_one >= b_need).to(tl.int32)
+            b_at = tl.where(b_digit == 1, b_one, b_cnt)
+            b_above = tl.where(b_digit == 1, 0, b_one)
+        elif SUM_BITS == 2:
             b_d = (b_v >> b_s) & ((1 << b_w) - 1)
             # finite entries matching the prefix with a digit >= 1, 2, 3, in 16-bit fields (N <= 2^14)
             m_in = (b_v != 0) & ((b_v & b_hmask) == b_prefix)
@@ -150,20 +147,12 @@ def _resident_threshold(b_x, K, BITS: tl.constexpr, SUM_BITS: tl.constexpr):
             b_ge1 = (b_pack & 65535).to(tl.int32)
             b_ge2 = ((b_pack >> 16) & 65535).to(tl.int32)
             b_ge3 = (b_pack >> 32).to(tl.int32)
-            # the K-th largest key's digit: the largest d with (entries with a digit >= d) >= need
-            # (the counts fall with d, so it is how many of them reach need)
+            # the largest d with (entries with a digit >= d) >= need: the counts fall with d, so it
+            # is how many of them reach need
             b_digit = (b_ge1 >= b_need).to(tl.int32) + (b_ge2 >= b_need).to(tl.int32) + (b_ge3 >= b_need).to(tl.int32)
             b_at = tl.where(b_digit == 0, b_cnt, tl.where(b_digit == 1, b_ge1, tl.where(b_digit == 2, b_ge2, b_ge3)))
             b_above = tl.where(b_digit == 0, b_ge1, tl.where(b_digit == 1, b_ge2, tl.where(b_digit == 2, b_ge3, 0)))
-            b_need = b_need - b_above
-            b_cnt = b_at - b_above
-            b_prefix = b_prefix | (b_digit << b_s)
-            b_hi = b_s
-            b_hmask = -1 << b_s
-    else:
-        while (b_hi > 0) & (b_cnt > b_need):
-            b_w = tl.minimum(b_hi, BITS)
-            b_s = b_hi - b_w
+        else:
             # -inf entries (v = 0) may match a short prefix: they count as the smallest keys, and the
             # K-th largest is finite, so they never decide the digit nor end the loop early
             m_in = (b_v & b_hmask) == b_prefix
@@ -172,11 +161,13 @@ def _resident_threshold(b_x, K, BITS: tl.constexpr, SUM_BITS: tl.constexpr):
             b_ge = tl.cumsum(b_hist, axis=0, reverse=True)
             b_digit = tl.sum((b_ge >= b_need).to(tl.int32), axis=0) - 1
             b_sel = o_b == b_digit
-            b_need = b_need - tl.sum(tl.where(b_sel, b_ge - b_hist, 0), axis=0)
-            b_cnt = tl.sum(tl.where(b_sel, b_hist, 0), axis=0)
-            b_prefix = b_prefix | (b_digit << b_s)
-            b_hi = b_s
-            b_hmask = -1 << b_s
+            b_at = tl.sum(tl.where(b_sel, b_ge, 0), axis=0)
+            b_above = tl.sum(tl.where(b_sel, b_ge - b_hist, 0), axis=0)
+        b_need = b_need - b_above
+        b_cnt = b_at - b_above
+        b_prefix = b_prefix | (b_digit << b_s)
+        b_hi = b_s
+        b_hmask = -1 << b_s
     return b_v, b_taken, b_prefix, b_hmask, b_need
 
 
