@@ -15,15 +15,16 @@ from asynctls_sglang.kernels.common.launch import FLOATS, cdiv, check, check_out
 #: heads per program (a page's summaries of adjacent heads read as one run) lost for GQA (35.8-41.6
 #: at 128k x 8) and changed nothing for MLA, whose one latent head it cannot group (session 11).
 #: split_d_wide: for head dims over 128, one program per 128-channel slice of a page tile, the
-#: slices' partial scores added by one torch sum (5x the programs for MLA's 576; block scoring is
-#: at 33% of its HBM floor at GLM-4.7-Flash 128k x 8, 256 programs on 132 SMs); not yet timed.
+#: slices' partial scores added by one torch sum (5x the programs for MLA's 576): GLM-4.7-Flash
+#: 128k x 1/8/32 12.0/26.8/72.0 us against 19.1/27.4/87.6 in one program, 32k x 1/8 10.1/14.1
+#: against 18.8/20.1 (session 12).
 LAUNCH = {"block_m": 64, "block_m_wide": 64, "num_warps": 8, "num_warps_wide": 4, "num_stages": 3, "heads": 1,
-          "split_d_wide": False}
+          "split_d_wide": True}
 #: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90).
 SWEEP = ({"block_m_wide": 32}, {"block_m": 128, "block_m_wide": 128}, {"num_warps": 4},
          {"num_warps_wide": 8}, {"num_stages": 4}, {"block_m": 128, "num_warps": 4}, {"num_stages": 2},
-         {"heads": 2}, {"heads": 4, "num_warps": 4}, {"split_d_wide": True},
-         {"split_d_wide": True, "block_m_wide": 128}, {"split_d_wide": True, "num_warps_wide": 8, "block_m_wide": 128})
+         {"heads": 2}, {"heads": 4, "num_warps": 4}, {"split_d_wide": False},
+         {"split_d_wide": False, "block_m_wide": 128}, {"num_warps_wide": 8, "block_m_wide": 128})
 
 
 def score_blocks(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, pages: torch.Tensor,
