@@ -18,6 +18,7 @@ SELECTIONS = ("tls", "quest")
 #: The default dense threshold's floor without offload (see AsyncTLSConfig.dense_threshold).
 DENSE_FLOOR = 8192
 DENSE_BACKENDS = ("auto", "torch_native", "triton", "flashinfer")
+MLA_PREFILLS = ("auto", "mha", "absorbed")
 TOKEN_HEADS = ("max", "mean")
 
 
@@ -71,6 +72,12 @@ class AsyncTLSConfig:
     #: (GQA), or "auto" = torch_native on CPU; on GPU flashinfer for GQA models when it is
     #: installed (what SGLang itself runs there; with offload too), else triton.
     dense_backend: str = "auto"
+    #: How MLA models (DeepSeek-V2/V3, GLM-4.7-Flash) prefill: "mha" expands the latent keys and
+    #: values per head (what SGLang's FlashInfer and FA3 MLA paths do, about 3.4x fewer FLOPs than
+    #: the latent form at long prompts), "absorbed" attends over the 576-dim latent rows (MQA),
+    #: "auto" = mha when the dense base is triton (a GPU), absorbed on torch_native (the CPU).
+    #: Either way the pool keeps the latent rows and the index is built from them.
+    mla_prefill: str = "auto"
     #: Keep the full KV of every layer in pinned host memory and only a resident cache of
     #: blocks on the GPU (the asynchronous offloading engine; docs/offload.md).
     offload: bool = False
@@ -124,6 +131,8 @@ class AsyncTLSConfig:
                   f"({self.block_size}), got {self.token_budget}")
         if self.dense_backend not in DENSE_BACKENDS:
             _fail("dense_backend", f"must be one of {DENSE_BACKENDS}, got {self.dense_backend!r}")
+        if self.mla_prefill not in MLA_PREFILLS:
+            _fail("mla_prefill", f"must be one of {MLA_PREFILLS}, got {self.mla_prefill!r}")
         self._validate_offload()
 
     def _validate_offload(self) -> None:

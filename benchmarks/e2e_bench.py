@@ -297,6 +297,8 @@ def run_backend(args, backend: str, asynctls: dict, eager: bool = False) -> list
             if backend == "asynctls":
                 info = engine.get_server_info()["internal_states"][0].get("asynctls", {})
                 r["attended_tokens_last"] = info.get("attended_tokens_last")
+                if "mla_prefill" in info:  # how the MLA prompts prefilled (adapter.mla_prefill)
+                    r["mla_prefill"] = info["mla_prefill"]
                 if "offload" in info:  # cumulative over the points so far (docs/offload.md: metrics)
                     r["backend"] += "+offload" + ("(eager, timed)" if eager else "")
                     r["offload"] = info["offload"]

@@ -109,3 +109,12 @@ def flush_cache(eng, attempts: int = 40) -> None:
             return
         time.sleep(0.25)
     raise RuntimeError("the radix cache could not be flushed")
+
+
+def two_turns(eng, turn1: list[int], question: list[int], params: dict) -> tuple[list[int], list[int], int]:
+    """A two-turn chat on an empty radix cache: turn 1, then turn 2 = turn 1 + its answer + a
+    question; (answer 1, answer 2, tokens turn 2 found cached)."""
+    flush_cache(eng)
+    first = eng.generate(input_ids=turn1, sampling_params=params)
+    second = eng.generate(input_ids=turn1 + first["output_ids"] + question, sampling_params=params)
+    return first["output_ids"], second["output_ids"], second["meta_info"]["cached_tokens"]

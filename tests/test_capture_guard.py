@@ -63,6 +63,7 @@ def test_offload_prefill_work_is_skipped_on_capture_batches():
         def __init__(self):
             self.asynctls_offload, self.token_to_kv_pool = object(), object()
             self._extend_table = None
+            self.asynctls_mla = None
 
         def _begin_offload(self, fb, in_capture=False):
             calls.append(("begin", in_capture))

@@ -33,8 +33,9 @@ def test_default_channels_keep_at_least_32_for_small_heads(head_dim, r):
     ({"selection": "topk"}, ["--asynctls-selection", "tls"]),
     ({"dense_threshold": -1}, ["--asynctls-dense-threshold", "non-negative"]),
     ({"selection": "quest", "token_budget": 1000}, ["multiple of block_size"]),
+    ({"mla_prefill": "latent"}, ["--asynctls-mla-prefill", "absorbed"]),
 ], ids=["budget-too-big", "block-not-pow2", "block-zero", "bits", "odd-r", "forced-exceeds", "bad-selection",
-        "neg-threshold", "quest-budget"])
+        "neg-threshold", "quest-budget", "mla-prefill"])
 def test_impossible_values_name_the_flag(changes, words):
     with pytest.raises(ConfigError) as err:
         AsyncTLSConfig(**changes)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine_helpers import asynctls_stats, engine, flush_cache, greedy, random_prompts
+from engine_helpers import asynctls_stats, engine, greedy, random_prompts
+from engine_helpers import two_turns as chat_turns
 
 pytestmark = pytest.mark.engine
 
@@ -25,11 +26,7 @@ PARAMS = {"temperature": 0, "max_new_tokens": 12, "ignore_eos": True}
 
 
 def two_turns(eng) -> tuple[list[int], list[int], int]:
-    """Turn 1, then turn 2 = turn 1 + its answer + a question; (answer 1, answer 2, cached tokens)."""
-    flush_cache(eng)
-    first = eng.generate(input_ids=TURN1, sampling_params=PARAMS)
-    second = eng.generate(input_ids=TURN1 + first["output_ids"] + QUESTION, sampling_params=PARAMS)
-    return first["output_ids"], second["output_ids"], second["meta_info"]["cached_tokens"]
+    return chat_turns(eng, TURN1, QUESTION, PARAMS)
 
 
 def offload_stats(eng) -> dict:

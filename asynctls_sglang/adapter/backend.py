@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 
 from asynctls_sglang import env
+from asynctls_sglang.adapter.mla_prefill import MLAPrefill, resolve_mode
 from asynctls_sglang.adapter.offload import OffloadDecodeMixin, build_offload_runtime
 from asynctls_sglang.adapter.pools import AsyncTLSPoolMixin
 from asynctls_sglang.adapter.stats import DecodeStats
@@ -70,6 +71,9 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         self._loaded = None
         self._seed_rows = None
         self.asynctls_capture_mode: str | None = None  # set by patches.graph_variants while capturing
+        is_mla = bool(getattr(model_runner, "use_mla_backend", False))
+        self.asynctls_mla = MLAPrefill(model_runner, resolve_mode(
+            cfg.mla_prefill, dense_base_name(cfg, str(model_runner.device), True))) if is_mla else None
 
     # metadata ------------------------------------------------------------------------------------
     def init_forward_metadata(self, forward_batch) -> None:
@@ -183,25 +187,81 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
     # forward -------------------------------------------------------------------------------------
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
         pool = self.token_to_kv_pool
+        mla = self.asynctls_mla
+        if mla is not None and not layer.is_cross_attention and mla.is_mha_call(layer, self.asynctls_index.head_dim):
+            return self._forward_extend_mha(q, k, v, layer, forward_batch)
         # NOTE: no calibration on SGLang's graph-capture batches (dummy activations), only on
         # real prefills: see patches.capture_guard
-        if save_kv_cache and k is not None and not layer.is_cross_attention and not capturing_graphs():
+        real = save_kv_cache and not layer.is_cross_attention and not capturing_graphs()
+        if real and k is not None:
             t = q.shape[0]
             l = layer.layer_id - pool.start_layer
-            if self.asynctls_offload is None:
-                keys = lambda: pool.get_key_buffer(layer.layer_id)  # noqa: E731
-            else:  # logical slots: device page or host tier
-                keys = lambda: self.asynctls_offload.logical_keys(l, pool.get_key_buffer(layer.layer_id))  # noqa: E731
+            if mla is not None and l == 0:
+                mla.absorbed_forwards += 1
             self.asynctls_index.observe_prefill(
                 l, q.reshape(t, layer.tp_q_head_num, layer.qk_head_dim),
-                k.reshape(t, layer.tp_k_head_num, -1)[..., : self.asynctls_index.head_dim], keys)
+                k.reshape(t, layer.tp_k_head_num, -1)[..., : self.asynctls_index.head_dim], self._index_keys(layer))
         if self.asynctls_offload is None:
             return super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
         with self._device_tables():
             out = super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache, **kwargs)
-        if save_kv_cache and not layer.is_cross_attention and not capturing_graphs():
-            self._offload_after_extend(q, layer, forward_batch)
+        if real:
+            self._offload_after_extend(
+                lambda rows: q.reshape(q.shape[0], layer.tp_q_head_num, layer.qk_head_dim).index_select(0, rows),
+                layer, forward_batch)
         return out
+
+    def _index_keys(self, layer):
+        """-> a callable giving the layer's K buffer as the index's slots see it (for the
+        re-quantisation after a calibration change): with offload, logical slots (device page or
+        host tier)."""
+        pool = self.token_to_kv_pool
+        if self.asynctls_offload is None:
+            return lambda: pool.get_key_buffer(layer.layer_id)
+        l = layer.layer_id - pool.start_layer
+        return lambda: self.asynctls_offload.logical_keys(l, pool.get_key_buffer(layer.layer_id))
+
+    def _forward_extend_mha(self, q, k, v, layer, fb):
+        """An MLA prefill layer in the MHA form (adapter.mla_prefill): SGLang has written the
+        latent rows through the pool (index and summaries follow them) and passes per-head
+        q/k/v of the extend rows. Calibration and the offload seeds take latent queries."""
+        pool, mla, index = self.token_to_kv_pool, self.asynctls_mla, self.asynctls_index
+        l = layer.layer_id - pool.start_layer
+        attn = mla.module(layer.layer_id)
+        t = q.shape[0]
+        q3 = q.view(t, layer.tp_q_head_num, layer.qk_head_dim)
+        real = not capturing_graphs()
+        if real and l == 0:
+            mla.mha_forwards += 1
+        if real and t and index.calibrating(l):
+            latent = pool.get_key_buffer(layer.layer_id)[pool.asynctls_write_slots(fb.out_cache_loc, layer.layer_id)]
+            index.observe_magnitudes(l, mla.latent_qmag(attn, q3), latent.float().abs().reshape(t, 1, -1).sum(0),
+                                     t, self._index_keys(layer))
+        with self._device_tables():
+            out = self._mha_attention(q, k, v, layer, fb, attn)
+        if real and self.asynctls_offload is not None:
+            self._offload_after_extend(lambda rows: mla.latent_q(attn, q3.index_select(0, rows)), layer, fb)
+        return out.reshape(t, layer.tp_q_head_num * layer.v_head_dim)
+
+    def _mha_attention(self, q, k, v, layer, fb, attn) -> torch.Tensor:
+        """Causal MHA of the extend rows over their prefix (expanded here from the latent rows of
+        the device pages) and themselves."""
+        mla = self.asynctls_mla
+        t, hq = q.shape[0], layer.tp_q_head_num
+        extend = [int(x) for x in fb.extend_seq_lens_cpu]
+        prefix = [int(x) for x in (fb.extend_prefix_lens_cpu or [0] * len(extend))]
+        on_triton = hasattr(self, "extend_attention_fwd")
+        if on_triton and not any(prefix):  # SGLang's own MHA prefill
+            return super().forward_extend(q, k, v, layer, fb, save_kv_cache=False)
+        table = self.req_to_token_pool.req_to_token.index_select(0, fb.req_pool_indices)
+        slots = torch.cat([table[i, :p] for i, p in enumerate(prefix)]).long()
+        k_pre, v_pre = mla.expand(attn, self.token_to_kv_pool.get_key_buffer(layer.layer_id)[slots])
+        q3 = q.view(t, hq, layer.qk_head_dim)
+        k3 = k.view(t, -1, layer.qk_head_dim)
+        v3 = v.view(t, -1, layer.v_head_dim)
+        cap = float(getattr(layer, "logit_cap", 0.0) or 0.0)
+        attend = (lambda *a: mla.attend_triton(self, *a)) if on_triton else mla.attend_torch
+        return attend(q3, k3, v3, k_pre, v_pre, prefix, extend, layer.scaling, cap)
 
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
         plan = self._plan
@@ -289,6 +349,8 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         })
         if self.asynctls_offload is not None:
             snap["offload"] = self.asynctls_offload.snapshot()
+        if self.asynctls_mla is not None:
+            snap["mla_prefill"] = self.asynctls_mla.snapshot()
         return snap
 
 

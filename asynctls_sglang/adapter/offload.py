@@ -130,19 +130,20 @@ class OffloadDecodeMixin:
             stack.enter_context(swapped_attr(updater, "req_to_token", self._extend_table))
         return stack
 
-    def _offload_after_extend(self, q, layer, fb) -> None:
+    def _offload_after_extend(self, query_rows, layer, fb) -> None:
         """Per layer of a prefill: seed the resident cache for the first decode step; after the
-        last layer, write the completed blocks through to the host tier. Eager (prefill)."""
+        last layer, write the completed blocks through to the host tier. Eager (prefill).
+        query_rows(rows) -> the decode-form queries [len(rows), Hq, D] of those extend rows (the
+        latent ones for an MLA prefill in the MHA form)."""
         rt, pool, cfg = self.asynctls_offload, self.token_to_kv_pool, self.asynctls_cfg
         l = layer.layer_id - pool.start_layer
         req_to_token = self.req_to_token_pool.req_to_token
         k_list, v_list = pool.asynctls_kv_lists()
-        q3 = q.reshape(q.shape[0], layer.tp_q_head_num, layer.qk_head_dim)
         last = (fb.extend_start_loc + fb.extend_seq_lens - 1).long()
         longest = max(fb.seq_lens_cpu.tolist())
         if self._seed_rows is not None:
             with rt.clock.phase("seed"):
-                rt.seed(l, q3.index_select(0, last), self.asynctls_index.layer_index(l), req_to_token,
+                rt.seed(l, query_rows(last), self.asynctls_index.layer_index(l), req_to_token,
                         self._seed_rows, fb.seq_lens, math.ceil(longest / cfg.block_size), k_list, v_list,
                         self.asynctls_ops)
         if l == pool.layer_num - 1:

@@ -80,6 +80,10 @@ class AsyncTLSPoolMixin:
         self._device_loc_cache = (loc_info, out)
         return out
 
+    def asynctls_write_slots(self, loc, layer_id: int) -> torch.Tensor:
+        """This pool's slots of SGLang's write locations (the rows a forward just wrote)."""
+        return self._device_loc(loc, layer_id)
+
     def _layer_slot(self, layer_id: int) -> int:
         return layer_id - self.start_layer
 

@@ -97,12 +97,25 @@ class SparseIndexStore:
         """Accumulate calibration statistics from a prefill's q [T, Hq, D] and k [T, Hk, D];
         no-op once this layer has seen calibration_tokens tokens. Eager only (host logic);
         every index tensor keeps its storage (captured decode graphs read them)."""
-        if self.calibrated_tokens[layer] >= self.cfg.calibration_tokens or q.shape[0] == 0:
+        if not self.calibrating(layer) or q.shape[0] == 0:
             return
         t = q.shape[0]
         hk, d = self.kv_heads, self.head_dim
         qmag = q.detach().float().abs().view(t, hk, -1, d).mean(2).sum(0)
         kmag = k.detach().float().abs().view(t, hk, d).sum(0)
+        self.observe_magnitudes(layer, qmag, kmag, t, key_buffer)
+
+    def calibrating(self, layer: int) -> bool:
+        """Whether the layer's channels still take calibration statistics."""
+        return self.calibrated_tokens[layer] < self.cfg.calibration_tokens
+
+    def observe_magnitudes(self, layer: int, qmag: torch.Tensor, kmag: torch.Tensor, t: int,
+                           key_buffer: Callable[[], torch.Tensor]) -> None:
+        """observe_prefill from its sums over t tokens: qmag [Hk, D] of |q| (averaged over each
+        group's query heads), kmag [Hk, D] of |k|. The MLA prefill in the MHA form
+        (adapter.mla_prefill) computes them in slices, from latent queries it never keeps whole."""
+        if not self.calibrating(layer) or t == 0:
+            return
         self._qmag[layer] += qmag.double()
         self._kmag[layer] += kmag.double()
         self.calibrated_tokens[layer] += t

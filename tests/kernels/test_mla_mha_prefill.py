@@ -1,0 +1,54 @@
+"""The MLA prefill in the MHA form (adapter.mla_prefill) on SGLang's Triton extend kernel: each
+request's extend rows over a prefix the backend expanded itself (indices 0..P-1 of that buffer),
+against the torch path the CPU engine runs. Ragged batches, a request without a prefix, real MLA
+head dims: DeepSeek-V2 (q/k 128 + 64, v 128) and GLM-4.7-Flash (q/k 192 + 64, v 256)."""
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from asynctls_sglang.adapter.mla_prefill import MLAPrefill
+from kernel_testing import DEVICE, DTYPE_IDS, ON_GPU, TOLERANCE, by_device, case
+
+DSV2, GLM = (192, 128), (256, 256)  # (q/k, v) head dims
+CASES = by_device(
+    [case(4, DSV2, [0, 37, 70], [20, 13, 33], id="dsv2-h4-ragged"), case(2, GLM, [5], [1], id="glm-h2-one-row")],
+    [case(20, GLM, [0, 8192, 30000], [4096, 2048, 3000], id="glm-h20-long"),
+     case(16, DSV2, [65536], [16384], id="dsv2-h16-chunk")])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16] if ON_GPU else [torch.float32],
+                         ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("heads, dims, prefix, extend", CASES)
+def test_triton_extend_over_an_expanded_prefix(heads, dims, prefix, extend, dtype):
+    from sglang.kernels.ops.attention.extend_attention import extend_attention_fwd
+
+    gen = torch.Generator().manual_seed(sum(prefix) + sum(extend))
+    t, p = sum(extend), sum(prefix)
+
+    def rand(n, d):
+        return torch.randn(n, heads, d, generator=gen).to(device=DEVICE, dtype=dtype)
+
+    dqk, dv = dims
+    q, k, v, k_pre, v_pre = rand(t, dqk), rand(t, dqk), rand(t, dv), rand(p, dqk), rand(p, dv)
+    scale = dqk ** -0.5
+    backend = types.SimpleNamespace(extend_attention_fwd=extend_attention_fwd)
+    out = MLAPrefill.attend_triton(backend, q, k, v, k_pre, v_pre, prefix, extend, scale)
+    ref = MLAPrefill.attend_torch(q.float(), k.float(), v.float(), k_pre.float(), v_pre.float(), prefix,
+                                  extend, scale)
+    atol, rtol = TOLERANCE[dtype]
+    torch.testing.assert_close(out.float(), ref, atol=atol, rtol=rtol)
+
+
+def test_torch_path_is_causal_over_the_prefix():
+    """attend_torch itself: row i of a request sees its prefix and its extend rows 0..i only."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 1, 4, generator=gen) for _ in range(3))
+    k_pre, v_pre = torch.randn(2, 1, 4, generator=gen), torch.randn(2, 1, 4, generator=gen)
+    out = MLAPrefill.attend_torch(q, k, v, k_pre, v_pre, [2], [3], 0.5, rows=2)
+    keys, vals = torch.cat([k_pre, k]), torch.cat([v_pre, v])
+    for i in range(3):
+        w = (keys[: 3 + i, 0] @ q[i, 0] * 0.5).softmax(0)
+        torch.testing.assert_close(out[i, 0], w @ vals[: 3 + i, 0])
