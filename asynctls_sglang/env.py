@@ -64,3 +64,17 @@ ASYNCTLS_FIXED_SHAPES = "ASYNCTLS_FIXED_SHAPES"
 
 def fixed_shapes() -> bool:
     return os.environ.get(ASYNCTLS_FIXED_SHAPES, "0") == "1"
+
+
+#: Attention kernel of the MLA prefill in the MHA form (adapter.mla_prefill): "auto" (torch's
+#: scaled_dot_product_attention on a GPU, flash attention there; the plain torch loop on the CPU),
+#: "sdpa", "triton" (SGLang's Triton extend kernel) or "torch". For A/B checks on a GPU.
+ASYNCTLS_MLA_PREFILL_KERNEL = "ASYNCTLS_MLA_PREFILL_KERNEL"
+MLA_PREFILL_KERNELS = ("auto", "sdpa", "triton", "torch")
+
+
+def mla_prefill_kernel() -> str:
+    value = os.environ.get(ASYNCTLS_MLA_PREFILL_KERNEL, "auto").strip().lower() or "auto"
+    if value not in MLA_PREFILL_KERNELS:
+        raise ValueError(f"{ASYNCTLS_MLA_PREFILL_KERNEL}={value!r}: expected one of {', '.join(MLA_PREFILL_KERNELS)}")
+    return value

@@ -250,9 +250,6 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         t, hq = q.shape[0], layer.tp_q_head_num
         extend = [int(x) for x in fb.extend_seq_lens_cpu]
         prefix = [int(x) for x in (fb.extend_prefix_lens_cpu or [0] * len(extend))]
-        on_triton = hasattr(self, "extend_attention_fwd")
-        if on_triton and not any(prefix):  # SGLang's own MHA prefill
-            return super().forward_extend(q, k, v, layer, fb, save_kv_cache=False)
         table = self.req_to_token_pool.req_to_token.index_select(0, fb.req_pool_indices)
         slots = torch.cat([table[i, :p] for i, p in enumerate(prefix)]).long()
         k_pre, v_pre = mla.expand(attn, self.token_to_kv_pool.get_key_buffer(layer.layer_id)[slots])
@@ -260,8 +257,7 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         k3 = k.view(t, -1, layer.qk_head_dim)
         v3 = v.view(t, -1, layer.v_head_dim)
         cap = float(getattr(layer, "logit_cap", 0.0) or 0.0)
-        attend = (lambda *a: mla.attend_triton(self, *a)) if on_triton else mla.attend_torch
-        return attend(q3, k3, v3, k_pre, v_pre, prefix, extend, layer.scaling, cap)
+        return mla.attend(self, q3, k3, v3, k_pre, v_pre, prefix, extend, layer.scaling, cap)
 
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
         plan = self._plan

@@ -13,7 +13,9 @@ Here (``mla_prefill="mha"``) every non-speculative extend takes the MHA form, pr
   calls the backend with per-head q/k/v and ``save_kv_cache=False``.
 - The backend (``AsyncTLSBackendMixin.forward_extend``) expands the prefix's latent rows itself,
   read from the device pages (with offload, the prefix was loaded back to them), and attends
-  over prefix and extend: SGLang's Triton extend kernel on a GPU, torch on the CPU.
+  over prefix and extend: torch's scaled_dot_product_attention (flash attention) on a GPU, a
+  plain torch loop on the CPU (env ASYNCTLS_MLA_PREFILL_KERNEL: also SGLang's Triton extend
+  kernel, which took 3.3 s per 16k chunk of DeepSeek-V2-Lite on the H200, session 12).
 - The index's calibration and the offload seeds want latent queries: they are computed from the
   per-head ones, ``q_nope @ w_kc`` beside the rotated ``q_pe``, exactly the absorbed form's query.
 
@@ -23,6 +25,8 @@ its own one-shot MHA) keeps the absorbed form: its expanded K/V would not fit be
 from __future__ import annotations
 
 import torch
+
+from asynctls_sglang import env
 
 #: Query rows per slice when latent queries are formed for calibration statistics.
 _SLICE = 4096
@@ -44,6 +48,11 @@ class MLAPrefill:
     def __init__(self, model_runner, mode: str) -> None:
         self.mode = mode
         self._runner = model_runner
+        kernel = env.mla_prefill_kernel()
+        if kernel == "auto":
+            on_gpu = model_runner is not None and str(model_runner.device).startswith("cuda")
+            kernel = "sdpa" if on_gpu else "torch"
+        self.kernel = kernel
         self._modules: dict[int, torch.nn.Module] | None = None
         self.mha_forwards = 0  # prefill forwards in the MHA form
         self.absorbed_forwards = 0  # ... and in the absorbed form (the setting, or a fallback)
@@ -140,6 +149,34 @@ class MLAPrefill:
         return out
 
     @staticmethod
+    def attend_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_pre: torch.Tensor,
+                    v_pre: torch.Tensor, prefix: list[int], extend: list[int], scaling: float,
+                    cap: float = 0.0) -> torch.Tensor:
+        """The same through torch's scaled_dot_product_attention, one request at a time, with the
+        causal mask aligned to the last key (causal_lower_right): on a GPU, flash attention. Its
+        kernels take equal q/k and v head dims, so a narrower V (DeepSeek-V2's 128 beside 192) is
+        zero-padded and the padding sliced off the output."""
+        from torch.nn.attention.bias import causal_lower_right
+
+        if cap > 0:
+            return MLAPrefill.attend_torch(q, k, v, k_pre, v_pre, prefix, extend, scaling, cap)
+        dq, dv = q.shape[-1], v.shape[-1]
+        out = q.new_empty(q.shape[0], q.shape[1], dv)
+        qs = ps = 0
+        for p, e in zip(prefix, extend):
+            keys = torch.cat([k_pre[ps:ps + p], k[qs:qs + e]])
+            vals = torch.cat([v_pre[ps:ps + p], v[qs:qs + e]])
+            if dv < dq:
+                vals = torch.nn.functional.pad(vals, (0, dq - dv))
+            o = torch.nn.functional.scaled_dot_product_attention(
+                q[qs:qs + e].transpose(0, 1)[None], keys.transpose(0, 1)[None], vals.transpose(0, 1)[None],
+                attn_mask=causal_lower_right(e, p + e), scale=scaling)
+            out[qs:qs + e] = o[0, :, :, :dv].transpose(0, 1)
+            qs += e
+            ps += p
+        return out
+
+    @staticmethod
     def attend_triton(backend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_pre: torch.Tensor,
                       v_pre: torch.Tensor, prefix: list[int], extend: list[int], scaling: float,
                       cap: float = 0.0) -> torch.Tensor:
@@ -156,8 +193,15 @@ class MLAPrefill:
                                      mask_indptr, max(extend), 1.0, 1.0, scaling, logit_cap=cap)
         return out
 
+    def attend(self, backend, *args) -> torch.Tensor:
+        """attend_<kernel>(q, k, v, k_pre, v_pre, prefix, extend, scaling, cap) for this backend."""
+        if self.kernel == "triton":
+            return self.attend_triton(backend, *args)
+        return (self.attend_sdpa if self.kernel == "sdpa" else self.attend_torch)(*args)
+
     def snapshot(self) -> dict:
-        return {"mode": self.mode, "mha_forwards": self.mha_forwards, "absorbed_forwards": self.absorbed_forwards}
+        return {"mode": self.mode, "kernel": self.kernel, "mha_forwards": self.mha_forwards,
+                "absorbed_forwards": self.absorbed_forwards}
 
 
 def _cumsum(values: list[int]) -> list[int]:

@@ -68,8 +68,8 @@ def test_gpu_short_batches_replay_the_stock_graph(tiny_model_dir, kind, stock):
 
 def test_gpu_mla_prefill_in_the_mha_form(tiny_model_dir):
     """MLA prefill in the MHA form (the GPU default): chunks after the first attend their prefix,
-    expanded from the latent rows, on SGLang's Triton extend kernel; a second turn reuses the first
-    from the radix cache. The tokens are the absorbed form's up to bf16 near ties."""
+    expanded from the latent rows, through flash attention; the same prompts again hit the radix
+    cache. The tokens are the absorbed form's up to bf16 near ties."""
     model = tiny_model_dir("deepseek_v2")
     prompts = random_prompts([41, 230, 700], seed=3)
     args = dict(GPU_ENGINE_ARGS, chunked_prefill_size=128)
@@ -84,4 +84,4 @@ def test_gpu_mla_prefill_in_the_mha_form(tiny_model_dir):
     assert_same_up_to_near_ties(got, want, tol=NEAR_TIE)
     assert_same_up_to_near_ties(again, want_again, tol=NEAR_TIE)
     mla = stats["mla_prefill"]
-    assert mla["mode"] == "mha" and mla["mha_forwards"] > 0 and mla["absorbed_forwards"] == 0
+    assert mla["mode"] == "mha" and mla["kernel"] == "sdpa" and mla["mha_forwards"] > 0 and mla["absorbed_forwards"] == 0
