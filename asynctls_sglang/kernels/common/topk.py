@@ -22,7 +22,9 @@ RADIX_SUM_BITS = {"histogram": 0, "bitwise": 1, "bitpair": 2}
 #: candidates). The default won kernel_bench --sweep on the H200 (2026-11-29, session 11): token
 #: top-k 23.3 against 26.3 us with the histogram at Qwen3-8B 128k x 8, 18.1 against 19.1 for
 #: GLM-4.7-Flash; block top-k 15.0 against 17.1 at Qwen3-8B 128k x 32, within 0.5 us of the best
-#: elsewhere. "bitpair" came after that run: exact on the CPU, not yet timed.
+#: elsewhere. "bitpair" lost (session 12): token top-k 28.1 against 22.2 us at Qwen3-8B 128k x 8,
+#: 21.6 against 17.9 for GLM-4.7-Flash; half the passes, but each sums an int64 of three packed
+#: counts and resolves two bits with more compares, which costs more than the pass it saves.
 LAUNCH = {"radix": "bitwise", "bits": 6, "warps_1k": 4, "warps_4k": 4, "warps_16k": 8}
 #: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90); the
 #: first is the session-10 default.
