@@ -68,9 +68,10 @@ def fixed_shapes() -> bool:
 
 #: Attention kernel of the MLA prefill in the MHA form (adapter.mla_prefill): "auto" (torch's
 #: scaled_dot_product_attention on a GPU, flash attention there; the plain torch loop on the CPU),
-#: "sdpa", "triton" (SGLang's Triton extend kernel) or "torch". For A/B checks on a GPU.
+#: "sdpa", "triton" (SGLang's Triton extend kernel), "flashinfer" (its ragged prefill) or "torch".
+#: For A/B checks on a GPU.
 ASYNCTLS_MLA_PREFILL_KERNEL = "ASYNCTLS_MLA_PREFILL_KERNEL"
-MLA_PREFILL_KERNELS = ("auto", "sdpa", "triton", "torch")
+MLA_PREFILL_KERNELS = ("auto", "sdpa", "triton", "flashinfer", "torch")
 
 
 def mla_prefill_kernel() -> str:

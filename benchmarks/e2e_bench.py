@@ -376,19 +376,28 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     points = sorted({(r["bs"], r["ctx"]) for r in rows})  # by batch, then context
-    labels = [f"{bs}x{ctx // 1024}k" for bs, ctx in points]
+    # fixed-memory rows: the whole run's output rate and the decode rate at the batch reached
+    fixed = any("batch_reached" in r for r in rows)
+    metrics = [("output_tok_s", "run"), ("decode_tok_s_at_batch", "decode at batch")] if fixed \
+        else [("decode_tok_s", "")]
+    groups = [(bs, ctx, key, name) for bs, ctx in points for key, name in metrics]
+    labels = [f"{bs}x{ctx // 1024}k {name}".strip() for bs, ctx, _, name in groups]
     backends = list(dict.fromkeys(r["backend"] for r in rows))
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(1, len(backends))
     for i, b in enumerate(backends):
-        vals = []
-        for lab in labels:
-            match = [r for r in rows if r["backend"] == b and f"{r['bs']}x{r['ctx'] // 1024}k" == lab]
-            vals.append(match[0]["decode_tok_s"] or 0 if match else 0)
-        ax.bar([x + i * width for x in range(len(labels))], vals, width, label=b)
+        xs, vals, notes = [], [], []
+        for x, (bs, ctx, key, _) in enumerate(groups):
+            match = [r for r in rows if r["backend"] == b and (r["bs"], r["ctx"]) == (bs, ctx)]
+            xs.append(x + i * width)
+            vals.append((match[0].get(key) or 0) if match else 0)
+            notes.append(f"batch {match[0]['batch_reached']}" if match and "batch_reached" in match[0] else "")
+        bars = ax.bar(xs, vals, width, label=b)
+        if fixed:
+            ax.bar_label(bars, notes, fontsize=7)
     ax.set_xticks([x + width * (len(backends) - 1) / 2 for x in range(len(labels))], labels)
-    ax.set_ylabel("decode tokens/s")
-    ax.set_title("SGLang decode throughput (H200, same run)")
+    ax.set_ylabel("output tokens/s" if fixed else "decode tokens/s")
+    ax.set_title("SGLang " + ("at fixed GPU memory" if fixed else "decode throughput") + " (H200, same run)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -3,8 +3,9 @@
 One prefill chunk of E rows over a prefix of P rows (one request), bf16, with the real per-head
 dims of DeepSeek-V2-Lite (16 heads, q/k 128 + 64, v 128) and GLM-4.7-Flash (20 heads, q/k
 192 + 64, v 256). Kernels: `sdpa` (torch's scaled_dot_product_attention, flash attention, V
-zero-padded to the q/k dim where narrower; the default on a GPU) and `triton` (SGLang's Triton
-extend kernel). Reports ms per layer (median of --reps, CUDA events), TFLOP/s of the causal
+zero-padded to the q/k dim where narrower; the default on a GPU), `triton` (SGLang's Triton
+extend kernel) and `flashinfer` (FlashInfer's ragged prefill, the kernel of SGLang's FlashInfer
+MLA backend). Reports ms per layer (median of --reps, CUDA events), TFLOP/s of the causal
 attention (2 * H * E * (P + (E + 1) / 2) * (Dqk + Dv)) and the fraction of the H200's dense bf16
 peak (989 TFLOP/s): attention at these lengths is compute-bound. Prints a table, writes JSON and
 a PNG.
@@ -26,9 +27,11 @@ MODELS = {"dsv2-lite": (16, 192, 128), "glm-4.7-flash": (20, 256, 256)}
 PEAK_TFLOPS = 989.0
 
 
-def run_kernel(kernel: str, q, k, v, k_pre, v_pre, prefix, extend, scale):
+def run_kernel(kernel: str, q, k, v, k_pre, v_pre, prefix, extend, scale, prefill: MLAPrefill):
     if kernel == "sdpa":
         return MLAPrefill.attend_sdpa(q, k, v, k_pre, v_pre, prefix, extend, scale)
+    if kernel == "flashinfer":
+        return prefill.attend_flashinfer(q, k, v, k_pre, v_pre, prefix, extend, scale)
     from sglang.kernels.ops.attention.extend_attention import extend_attention_fwd
 
     backend = types.SimpleNamespace(extend_attention_fwd=extend_attention_fwd)
@@ -59,8 +62,9 @@ def bench_point(model: str, e: int, p: int, kernels: list[str], reps: int) -> di
     q, k, v, k_pre, v_pre = rand(e, dqk), rand(e, dqk), rand(e, dv), rand(p, dqk), rand(p, dv)
     flops = 2 * heads * e * (p + (e + 1) / 2) * (dqk + dv)
     row = {"model": model, "extend": e, "prefix": p, "heads": heads, "dqk": dqk, "dv": dv, "tflop": flops / 1e12}
+    prefill = MLAPrefill(None, "mha")
     for kernel in kernels:
-        ms = time_ms(lambda: run_kernel(kernel, q, k, v, k_pre, v_pre, [p], [e], dqk ** -0.5), reps)
+        ms = time_ms(lambda: run_kernel(kernel, q, k, v, k_pre, v_pre, [p], [e], dqk ** -0.5, prefill), reps)
         row[kernel] = {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1),
                        "peak_fraction": round(flops / ms / 1e9 / PEAK_TFLOPS, 3)}
     return row
@@ -71,7 +75,7 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--points", default="16384x0,16384x40960,16384x81920",
                     help="comma list of EXTENDxPREFIX (rows of the chunk x rows before it)")
-    ap.add_argument("--kernels", default="sdpa,triton")
+    ap.add_argument("--kernels", default="sdpa,triton,flashinfer")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", default="mla_prefill.json")
     args = ap.parse_args()

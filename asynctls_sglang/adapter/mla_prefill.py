@@ -15,7 +15,8 @@ Here (``mla_prefill="mha"``) every non-speculative extend takes the MHA form, pr
   read from the device pages (with offload, the prefix was loaded back to them), and attends
   over prefix and extend: torch's scaled_dot_product_attention (flash attention) on a GPU, a
   plain torch loop on the CPU (env ASYNCTLS_MLA_PREFILL_KERNEL: also SGLang's Triton extend
-  kernel, which took 3.3 s per 16k chunk of DeepSeek-V2-Lite on the H200, session 12).
+  kernel, which took 3.3 s per 16k chunk of DeepSeek-V2-Lite on the H200, session 12, and
+  FlashInfer's ragged prefill, not yet run).
 - The index's calibration and the offload seeds want latent queries: they are computed from the
   per-head ones, ``q_nope @ w_kc`` beside the rotated ``q_pe``, exactly the absorbed form's query.
 
@@ -53,6 +54,8 @@ class MLAPrefill:
             on_gpu = model_runner is not None and str(model_runner.device).startswith("cuda")
             kernel = "sdpa" if on_gpu else "torch"
         self.kernel = kernel
+        self._fi_wrapper = None  # attend_flashinfer's ragged prefill wrapper and its last plan
+        self._fi_plan: tuple | None = None
         self._modules: dict[int, torch.nn.Module] | None = None
         self.mha_forwards = 0  # prefill forwards in the MHA form
         self.absorbed_forwards = 0  # ... and in the absorbed form (the setting, or a fallback)
@@ -193,10 +196,44 @@ class MLAPrefill:
                                      mask_indptr, max(extend), 1.0, 1.0, scaling, logit_cap=cap)
         return out
 
+    def attend_flashinfer(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_pre: torch.Tensor,
+                          v_pre: torch.Tensor, prefix: list[int], extend: list[int], scaling: float,
+                          cap: float = 0.0) -> torch.Tensor:
+        """The same on FlashInfer's ragged prefill (what SGLang's FlashInfer MLA backend runs its
+        MHA-form prefill on; FA3 on an H100/H200): each request's K/V rows laid out as its prefix
+        then its extend rows, causal from the last key. Planned once per batch shape (the layers of
+        a forward share it). NOTE: written after the session-12 device time: not yet run on a GPU
+        (tests/kernels/test_mla_mha_prefill.py and benchmarks/mla_prefill_bench.py cover it there)."""
+        import flashinfer
+
+        if self._fi_wrapper is None:
+            workspace = torch.empty(128 << 20, dtype=torch.uint8, device=q.device)
+            self._fi_wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(workspace, "NHD")
+        keys, vals = [], []
+        qs = ps = 0
+        for p, e in zip(prefix, extend):
+            keys += [k_pre[ps:ps + p], k[qs:qs + e]]
+            vals += [v_pre[ps:ps + p], v[qs:qs + e]]
+            qs += e
+            ps += p
+        heads, dq, dv = q.shape[1], q.shape[-1], v.shape[-1]
+        plan = (tuple(prefix), tuple(extend), heads, dq, dv, q.dtype, scaling, cap)
+        if plan != self._fi_plan:
+            dev = q.device
+            self._fi_wrapper.plan(
+                torch.tensor([0] + _cumsum(extend), dtype=torch.int32, device=dev),
+                torch.tensor([0] + _cumsum([p + e for p, e in zip(prefix, extend)]), dtype=torch.int32, device=dev),
+                heads, heads, dq, head_dim_vo=dv, causal=True, sm_scale=scaling,
+                logits_soft_cap=cap if cap > 0 else None, q_data_type=q.dtype, kv_data_type=k.dtype)
+            self._fi_plan = plan
+        return self._fi_wrapper.run(q.contiguous(), torch.cat(keys), torch.cat(vals))
+
     def attend(self, backend, *args) -> torch.Tensor:
         """attend_<kernel>(q, k, v, k_pre, v_pre, prefix, extend, scaling, cap) for this backend."""
         if self.kernel == "triton":
             return self.attend_triton(backend, *args)
+        if self.kernel == "flashinfer":
+            return self.attend_flashinfer(*args)
         return (self.attend_sdpa if self.kernel == "sdpa" else self.attend_torch)(*args)
 
     def snapshot(self) -> dict:

@@ -1,6 +1,6 @@
 """The MLA prefill in the MHA form (adapter.mla_prefill) on its GPU kernels: torch's
 scaled_dot_product_attention (the default there; V zero-padded to the q/k head dim for flash
-attention) and SGLang's Triton extend kernel (the expanded prefix read as its "buffer" through
+attention), FlashInfer's ragged prefill (GPU only) and SGLang's Triton extend kernel (the expanded prefix read as its "buffer" through
 indices 0..P-1): each request's extend rows over its prefix, against the torch loop the CPU
 engine runs. Ragged batches, a request without a prefix, real MLA
 head dims: DeepSeek-V2 (q/k 128 + 64, v 128) and GLM-4.7-Flash (q/k 192 + 64, v 256)."""
@@ -21,7 +21,8 @@ CASES = by_device(
      case(16, DSV2, [65536], [16384], id="dsv2-h16-chunk")])
 
 
-@pytest.mark.parametrize("kernel", ["sdpa", "triton"])
+@pytest.mark.parametrize("kernel", ["sdpa", "triton", pytest.param("flashinfer", marks=pytest.mark.skipif(
+    not ON_GPU, reason="FlashInfer's ragged prefill needs CUDA"))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16] if ON_GPU else [torch.float32],
                          ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("heads, dims, prefix, extend", CASES)
@@ -40,6 +41,10 @@ def test_attention_over_an_expanded_prefix(heads, dims, prefix, extend, dtype, k
     if kernel == "triton":
         backend = types.SimpleNamespace(extend_attention_fwd=extend_attention_fwd)
         out = MLAPrefill.attend_triton(backend, q, k, v, k_pre, v_pre, prefix, extend, scale)
+    elif kernel == "flashinfer":
+        if dtype == torch.float32:
+            pytest.skip("FlashInfer's prefill takes fp16/bf16")
+        out = MLAPrefill(None, "mha").attend_flashinfer(q, k, v, k_pre, v_pre, prefix, extend, scale)
     else:
         out = MLAPrefill.attend_sdpa(q, k, v, k_pre, v_pre, prefix, extend, scale)
     ref = MLAPrefill.attend_torch(q.float(), k.float(), v.float(), k_pre.float(), v_pre.float(), prefix,
