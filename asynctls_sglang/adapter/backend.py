@@ -229,7 +229,7 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         l = layer.layer_id - pool.start_layer
         attn = mla.module(layer.layer_id)
         t = q.shape[0]
-        q3 = q.view(t, layer.tp_q_head_num, layer.qk_head_dim)
+        q3 = q.reshape(t, layer.tp_q_head_num, layer.qk_head_dim)
         real = not capturing_graphs()
         if real and l == 0:
             mla.mha_forwards += 1
@@ -253,9 +253,9 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         table = self.req_to_token_pool.req_to_token.index_select(0, fb.req_pool_indices)
         slots = torch.cat([table[i, :p] for i, p in enumerate(prefix)]).long()
         k_pre, v_pre = mla.expand(attn, self.token_to_kv_pool.get_key_buffer(layer.layer_id)[slots])
-        q3 = q.view(t, hq, layer.qk_head_dim)
-        k3 = k.view(t, -1, layer.qk_head_dim)
-        v3 = v.view(t, -1, layer.v_head_dim)
+        q3 = q.reshape(t, hq, layer.qk_head_dim)
+        k3 = k.reshape(t, -1, layer.qk_head_dim)
+        v3 = v.reshape(t, -1, layer.v_head_dim)
         cap = float(getattr(layer, "logit_cap", 0.0) or 0.0)
         return mla.attend(self, q3, k3, v3, k_pre, v_pre, prefix, extend, layer.scaling, cap)
 
