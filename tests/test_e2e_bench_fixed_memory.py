@@ -45,6 +45,35 @@ def test_table_compares_fixed_memory_rows_by_run_throughput(e2e_bench):
     assert e2e_bench.table(rows, "flashinfer").rstrip().endswith("| 2.50 (decode at batch: 1.50) |")
 
 
+def test_fixed_memory_plot_shows_both_rates_and_the_batches(e2e_bench, tmp_path, monkeypatch):
+    """The PNG of a fixed-memory run: the whole run's rate and the decode rate at the batch
+    reached, each bar labelled with its batch (the decode rate over the run hid the batch)."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn = {}
+    real_savefig = plt.Figure.savefig
+
+    def keep(fig, path, **kw):
+        ax = fig.axes[0]
+        drawn["ticks"] = [t.get_text() for t in ax.get_xticklabels()]
+        drawn["heights"] = sorted(round(b.get_height(), 1) for b in ax.patches)
+        drawn["labels"] = sorted(t.get_text() for t in ax.texts)
+        return real_savefig(fig, path, **kw)
+
+    monkeypatch.setattr(plt.Figure, "savefig", keep)
+    rows = [{"backend": "flashinfer", "bs": 6, "ctx": 98304, "batch_reached": 2, "decode_tok_s": 117.3,
+             "output_tok_s": 102.5, "decode_tok_s_at_batch": 318.5},
+            {"backend": "asynctls(K=2048)+offload", "bs": 6, "ctx": 98304, "batch_reached": 5, "decode_tok_s": 72.3,
+             "output_tok_s": 60.9, "decode_tok_s_at_batch": 507.8}]
+    e2e_bench.plot(rows, str(tmp_path / "fixed.png"))
+    assert (tmp_path / "fixed.png").stat().st_size > 0
+    assert drawn["ticks"] == ["6x96k run", "6x96k decode at batch"]
+    assert drawn["heights"] == [60.9, 102.5, 318.5, 507.8]
+    assert drawn["labels"] == ["batch 2", "batch 2", "batch 5", "batch 5"]
+
+
 def test_profile_summary_groups_kernels_per_step(e2e_bench, tmp_path):
     """--profile-steps: a chrome trace's GPU kernels summed per step, by group and name."""
     import gzip

@@ -29,16 +29,27 @@ def model(tiny_model_dir):
 @pytest.fixture(scope="module")
 def absorbed(model):
     with engine(model, "asynctls", dict(CFG, mla_prefill="absorbed"), **CHUNKED) as eng:
-        return {"tokens": greedy_with_margins(eng, PROMPTS), "turns": two_turns(eng, TURN1, QUESTION, PARAMS),
+        tokens = greedy_with_margins(eng, PROMPTS)
+        together = batched(eng)
+        return {"tokens": tokens, "batched": together, "turns": two_turns(eng, TURN1, QUESTION, PARAMS),
                 "stats": asynctls_stats(eng)}
+
+
+def batched(eng) -> list[list[int]]:
+    """One prefill batch mixing requests with a radix prefix (the cached prompts, extended) and
+    one without, after the cache holds PROMPTS."""
+    fresh = random_prompts([90], seed=7)
+    return greedy(eng, [p + [11, 12, 13] for p in PROMPTS] + fresh, batched=True)
 
 
 def test_mha_prefill_matches_the_absorbed_form(model, absorbed):
     with engine(model, "asynctls", dict(CFG, mla_prefill="mha"), **CHUNKED) as eng:
         tokens = greedy(eng, PROMPTS)
+        together = batched(eng)
         first, second, cached = two_turns(eng, TURN1, QUESTION, PARAMS)
         stats = asynctls_stats(eng)
     assert_same_up_to_near_ties(tokens, absorbed["tokens"], TOL)
+    assert together == absorbed["batched"]
     assert (first, second) == absorbed["turns"][:2]
     assert cached >= len(TURN1) // CFG["block_size"] * CFG["block_size"]  # turn 2 reused turn 1's prefix
     mla = stats["mla_prefill"]
