@@ -21,9 +21,10 @@ CHUNKED = dict(chunked_prefill_size=128)
 TOL = 1e-3
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return tiny_model_dir("deepseek_v2")
+@pytest.fixture(scope="module", params=["deepseek_v2", "glm4_moe_lite"])
+def model(tiny_model_dir, request):
+    """DeepSeek-V2, and GLM-4.7-Flash's architecture (a q LoRA; the recipes' model)."""
+    return tiny_model_dir(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +60,10 @@ def test_mha_prefill_matches_the_absorbed_form(model, absorbed):
     assert stats["attended_tokens_last"] == CFG["token_budget"]
 
 
-def test_mha_prefill_with_offload(model):
+def test_mha_prefill_with_offload(tiny_model_dir):
     """Offload (large cache, misses fetched before the attention): the seeds of the first decode
     step come from latent queries of the prompts' last rows; the tokens are offload off's."""
+    model = tiny_model_dir("deepseek_v2")
     with engine(model, "asynctls", dict(CFG, mla_prefill="mha"), **CHUNKED) as eng:
         off = greedy(eng, PROMPTS), two_turns(eng, TURN1, QUESTION, PARAMS)[:2]
     exact = dict(CFG, mla_prefill="mha", offload=True, prefetch_depth=0, resident_blocks=64,
