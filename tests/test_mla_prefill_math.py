@@ -48,3 +48,25 @@ def test_mode_resolution():
     assert resolve_mode("auto", "torch_native") == "absorbed"
     assert resolve_mode("absorbed", "triton") == "absorbed"
     assert resolve_mode("mha", "torch_native") == "mha"
+
+
+def test_which_batches_take_the_mha_form():
+    """Extends take the MHA form; decode, MIXED batches (decode rows would expand their whole
+    context), a prefix past SGLang's one-shot capacity, fp8 weights and mode absorbed do not."""
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+    from sglang.srt.models.deepseek_common.attention_forward_methods.forward_methods import AttnForwardMethod
+
+    attn = fake_attn(4, 128, 64, 128)
+
+    def batch(mode, prefix=(0, 4096)):
+        return SimpleNamespace(forward_mode=mode, extend_prefix_lens_cpu=list(prefix),
+                               get_max_chunk_capacity=lambda: 128 * 1024)
+
+    mha = MLAPrefill(None, "mha")
+    assert mha.method(attn, batch(ForwardMode.EXTEND)) == AttnForwardMethod.MHA
+    assert mha.method(attn, batch(ForwardMode.EXTEND, (100000, 40000))) == AttnForwardMethod.MLA
+    assert mha.method(attn, batch(ForwardMode.MIXED)) == AttnForwardMethod.MLA
+    assert mha.method(attn, batch(ForwardMode.DECODE)) == AttnForwardMethod.MLA
+    assert MLAPrefill(None, "absorbed").method(attn, batch(ForwardMode.EXTEND)) == AttnForwardMethod.MLA
+    attn.w_kc = attn.w_kc.to(torch.float8_e4m3fn)
+    assert mha.method(attn, batch(ForwardMode.EXTEND)) == AttnForwardMethod.MLA

@@ -66,8 +66,10 @@ class MLAPrefill:
         from sglang.srt.models.deepseek_common.attention_backend_handler import _dispatch_mla_subtype
         from sglang.srt.models.deepseek_common.attention_forward_methods.forward_methods import AttnForwardMethod
 
+        # NOTE: not a MIXED batch (--enable-mixed-chunk): its decode rows are extends of one token
+        # over their whole context, which the MHA form would expand per head at every layer
         if self.mode == "mha" and fb.forward_mode.is_extend_without_speculative() \
-                and not _in_capture() and self.supported(attn) \
+                and not fb.forward_mode.is_mixed() and not _in_capture() and self.supported(attn) \
                 and sum(fb.extend_prefix_lens_cpu or ()) <= fb.get_max_chunk_capacity():
             return AttnForwardMethod.MHA
         return _dispatch_mla_subtype(attn, fb)
