@@ -20,8 +20,9 @@ Here (``mla_prefill="mha"``) every non-speculative extend takes the MHA form, pr
 - The index's calibration and the offload seeds want latent queries: they are computed from the
   per-head ones, ``q_nope @ w_kc`` beside the rotated ``q_pe``, exactly the absorbed form's query.
 
-A prefix longer than ``SGLANG_MAX_KV_CHUNK_CAPACITY`` (128k tokens, the bound SGLang puts on
-its own one-shot MHA) keeps the absorbed form: its expanded K/V would not fit beside the pool.
+A batch whose prefixes add up to more than ``SGLANG_MAX_KV_CHUNK_CAPACITY`` (128k tokens, the
+bound SGLang puts on its own one-shot MHA) keeps the absorbed form, and so do MIXED batches, decode
+and SGLang's prefill-graph captures.
 """
 from __future__ import annotations
 
