@@ -70,3 +70,52 @@ def test_which_batches_take_the_mha_form():
     assert MLAPrefill(None, "absorbed").method(attn, batch(ForwardMode.EXTEND)) == AttnForwardMethod.MLA
     attn.w_kc = attn.w_kc.to(torch.float8_e4m3fn)
     assert mha.method(attn, batch(ForwardMode.EXTEND)) == AttnForwardMethod.MLA
+
+
+class FakeRaggedPrefill:
+    """flashinfer.BatchPrefillWithRaggedKVCacheWrapper as its documentation specifies it: plan()
+    takes the query and key/value row offsets of each request, run() attends each request's query
+    rows over its key rows, causal aligned to the last key (a mask tril(diagonal=kv_len - qo_len))."""
+
+    plans = 0
+
+    def __init__(self, workspace, layout):
+        assert layout == "NHD" and workspace.dtype == torch.uint8
+
+    def plan(self, qo_indptr, kv_indptr, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo=None, causal=False,
+             sm_scale=None, logits_soft_cap=None, q_data_type=None, kv_data_type=None):
+        assert qo_indptr.dtype == kv_indptr.dtype == torch.int32 and causal and num_qo_heads == num_kv_heads
+        FakeRaggedPrefill.plans += 1
+        self.qo, self.kv, self.scale, self.dv = qo_indptr.tolist(), kv_indptr.tolist(), sm_scale, head_dim_vo
+
+    def run(self, q, k, v):
+        assert v.shape[-1] == self.dv and k.shape[0] == self.kv[-1] and q.shape[0] == self.qo[-1]
+        out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
+        for i in range(len(self.qo) - 1):
+            qi, ki, vi = q[self.qo[i]:self.qo[i + 1]], k[self.kv[i]:self.kv[i + 1]], v[self.kv[i]:self.kv[i + 1]]
+            s = torch.einsum("qhd,khd->hqk", qi, ki) * self.scale
+            mask = torch.ones(qi.shape[0], ki.shape[0], dtype=torch.bool).tril(ki.shape[0] - qi.shape[0])
+            out[self.qo[i]:self.qo[i + 1]] = torch.einsum("hqk,khd->qhd", s.masked_fill(~mask, float("-inf")).softmax(-1), vi)
+        return out
+
+
+def test_flashinfer_path_lays_out_each_request_as_prefix_then_extend(monkeypatch):
+    """attend_flashinfer's own part (the GPU kernel is FlashInfer's, run on the H200 only): each
+    request's keys are its prefix rows then its extend rows, the indptrs match, the plan is made
+    once per batch shape, and the result is the torch loop's."""
+    monkeypatch.setitem(__import__("sys").modules, "flashinfer",
+                        SimpleNamespace(BatchPrefillWithRaggedKVCacheWrapper=FakeRaggedPrefill))
+    gen = torch.Generator().manual_seed(2)
+    prefix, extend = [0, 37, 70], [20, 13, 33]
+    q, k = torch.randn(66, 4, 192, generator=gen), torch.randn(66, 4, 192, generator=gen)
+    v, k_pre, v_pre = torch.randn(66, 4, 128, generator=gen), torch.randn(107, 4, 192, generator=gen), \
+        torch.randn(107, 4, 128, generator=gen)
+    prefill = MLAPrefill(None, "mha")
+    FakeRaggedPrefill.plans = 0
+    for _ in range(2):  # two layers of one forward: one plan
+        out = prefill.attend_flashinfer(q, k, v, k_pre, v_pre, prefix, extend, 0.07)
+    assert FakeRaggedPrefill.plans == 1
+    want = MLAPrefill.attend_torch(q, k, v, k_pre, v_pre, prefix, extend, 0.07)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    prefill.attend_flashinfer(q[:20], k[:20], v[:20], k_pre[:0], v_pre[:0], [0], [20], 0.07)
+    assert FakeRaggedPrefill.plans == 2
