@@ -26,6 +26,8 @@ and SGLang's prefill-graph captures.
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from asynctls_sglang import env
@@ -137,8 +139,7 @@ class MLAPrefill:
         CPU path: SGLang's torch_native backend reads K/V only from the latent pool).
         q [T, H, Dq], k/v [T, H, *] (extend rows), k_pre/v_pre [sum(prefix), H, *] -> [T, H, Dv]."""
         out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
-        qs = ps = 0
-        for p, e in zip(prefix, extend):
+        for qs, ps, p, e in _requests(prefix, extend):
             keys = torch.cat([k_pre[ps:ps + p], k[qs:qs + e]]).float()
             vals = torch.cat([v_pre[ps:ps + p], v[qs:qs + e]]).float()
             cols = torch.arange(p + e, device=q.device)
@@ -150,8 +151,6 @@ class MLAPrefill:
                 pos = p + torch.arange(r0, r1, device=q.device)
                 s.masked_fill_(cols[None, None, :] > pos[None, :, None], float("-inf"))
                 out[qs + r0:qs + r1] = torch.einsum("hqk,khd->qhd", s.softmax(-1), vals).to(out.dtype)
-            qs += e
-            ps += p
         return out
 
     @staticmethod
@@ -168,8 +167,7 @@ class MLAPrefill:
             return MLAPrefill.attend_torch(q, k, v, k_pre, v_pre, prefix, extend, scaling, cap)
         dq, dv = q.shape[-1], v.shape[-1]
         out = q.new_empty(q.shape[0], q.shape[1], dv)
-        qs = ps = 0
-        for p, e in zip(prefix, extend):
+        for qs, ps, p, e in _requests(prefix, extend):
             keys = torch.cat([k_pre[ps:ps + p], k[qs:qs + e]])
             vals = torch.cat([v_pre[ps:ps + p], v[qs:qs + e]])
             if dv < dq:
@@ -178,8 +176,6 @@ class MLAPrefill:
                 q[qs:qs + e].transpose(0, 1)[None], keys.transpose(0, 1)[None], vals.transpose(0, 1)[None],
                 attn_mask=causal_lower_right(e, p + e), scale=scaling)
             out[qs:qs + e] = o[0, :, :, :dv].transpose(0, 1)
-            qs += e
-            ps += p
         return out
 
     @staticmethod
@@ -190,8 +186,8 @@ class MLAPrefill:
         the expanded prefix is its "buffer", read through indices 0..P-1."""
         dev = q.device
         out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
-        qo_indptr = torch.tensor([0] + _cumsum(extend), dtype=torch.int32, device=dev)
-        kv_indptr = torch.tensor([0] + _cumsum(prefix), dtype=torch.int32, device=dev)
+        qo_indptr = torch.tensor(_offsets(extend), dtype=torch.int32, device=dev)
+        kv_indptr = torch.tensor(_offsets(prefix), dtype=torch.int32, device=dev)
         kv_indices = torch.arange(k_pre.shape[0], dtype=torch.int64, device=dev)
         mask_indptr = torch.zeros(len(extend) + 1, dtype=torch.int64, device=dev)
         backend.extend_attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(), out, k_pre.contiguous(),
@@ -212,24 +208,20 @@ class MLAPrefill:
         if self._fi_wrapper is None:
             workspace = torch.empty(128 << 20, dtype=torch.uint8, device=q.device)
             self._fi_wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(workspace, "NHD")
-        keys, vals = [], []
-        qs = ps = 0
-        for p, e in zip(prefix, extend):
-            keys += [k_pre[ps:ps + p], k[qs:qs + e]]
-            vals += [v_pre[ps:ps + p], v[qs:qs + e]]
-            qs += e
-            ps += p
+        spans = list(_requests(prefix, extend))
+        keys = torch.cat([t for qs, ps, p, e in spans for t in (k_pre[ps:ps + p], k[qs:qs + e])])
+        vals = torch.cat([t for qs, ps, p, e in spans for t in (v_pre[ps:ps + p], v[qs:qs + e])])
         heads, dq, dv = q.shape[1], q.shape[-1], v.shape[-1]
         plan = (tuple(prefix), tuple(extend), heads, dq, dv, q.dtype, scaling, cap)
         if plan != self._fi_plan:
             dev = q.device
             self._fi_wrapper.plan(
-                torch.tensor([0] + _cumsum(extend), dtype=torch.int32, device=dev),
-                torch.tensor([0] + _cumsum([p + e for p, e in zip(prefix, extend)]), dtype=torch.int32, device=dev),
+                torch.tensor(_offsets(extend), dtype=torch.int32, device=dev),
+                torch.tensor(_offsets([p + e for p, e in zip(prefix, extend)]), dtype=torch.int32, device=dev),
                 heads, heads, dq, head_dim_vo=dv, causal=True, sm_scale=scaling,
                 logits_soft_cap=cap if cap > 0 else None, q_data_type=q.dtype, kv_data_type=k.dtype)
             self._fi_plan = plan
-        return self._fi_wrapper.run(q.contiguous(), torch.cat(keys), torch.cat(vals))
+        return self._fi_wrapper.run(q.contiguous(), keys, vals)
 
     def attend(self, backend, *args) -> torch.Tensor:
         """attend_<kernel>(q, k, v, k_pre, v_pre, prefix, extend, scaling, cap) for this backend."""
@@ -244,12 +236,14 @@ class MLAPrefill:
                 "absorbed_forwards": self.absorbed_forwards}
 
 
-def _cumsum(values: list[int]) -> list[int]:
-    out, total = [], 0
-    for v in values:
-        total += int(v)
-        out.append(total)
-    return out
+def _offsets(lengths: list[int]) -> list[int]:
+    """[0, l0, l0 + l1, ...]: row offsets (indptr) of consecutive runs of these lengths."""
+    return list(itertools.accumulate(lengths, initial=0))
+
+
+def _requests(prefix: list[int], extend: list[int]):
+    """Per request: (its first extend row, its first prefix row, prefix length, extend length)."""
+    return zip(_offsets(extend), _offsets(prefix), prefix, extend)
 
 
 def _in_capture() -> bool:
