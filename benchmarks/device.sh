@@ -41,7 +41,7 @@ for stage in "$@"; do
     gtest) TIMEOUT_SIGNAL=INT run gtest${TAG:-} ${GT_TMO:-300} python3 -m pytest ${GT_FILES:-tests/gpu tests/test_offload_gpu.py tests/kernels/test_gpu_graph.py} ${GT_ARGS:--q -s} -p no:cacheprovider ;;
     copybench) run copybench${TAG:-} 200 python3 benchmarks/copy_bench.py ${CB_ARGS:-} --out "$OUT/copybench${TAG:-}.json" ;;
     kbench) run kbench${TAG:-} 400 python3 benchmarks/kernel_bench.py ${KB_ARGS:---quick} --out "$OUT/kbench${TAG:-}.json" ;;
-    mlapre) run mlapre${TAG:-} 200 python3 benchmarks/mla_prefill_bench.py ${MP_ARGS:-} --out "$OUT/mlapre${TAG:-}.json" ;;
+    mlapre) run mlapre${TAG:-} ${MP_TMO:-200} python3 benchmarks/mla_prefill_bench.py ${MP_ARGS:-} --out "$OUT/mlapre${TAG:-}.json" ;;
     recipes) run recipes${TAG:-} 560 python3 benchmarks/recipe_smoke.py ${RECIPE_ARGS:-} --out "$OUT/recipes${TAG:-}.json" ;;
     pack) (cd "$OUT" && tar -cJf "all${TAG:-}.tar.xz" --exclude='all*.tar.xz' . && find . -type f ! -name 'all*.tar.xz' -delete) ;;
     e2e) run e2e${TAG:-} ${E2E_TMO:-560} python3 benchmarks/e2e_bench.py ${E2E_ARGS:-} --out "$OUT/e2e${TAG:-}.json" ;;

@@ -64,7 +64,12 @@ def bench_point(model: str, e: int, p: int, kernels: list[str], reps: int) -> di
     row = {"model": model, "extend": e, "prefix": p, "heads": heads, "dqk": dqk, "dv": dv, "tflop": flops / 1e12}
     prefill = MLAPrefill(None, "mha")
     for kernel in kernels:
-        ms = time_ms(lambda: run_kernel(kernel, q, k, v, k_pre, v_pre, [p], [e], dqk ** -0.5, prefill), reps)
+        try:
+            ms = time_ms(lambda: run_kernel(kernel, q, k, v, k_pre, v_pre, [p], [e], dqk ** -0.5, prefill), reps)
+        except Exception as exc:  # one kernel failing (a JIT build, a shape) keeps the others' rows
+            print(f"[mlapre] {model} {e}x{p} {kernel} failed: {exc!r}", flush=True)
+            row[kernel] = {"ms": None, "tflops": None, "peak_fraction": None, "error": repr(exc)[:300]}
+            continue
         row[kernel] = {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1),
                        "peak_fraction": round(flops / ms / 1e9 / PEAK_TFLOPS, 3)}
     return row
@@ -108,7 +113,7 @@ def main() -> None:
     labels = [f"{r['model']}\n{r['extend'] // 1024}k x {r['prefix'] // 1024}k" for r in rows]
     width = 0.8 / len(kernels)
     for i, kernel in enumerate(kernels):
-        ax.bar([x + i * width for x in range(len(rows))], [r[kernel]["tflops"] for r in rows], width, label=kernel)
+        ax.bar([x + i * width for x in range(len(rows))], [r[kernel]["tflops"] or 0 for r in rows], width, label=kernel)
     ax.set_xticks([x + width * (len(kernels) - 1) / 2 for x in range(len(rows))], labels, fontsize=7)
     ax.set_ylabel("TFLOP/s (causal attention)")
     ax.axhline(PEAK_TFLOPS, color="grey", linestyle=":", label="H200 dense bf16 peak")
