@@ -66,9 +66,9 @@ def fixed_shapes() -> bool:
     return os.environ.get(ASYNCTLS_FIXED_SHAPES, "0") == "1"
 
 
-#: Attention kernel of the MLA prefill in the MHA form (adapter.mla_prefill): "auto" (torch's
-#: scaled_dot_product_attention on a GPU, flash attention there; the plain torch loop on the CPU),
-#: "sdpa", "triton" (SGLang's Triton extend kernel), "flashinfer" (its ragged prefill) or "torch".
+#: Attention kernel of the MLA prefill in the MHA form (adapter.mla_prefill): "auto" (FlashInfer's
+#: ragged prefill on a GPU, torch's scaled_dot_product_attention there without flashinfer; the plain
+#: torch loop on the CPU), "flashinfer", "sdpa", "triton" (SGLang's Triton extend kernel) or "torch".
 #: For A/B checks on a GPU.
 ASYNCTLS_MLA_PREFILL_KERNEL = "ASYNCTLS_MLA_PREFILL_KERNEL"
 MLA_PREFILL_KERNELS = ("auto", "sdpa", "triton", "flashinfer", "torch")

@@ -13,10 +13,11 @@ Here (``mla_prefill="mha"``) every non-speculative extend takes the MHA form, pr
   calls the backend with per-head q/k/v and ``save_kv_cache=False``.
 - The backend (``AsyncTLSBackendMixin.forward_extend``) expands the prefix's latent rows itself,
   read from the device pages (with offload, the prefix was loaded back to them), and attends
-  over prefix and extend: torch's scaled_dot_product_attention (flash attention) on a GPU, a
-  plain torch loop on the CPU (env ASYNCTLS_MLA_PREFILL_KERNEL: also SGLang's Triton extend
-  kernel, which took 3.3 s per 16k chunk of DeepSeek-V2-Lite on the H200, session 12, and
-  FlashInfer's ragged prefill, not yet run).
+  over prefix and extend: FlashInfer's ragged prefill on a GPU (torch's
+  scaled_dot_product_attention where flashinfer is not installed), a plain torch loop on the CPU.
+  Env ASYNCTLS_MLA_PREFILL_KERNEL picks another: on the H200, one 16k chunk of DeepSeek-V2-Lite
+  over an 80k prefix took 19.7 ms on FlashInfer (0.78 of the bf16 peak), 58.3 ms on SDPA and
+  195 ms on SGLang's Triton extend kernel (benchmarks/mla_prefill_bench.py, session 13).
 - The index's calibration and the offload seeds want latent queries: they are computed from the
   per-head ones, ``q_nope @ w_kc`` beside the rotated ``q_pe``, exactly the absorbed form's query.
 
@@ -55,7 +56,7 @@ class MLAPrefill:
         kernel = env.mla_prefill_kernel()
         if kernel == "auto":
             on_gpu = model_runner is not None and str(model_runner.device).startswith("cuda")
-            kernel = "sdpa" if on_gpu else "torch"
+            kernel = ("flashinfer" if _has_flashinfer() else "sdpa") if on_gpu else "torch"
         self.kernel = kernel
         self._fi_wrapper = None  # attend_flashinfer's ragged prefill wrapper and its last plan
         self._fi_plan: tuple | None = None
@@ -244,6 +245,13 @@ def _offsets(lengths: list[int]) -> list[int]:
 def _requests(prefix: list[int], extend: list[int]):
     """Per request: (its first extend row, its first prefix row, prefix length, extend length)."""
     return zip(_offsets(extend), _offsets(prefix), prefix, extend)
+
+
+def _has_flashinfer() -> bool:
+    """FlashInfer is SGLang's own dependency on CUDA; a build without it gets torch's SDPA."""
+    import importlib.util
+
+    return importlib.util.find_spec("flashinfer") is not None
 
 
 def _in_capture() -> bool:

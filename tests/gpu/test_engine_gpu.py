@@ -84,4 +84,4 @@ def test_gpu_mla_prefill_in_the_mha_form(tiny_model_dir):
     assert_same_up_to_near_ties(got, want, tol=NEAR_TIE)
     assert_same_up_to_near_ties(again, want_again, tol=NEAR_TIE)
     mla = stats["mla_prefill"]
-    assert mla["mode"] == "mha" and mla["kernel"] == "sdpa" and mla["mha_forwards"] > 0 and mla["absorbed_forwards"] == 0
+    assert mla["mode"] == "mha" and mla["kernel"] == "flashinfer" and mla["mha_forwards"] > 0 and mla["absorbed_forwards"] == 0
