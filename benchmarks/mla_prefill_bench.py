@@ -75,15 +75,7 @@ def bench_point(model: str, e: int, p: int, kernels: list[str], reps: int) -> di
     return row
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--points", default="16384x0,16384x40960,16384x81920",
-                    help="comma list of EXTENDxPREFIX (rows of the chunk x rows before it)")
-    ap.add_argument("--kernels", default="sdpa,triton,flashinfer")
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--out", default="mla_prefill.json")
-    args = ap.parse_args()
+def measure(args) -> list[dict]:
     if not torch.cuda.is_available():
         raise SystemExit("mla_prefill_bench needs a GPU")
     rows = []
@@ -94,14 +86,33 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             rows.append(row)
             torch.cuda.empty_cache()
-    kernels = args.kernels.split(",")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--points", default="16384x0,16384x40960,16384x81920",
+                    help="comma list of EXTENDxPREFIX (rows of the chunk x rows before it)")
+    ap.add_argument("--kernels", default="sdpa,triton,flashinfer")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--out", default="mla_prefill.json")
+    ap.add_argument("--replot", default=None, metavar="JSON",
+                    help="no timing: print the table and write the plot of an earlier run's JSON (beside --out)")
+    args = ap.parse_args()
+    if args.replot:
+        rows = json.load(open(args.replot))["rows"]
+        kernels = [k for k in ("sdpa", "triton", "flashinfer") if k in rows[0]]
+    else:
+        rows, kernels = measure(args), args.kernels.split(",")
     lines = ["| model | extend x prefix | " + " | ".join(f"{k} ms (TFLOP/s, peak)" for k in kernels) + " |",
              "|---|---|" + "---|" * len(kernels)]
     for r in rows:
         cells = [f"{r[k]['ms']} ({r[k]['tflops']}, {r[k]['peak_fraction']})" for k in kernels]
         lines.append(f"| {r['model']} | {r['extend']} x {r['prefix']} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
-    json.dump({"rows": rows, "peak_tflops": PEAK_TFLOPS}, open(args.out, "w"), indent=1)
+    if not args.replot:
+        json.dump({"rows": rows, "peak_tflops": PEAK_TFLOPS}, open(args.out, "w"), indent=1)
     try:
         import matplotlib
 
