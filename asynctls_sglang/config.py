@@ -17,6 +17,12 @@ from asynctls_sglang import env
 SELECTIONS = ("tls", "quest")
 #: The default dense threshold's floor without offload (see AsyncTLSConfig.dense_threshold).
 DENSE_FLOOR = 8192
+#: The default batch rule without offload (see AsyncTLSConfig.dense_batch_tokens): a decode batch
+#: whose lengths add up to at most DENSE_BATCH_BASE + DENSE_BATCH_PER_REQUEST x its size decodes
+#: densely. From the H200 grid of session 13 (Qwen3-8B, docs/results.md): batch 1 was 0.91x of
+#: FlashInfer sparse at 32k and 1.06x at 64k; batch 8 was dense at 4k and 1.12x sparse at 32k.
+DENSE_BATCH_BASE = 32768
+DENSE_BATCH_PER_REQUEST = 16384
 DENSE_BACKENDS = ("auto", "torch_native", "triton", "flashinfer")
 MLA_PREFILLS = ("auto", "mha", "absorbed")
 TOKEN_HEADS = ("max", "mean")
@@ -57,6 +63,12 @@ class AsyncTLSConfig:
     #: offload (a dense row must keep all its blocks resident). Under CUDA graphs a batch whose
     #: requests are all at or under it replays the stock kernel's graph (patches.graph_variants).
     dense_threshold: int | None = None
+    #: Per-request share of the batch rule: a decode batch of n requests whose lengths add up to
+    #: at most DENSE_BATCH_BASE + dense_batch_tokens x n decodes whole on the stock kernel (a few
+    #: long requests: the selection's fixed cost per step is more than the stock kernel's reads).
+    #: None: DENSE_BATCH_PER_REQUEST when dense_threshold is None and offload is off, else 0 (off;
+    #: 0 also turns off the base).
+    dense_batch_tokens: int | None = None
     #: "tls": two-level (blocks, then tokens). "quest": block-only baseline that attends all
     #: tokens of the top token_budget // block_size blocks (same number of attended tokens).
     selection: str = "tls"
@@ -101,9 +113,9 @@ class AsyncTLSConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 _fail(name, f"must be a positive integer, got {value!r}")
-        for name in ("sink_tokens", "local_window", "dense_threshold"):
+        for name in ("sink_tokens", "local_window", "dense_threshold", "dense_batch_tokens"):
             value = getattr(self, name)
-            if name == "dense_threshold" and value is None:
+            if name in ("dense_threshold", "dense_batch_tokens") and value is None:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 _fail(name, f"must be a non-negative integer, got {value!r}")
@@ -172,6 +184,13 @@ class AsyncTLSConfig:
         if self.dense_threshold is not None:
             return self.dense_threshold
         return self.token_budget if self.offload else max(self.token_budget, DENSE_FLOOR)
+
+    def dense_batch_len(self, bs: int) -> int:
+        """The batch rule's bound on a decode batch's summed lengths (0: the rule is off)."""
+        per_request = self.dense_batch_tokens
+        if per_request is None:
+            per_request = DENSE_BATCH_PER_REQUEST if self.dense_threshold is None and not self.offload else 0
+        return DENSE_BATCH_BASE + per_request * bs if per_request > 0 and not self.offload else 0
 
     @property
     def quest_blocks(self) -> int:

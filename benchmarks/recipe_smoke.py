@@ -2,7 +2,8 @@
 
 For every recipe in launch/: `MODEL=benchmarks/models/<config> bash launch/<recipe>.sh
 --load-format dummy --skip-tokenizer-init --port P`, wait for /health, send one /generate of
-`--prompt-tokens` random ids (longer than the token budget, so decode is sparse), check the reply
+`--prompt-tokens` random ids (longer than the token budget and than the default batch rule's bound
+for one request, 48k: config.DENSE_BATCH_*, so decode is sparse), check the reply
 has the asked number of tokens and that /get_server_info reports the budget as attended tokens
 per step, then stop the server. Prints a table, writes JSON.
 
@@ -91,7 +92,7 @@ def smoke(recipe: str, config: str, prompt_tokens: int, new_tokens: int, timeout
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipes", default=",".join(RECIPES))
-    ap.add_argument("--prompt-tokens", type=int, default=8192)
+    ap.add_argument("--prompt-tokens", type=int, default=57344)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--timeout", type=float, default=420.0, help="seconds to wait for /health")
     ap.add_argument("--out", default="recipes.json")

@@ -23,6 +23,7 @@ def _backend(offload=False, **cfg):
                                asynctls_offload=object() if offload else None, asynctls_capture_mode=None)
     ns.asynctls_graph_modes = types.MethodType(AsyncTLSBackendMixin.asynctls_graph_modes, ns)
     ns.asynctls_graph_mode_for = types.MethodType(AsyncTLSBackendMixin.asynctls_graph_mode_for, ns)
+    ns.asynctls_dense_batch = types.MethodType(AsyncTLSBackendMixin.asynctls_dense_batch, ns)
     ns.asynctls_base_metadata_needed = types.MethodType(AsyncTLSBackendMixin.asynctls_base_metadata_needed, ns)
     return ns
 
@@ -71,6 +72,38 @@ def test_replay_picks_the_dense_graph_only_when_every_request_is_short():
     assert resolve([10, 1000]) == "+asynctls-dense"
     assert resolve([10, 1001]) == "+asynctls-sparse"
     assert resolve([5000]) == "+asynctls-sparse"
+
+
+def _resolver(backend):
+    runner = types.SimpleNamespace(attn_backend=backend)
+    return lambda lens: graph_variants._resolve_variant(lambda self, fb: None, runner,
+                                                        types.SimpleNamespace(seq_lens_cpu=torch.tensor(lens)))
+
+
+def test_replay_picks_the_dense_graph_for_a_batch_whose_lengths_add_up_to_little():
+    # default rule: summed lengths <= 32768 + 16384 x batch size (config.DENSE_BATCH_*)
+    resolve = _resolver(_backend(token_budget=2048))
+    assert resolve([49152]) == "+asynctls-dense"  # one request up to 48k: the stock kernel
+    assert resolve([49153]) == "+asynctls-sparse"
+    assert resolve([20480] * 8) == "+asynctls-dense"  # 8 x 20k = 163840
+    assert resolve([20480] * 7 + [20481]) == "+asynctls-sparse"
+    assert resolve([100, 60000]) == "+asynctls-dense"  # a long request beside a short one: 60100 <= 65536
+    assert resolve([100, 66000]) == "+asynctls-sparse"
+    # an explicit dense threshold, or dense_batch_tokens=0, keeps the per-request rule alone
+    assert _resolver(_backend(token_budget=2048, dense_threshold=8192))([20000]) == "+asynctls-sparse"
+    assert _resolver(_backend(token_budget=2048, dense_batch_tokens=0))([20000]) == "+asynctls-sparse"
+    assert _resolver(_backend(token_budget=2048, dense_threshold=100, dense_batch_tokens=1000))([33000, 700]) \
+        == "+asynctls-dense"
+
+
+def test_batch_rule_bounds():
+    cfg = AsyncTLSConfig(token_budget=2048)
+    assert [cfg.dense_batch_len(n) for n in (1, 8, 32)] == [49152, 163840, 557056]
+    assert AsyncTLSConfig(token_budget=2048, offload=True).dense_batch_len(1) == 0  # rows read the resident cache
+    assert AsyncTLSConfig(token_budget=2048, offload=True, dense_batch_tokens=4096).dense_batch_len(1) == 0
+    assert AsyncTLSConfig(token_budget=2048, dense_threshold=0).dense_batch_len(4) == 0
+    with pytest.raises(ConfigError, match="dense-batch-tokens|dense_batch_tokens"):
+        AsyncTLSConfig(dense_batch_tokens=-1)
 
 
 @pytest.mark.parametrize("runner", [types.SimpleNamespace(attn_backend=object()),

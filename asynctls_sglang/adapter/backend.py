@@ -105,7 +105,7 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         self.asynctls_stats.max_batch = max(self.asynctls_stats.max_batch, bs)
         if cfg.offload:  # every row reads the resident cache (see _offload_decode)
             sparse = torch.ones_like(sparse)
-        if n_sparse == 0 and not cfg.offload:
+        if not cfg.offload and self.asynctls_dense_batch(lens):
             self.asynctls_stats.dense_steps += 1
             self.asynctls_stats.dense_rows += bs
             return DecodePlan(all_dense=True)
@@ -143,7 +143,7 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
             return
         lens = forward_batch.seq_lens_cpu
         if not in_capture and lens is not None:
-            n_sparse = int((lens > self.asynctls_cfg.dense_len).sum())
+            n_sparse = 0 if self.asynctls_dense_batch(lens) else int((lens > self.asynctls_cfg.dense_len).sum())
             stats = self.asynctls_stats
             stats.sparse_steps += int(n_sparse > 0)
             stats.dense_steps += int(n_sparse == 0)
@@ -178,7 +178,15 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
     def asynctls_graph_mode_for(self, seq_lens_cpu) -> str:
         if seq_lens_cpu is None or seq_lens_cpu.numel() == 0:
             return "sparse"
-        return "dense" if int(seq_lens_cpu.max()) <= self.asynctls_cfg.dense_len else "sparse"
+        return "dense" if self.asynctls_dense_batch(seq_lens_cpu) else "sparse"
+
+    def asynctls_dense_batch(self, seq_lens_cpu) -> bool:
+        """Whether a decode batch runs whole on the stock kernel: every request at or under the
+        dense threshold, or (the batch rule, config.dense_batch_tokens) lengths that add up to
+        little enough that the stock kernel's reads cost less than the selection."""
+        cfg = self.asynctls_cfg
+        bound = cfg.dense_batch_len(int(seq_lens_cpu.shape[0]))
+        return int(seq_lens_cpu.max()) <= cfg.dense_len or int(seq_lens_cpu.sum()) <= bound
 
     def _graph_blocks(self) -> int:
         context = self.req_to_token_pool.req_to_token.shape[1]
