@@ -96,6 +96,25 @@ def test_replay_picks_the_dense_graph_for_a_batch_whose_lengths_add_up_to_little
         == "+asynctls-dense"
 
 
+def test_eager_plan_follows_the_batch_rule():
+    """The eager decode plan (no graphs) takes the same rule: the whole batch on the stock kernel."""
+    from asynctls_sglang.adapter.stats import DecodeStats
+
+    ns = _backend(token_budget=2048)
+    ns.asynctls_stats = DecodeStats(torch.device("cpu"))
+    plan = types.MethodType(AsyncTLSBackendMixin._make_plan, ns)
+
+    def fb(lens):
+        return types.SimpleNamespace(seq_lens_cpu=torch.tensor(lens), seq_lens=torch.tensor(lens))
+
+    assert plan(fb([40000])).all_dense
+    assert plan(fb([100, 60000])).all_dense
+    sparse = plan(fb([100, 70000]))  # 70100 > 65536: the long row sparse, the short one dense
+    assert not sparse.all_dense and sparse.sparse_rows.tolist() == [1] and sparse.dense_rows.tolist() == [0]
+    stats = ns.asynctls_stats
+    assert (stats.dense_steps, stats.sparse_steps, stats.dense_rows, stats.sparse_rows) == (2, 1, 4, 1)
+
+
 def test_batch_rule_bounds():
     cfg = AsyncTLSConfig(token_budget=2048)
     assert [cfg.dense_batch_len(n) for n in (1, 8, 32)] == [49152, 163840, 557056]

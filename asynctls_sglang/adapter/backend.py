@@ -5,14 +5,15 @@ GPU for GQA models, Triton for MLA: ``dense_backend``); it also feeds the
 online calibration of the index channels. Decode runs the two-level selection on the index that
 the pool keeps and attends exactly over the chosen tokens. Requests no longer than
 ``dense_threshold`` (config.AsyncTLSConfig.dense_len) decode on the stock kernel (a batch made
-only of such requests is handed to it unchanged).
+only of such requests is handed to it unchanged, and so is a batch whose lengths add up to at
+most config.AsyncTLSConfig.dense_batch_len: ``asynctls_dense_batch``).
 
 Per-step metadata is planned once per forward; per-layer calls only launch ops.
 - Eager (``init_forward_metadata``): the plan splits the batch into sparse and dense rows from
   SGLang's host copy of the lengths; an all-dense batch goes to the stock kernel untouched.
 - CUDA graphs (``init_forward_metadata_out_graph``, before capture and every replay): each batch
-  size has two graphs (patches.graph_variants): "dense", the stock kernel, replayed when every
-  request is at or under ``dense_threshold``, and "sparse": shapes are fixed, so every row runs
+  size has two graphs (patches.graph_variants): "dense", the stock kernel, replayed for the
+  batches ``asynctls_dense_batch`` hands to it, and "sparse": shapes are fixed, so every row runs
   the selection over a block table as wide as the model's context, and the rows at or below the
   threshold replace their selection with all of their positions on the device (``torch.where``);
   one attention launch serves both, each row reading only its own column count.
