@@ -240,7 +240,27 @@ def offload_device_tokens(fixed_tokens: int, asynctls: dict, model_cfg: dict, re
     return device, resident
 
 
-def run_backend(args, backend: str, asynctls: dict, eager: bool = False) -> list[dict]:
+def parse_variants(specs: list[str]) -> dict[str, dict]:
+    """--variant NAME=JSON (repeatable) -> {NAME: AsyncTLS fields}; bad input stops with a message."""
+    from asynctls_sglang.config import AsyncTLSConfig
+
+    variants = {}
+    for spec in specs:
+        name, sep, fields = spec.partition("=")
+        if not sep or not name or "," in name:
+            raise SystemExit(f"--variant {spec!r}: expected NAME=JSON (a name without commas)")
+        try:
+            cfg = json.loads(fields)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"--variant {name}: its fields are not JSON ({exc})") from None
+        if not isinstance(cfg, dict):
+            raise SystemExit(f"--variant {name}: expected a JSON object of AsyncTLS fields, got {fields!r}")
+        AsyncTLSConfig.from_dict(cfg)  # unknown fields and bad values fail here, before any engine starts
+        variants[name] = cfg
+    return variants
+
+
+def run_backend(args, backend: str, asynctls: dict, eager: bool = False, label: str | None = None) -> list[dict]:
     # 128k points plus their output pass the configs' 131072 positions (random weights: harmless).
     os.environ.setdefault("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN", "1")
     import sglang as sgl
@@ -293,7 +313,8 @@ def run_backend(args, backend: str, asynctls: dict, eager: bool = False) -> list
                     traces = sorted(glob.glob(os.path.join(pdir, "*.trace.json*")))
                     r["profile"] = summarize_trace(traces[-1], args.profile_steps) if traces else {"error": "no trace"}
                     print("[e2e] profile " + json.dumps(r["profile"]), flush=True)
-            r.update(shared_prefix=args.shared_prefix, backend=backend + (f"(K={asynctls.get('token_budget', 2048)})" if backend == "asynctls" else ""))
+            r.update(shared_prefix=args.shared_prefix,
+                     backend=(label or backend) + (f"(K={asynctls.get('token_budget', 2048)})" if backend == "asynctls" else ""))
             if backend == "asynctls":
                 info = engine.get_server_info()["internal_states"][0].get("asynctls", {})
                 r["attended_tokens_last"] = info.get("attended_tokens_last")
@@ -427,6 +448,10 @@ def main(argv=None) -> int:
                     help="host->device copy rate for the offload cost table (default: the pinned memcpy "
                          "rate benchmarks/copy_bench.py measured on the H200)")
     ap.add_argument("--extra", default="{}", help="extra sglang.Engine arguments (JSON)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                    help="an asynctls engine with these extra AsyncTLS fields, run where NAME stands in "
+                         "--backends (repeatable), e.g. --variant 'norule={\"dense_batch_tokens\":0}' "
+                         "--backends flashinfer,asynctls,norule")
     ap.add_argument("--shared-prefix", action="store_true",
                     help="requests of a point share a ctx-32 token prefix (prefilled once, radix "
                          "cache); TTFT is then that of a cached prefix")
@@ -446,17 +471,19 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from asynctls_sglang import env
 
+    variants = parse_variants(args.variant)
     rows: list[dict] = []
     for name in args.backends.split(","):
-        # asynctls_offload: the asynctls backend with the offloading engine on
-        backend = "asynctls" if name.startswith("asynctls") else name
+        # asynctls_offload: the asynctls backend with the offloading engine on; a --variant: asynctls
+        # with its fields
+        backend = "asynctls" if name.startswith("asynctls") or name in variants else name
         budgets = [int(b) for b in args.budgets.split(",")] if backend == "asynctls" else [0]
         timed = name == "asynctls_offload_timed"  # eager decode: copies and waits timed with CUDA events
         os.environ[env.ASYNCTLS_OFFLOAD_TIMING] = "1" if timed else "0"
         for k in budgets:
-            cfg = {**json.loads(args.asynctls), **({"token_budget": k} if k else {}),
+            cfg = {**json.loads(args.asynctls), **variants.get(name, {}), **({"token_budget": k} if k else {}),
                    **({"offload": True, **json.loads(args.offload)} if name.startswith("asynctls_offload") else {})}
-            rows += run_backend(args, backend, cfg, eager=timed)
+            rows += run_backend(args, backend, cfg, eager=timed, label=name if name in variants else None)
             json.dump({"model": args.model, "args": vars(args), "rows": rows}, open(args.out, "w"), indent=1)
     print(table(rows, args.backends.split(",")[0]))
     cost = offload_cost(rows, args.copy_gbps)
