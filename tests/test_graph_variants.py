@@ -94,6 +94,11 @@ def test_replay_picks_the_dense_graph_for_a_batch_whose_lengths_add_up_to_little
     assert _resolver(_backend(token_budget=2048, dense_batch_tokens=0))([20000]) == "+asynctls-sparse"
     assert _resolver(_backend(token_budget=2048, dense_threshold=100, dense_batch_tokens=1000))([33000, 700]) \
         == "+asynctls-dense"
+    # the batch rule alone (no per-request threshold) still captures and replays the dense graph
+    only_batch = _backend(token_budget=2048, dense_threshold=0, dense_batch_tokens=1000)
+    assert only_batch.asynctls_graph_modes() == ("sparse", "dense")
+    assert _resolver(only_batch)([33000, 700]) == "+asynctls-dense"
+    assert _backend(token_budget=2048, dense_threshold=0).asynctls_graph_modes() is None
 
 
 def test_eager_plan_follows_the_batch_rule():
