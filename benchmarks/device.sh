@@ -71,4 +71,10 @@ for stage in "$@"; do
     *) el "unknown stage $stage" ;;
   esac
 done
+# $OUT returns at most 8 files: past that, the logs (not the JSON and PNG results) go into one tar
+n=$(find "$OUT" -maxdepth 1 -type f | wc -l)
+if [ "$n" -gt 8 ]; then
+  (cd "$OUT" && find . -maxdepth 1 -type f ! -name '*.json' ! -name '*.png' ! -name 'logs_more.tar.xz' -printf '%P\n' \
+     | tar -cJf logs_more.tar.xz -T - --remove-files) && el "$n files in \$OUT: logs packed into logs_more.tar.xz"
+fi
 el done
