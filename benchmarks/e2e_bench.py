@@ -214,6 +214,28 @@ async def run_fixed_memory(engine, n_req: int, ctx: int, out_len: int, vocab: in
             "decode_tok_s_at_batch": at_batch, **itl}
 
 
+def fit_requests(capacity_tokens: int, bs: int, ctx: int, out_len: int) -> tuple[int, int]:
+    """--fit: (requests that fit the KV pool together, requests to submit). One more than fit, at
+    most bs: the batch reached then shows the limit without prefilling every one of bs prompts
+    (48 distinct 96k prompts were minutes of prefill per backend)."""
+    fits = capacity_tokens // (ctx + out_len)
+    return fits, min(bs, fits + 1)
+
+
+async def run_fit(engine, capacity_tokens: int, bs: int, ctx: int, out_len: int, vocab: int, seed: int,
+                  progress_s: float = 20.0) -> dict:
+    """The largest batch a backend serves together at this context on its own KV pool."""
+    fits, n = fit_requests(capacity_tokens, bs, ctx, out_len)
+    if fits == 0:
+        print(f"[e2e] fit {bs}x{ctx}: one request of {ctx + out_len} tokens does not fit the pool "
+              f"({capacity_tokens} tokens)", flush=True)
+        return {"bs": bs, "ctx": ctx, "batch_reached": 0, "fits": 0, "pool_tokens": capacity_tokens,
+                "ttft_s": None, "decode_tok_s": None, "itl_ms_median": None, "itl_ms_p99": None}
+    r = await run_fixed_memory(engine, n, ctx, out_len, vocab, seed, progress_s)
+    r.update(fits=fits, pool_tokens=capacity_tokens, submitted=n, bs=bs)
+    return r
+
+
 def offload_device_tokens(fixed_tokens: int, asynctls: dict, model_cfg: dict, requests: int,
                           context_length: int) -> tuple[int, int]:
     """(device KV tokens, tokens' worth of resident buffers) so that an offload run's device pool
@@ -299,8 +321,13 @@ def run_backend(args, backend: str, asynctls: dict, eager: bool = False, label: 
         engine.loop.run_until_complete(run_point(engine, 1, 4096, 8, vocab, 1))  # warm-up
         for i, (bs, ctx) in enumerate(points):
             if args.fixed_kv_tokens or args.fit:
-                r = engine.loop.run_until_complete(run_fixed_memory(engine, bs, ctx, args.out_len, vocab, 100 + i,
-                                                                   args.progress_s))
+                if args.fit:  # the pool as SGLang sized it (capped by --fixed-kv-tokens; offload: logical)
+                    capacity = int(engine.get_server_info()["max_total_num_tokens"])
+                    r = engine.loop.run_until_complete(run_fit(engine, capacity, bs, ctx, args.out_len, vocab,
+                                                               100 + i, args.progress_s))
+                else:
+                    r = engine.loop.run_until_complete(run_fixed_memory(engine, bs, ctx, args.out_len, vocab, 100 + i,
+                                                                       args.progress_s))
                 if args.fixed_kv_tokens:
                     r.update(fixed_kv_tokens=args.fixed_kv_tokens, device_kv_tokens=kw["max_total_tokens"],
                              resident_buffer_tokens=resident)
@@ -343,6 +370,8 @@ def table(rows: list[dict], baseline: str) -> str:
         if b and b.get(key) and r.get(key):  # fixed memory: also the decode rate at the batch reached
             ratio += f" (decode at batch: {r[key] / b[key]:.2f})"
         bs = f"{r['batch_reached']} of {r['bs']}" if "batch_reached" in r else r["bs"]
+        if "fits" in r:  # --fit: the batch served together, and what the pool holds at that context
+            bs = f"{r['batch_reached']} (pool holds {r['fits']})"
         out.append(f"| {r['backend']} | {bs} | {r['ctx']} | {r['ttft_s']} | {r['decode_tok_s']} | "
                    f"{r.get('output_tok_s', '-')} | {r['itl_ms_median']} / {r['itl_ms_p99']} | {ratio} |")
     return "\n".join(out)
@@ -461,8 +490,9 @@ def main(argv=None) -> int:
                          "backend reaches and its throughput (with offload, host_pool_tokens in --offload "
                          "sets the logical capacity)")
     ap.add_argument("--fit", action="store_true",
-                    help="submit each point's bs distinct requests at once on the backend's own KV pool (no "
-                         "cap): batch_reached is the largest batch it serves together at that context")
+                    help="on the backend's own KV pool (no cap), submit one more distinct request than the pool "
+                         "holds at that context (at most the point's bs) at once: batch_reached is the largest "
+                         "batch it serves together there")
     ap.add_argument("--profile-steps", type=int, default=0,
                     help="record this many decode steps of each point with SGLang's profiler (GPU kernels) "
                          "and report per-step GPU time by kernel group; the point's throughput then "

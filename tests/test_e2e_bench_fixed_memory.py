@@ -133,3 +133,21 @@ def test_progress_line_without_offload_state(e2e_bench):
     line = e2e_bench.progress_line(12.4, [[(0.0, 3)], [], [(0.0, 1), (0.1, 5)]], None)
     assert line == "[e2e] 12 s: 2/3 requests decoding or done, 8 tokens out"
     assert e2e_bench.progress_line(1, [[]], {"error": "TimeoutError()"}).endswith("; backend state not read: TimeoutError()")
+
+
+def test_fit_submits_one_request_more_than_the_pool_holds(e2e_bench):
+    """--fit: a pool of 3.5 requests' tokens gets 4 requests (not the point's 48): the batch reached
+    shows the limit without prefilling 48 prompts."""
+    assert e2e_bench.fit_requests(3 * 1000 + 500, 48, 960, 40) == (3, 4)
+    assert e2e_bench.fit_requests(10 ** 6, 8, 960, 40) == (1000, 8)  # at most the point's bs
+    assert e2e_bench.fit_requests(999, 8, 960, 40) == (0, 1)
+    r = asyncio.run(e2e_bench.run_fit(QueueingEngine(3, steps=5, dt=0.02), 3500, 48, 960, 5, 5000, 0, 0))
+    assert (r["bs"], r["submitted"], r["fits"], r["batch_reached"], r["pool_tokens"]) == (48, 4, 3, 3, 3500)
+    empty = asyncio.run(e2e_bench.run_fit(QueueingEngine(3, steps=5, dt=0.02), 500, 48, 960, 5, 5000, 0, 0))
+    assert empty["batch_reached"] == 0 and empty["fits"] == 0
+
+
+def test_fit_rows_say_what_the_pool_holds(e2e_bench):
+    rows = [{"backend": "flashinfer", "bs": 48, "ctx": 98304, "batch_reached": 7, "fits": 7, "ttft_s": 1,
+             "decode_tok_s": 50.0, "output_tok_s": 100.0, "itl_ms_median": None, "itl_ms_p99": None}]
+    assert "| 7 (pool holds 7) |" in e2e_bench.table(rows, "flashinfer")
