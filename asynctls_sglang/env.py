@@ -67,8 +67,9 @@ def fixed_shapes() -> bool:
 
 
 #: Attention kernel of the MLA prefill in the MHA form (adapter.mla_prefill): "auto" (FlashInfer's
-#: ragged prefill on a GPU, torch's scaled_dot_product_attention there without flashinfer; the plain
-#: torch loop on the CPU), "flashinfer", "sdpa", "triton" (SGLang's Triton extend kernel) or "torch".
+#: ragged prefill on a GPU, torch's scaled_dot_product_attention there without flashinfer or when its
+#: first call fails, with a warning; the plain torch loop on the CPU), "flashinfer", "sdpa",
+#: "triton" (SGLang's Triton extend kernel) or "torch".
 #: For A/B checks on a GPU.
 ASYNCTLS_MLA_PREFILL_KERNEL = "ASYNCTLS_MLA_PREFILL_KERNEL"
 MLA_PREFILL_KERNELS = ("auto", "sdpa", "triton", "flashinfer", "torch")

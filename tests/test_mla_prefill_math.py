@@ -119,3 +119,39 @@ def test_flashinfer_path_lays_out_each_request_as_prefix_then_extend(monkeypatch
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
     prefill.attend_flashinfer(q[:20], k[:20], v[:20], k_pre[:0], v_pre[:0], [0], [20], 0.07)
     assert FakeRaggedPrefill.plans == 2
+
+
+@pytest.mark.parametrize("asked", ["auto", "flashinfer"])
+def test_flashinfer_first_failure_falls_back_to_sdpa_only_under_auto(monkeypatch, caplog, asked):
+    """auto's FlashInfer (the GPU default) that fails on its first call, e.g. a JIT build on a
+    machine without nvcc, hands the prefill to SDPA with a warning; asked for by name, or after it
+    has run once, its errors are raised."""
+    monkeypatch.setenv("ASYNCTLS_MLA_PREFILL_KERNEL", asked)
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(9, 2, 64, generator=gen), torch.randn(9, 2, 64, generator=gen), torch.randn(9, 2, 32, generator=gen)
+    k_pre, v_pre = torch.randn(5, 2, 64, generator=gen), torch.randn(5, 2, 32, generator=gen)
+    args = (q, k, v, k_pre, v_pre, [5], [9], 0.125)
+    gpu_runner = SimpleNamespace(device="cuda:0")
+    monkeypatch.setattr("asynctls_sglang.adapter.mla_prefill._has_flashinfer", lambda: True)
+    prefill = MLAPrefill(gpu_runner, "mha")
+    assert prefill.kernel == "flashinfer"
+
+    def broken(*a):
+        raise RuntimeError("ninja: build stopped: nvcc not found")
+
+    monkeypatch.setattr(prefill, "attend_flashinfer", broken)
+    if asked == "flashinfer":
+        with pytest.raises(RuntimeError, match="nvcc"):
+            prefill.attend(None, *args)
+        return
+    with caplog.at_level("WARNING"):
+        out = prefill.attend(None, *args)
+    assert "runs on torch's SDPA" in caplog.text and prefill.kernel == "sdpa"
+    torch.testing.assert_close(out, MLAPrefill.attend_torch(*args), atol=1e-5, rtol=1e-5)
+    # once FlashInfer has run, a later failure is an error, not a silent switch
+    ok = MLAPrefill(gpu_runner, "mha")
+    monkeypatch.setattr(ok, "attend_flashinfer", lambda *a: MLAPrefill.attend_torch(*a))
+    ok.attend(None, *args)
+    monkeypatch.setattr(ok, "attend_flashinfer", broken)
+    with pytest.raises(RuntimeError, match="nvcc"):
+        ok.attend(None, *args)

@@ -28,10 +28,13 @@ and SGLang's prefill-graph captures.
 from __future__ import annotations
 
 import itertools
+import logging
 
 import torch
 
 from asynctls_sglang import env
+
+logger = logging.getLogger(__name__)
 
 #: Query rows per slice when latent queries are formed for calibration statistics.
 _SLICE = 4096
@@ -58,6 +61,9 @@ class MLAPrefill:
             on_gpu = model_runner is not None and str(model_runner.device).startswith("cuda")
             kernel = ("flashinfer" if _has_flashinfer() else "sdpa") if on_gpu else "torch"
         self.kernel = kernel
+        # auto's FlashInfer falls back to SDPA (with a warning) if its first call fails, e.g. a JIT
+        # build without nvcc; once it has run, or when asked for by name, its errors are raised
+        self._fi_fallback = kernel == "flashinfer" and env.mla_prefill_kernel() == "auto"
         self._fi_wrapper = None  # attend_flashinfer's ragged prefill wrapper and its last plan
         self._fi_plan: tuple | None = None
         self._modules: dict[int, torch.nn.Module] | None = None
@@ -229,7 +235,18 @@ class MLAPrefill:
         if self.kernel == "triton":
             return self.attend_triton(backend, *args)
         if self.kernel == "flashinfer":
-            return self.attend_flashinfer(*args)
+            if not self._fi_fallback:
+                return self.attend_flashinfer(*args)
+            try:
+                out = self.attend_flashinfer(*args)
+            except Exception as exc:  # noqa: BLE001 - any failure of the first build/run
+                logger.warning("asynctls: FlashInfer's ragged prefill failed on its first call (%r); the MLA "
+                               "prefill in the MHA form runs on torch's SDPA from now on "
+                               "(ASYNCTLS_MLA_PREFILL_KERNEL=flashinfer raises instead)", exc)
+                self.kernel, self._fi_fallback = "sdpa", False
+                return self.attend_sdpa(*args)
+            self._fi_fallback = False
+            return out
         return (self.attend_sdpa if self.kernel == "sdpa" else self.attend_torch)(*args)
 
     def snapshot(self) -> dict:
