@@ -282,6 +282,11 @@ def parse_variants(specs: list[str]) -> dict[str, dict]:
     return variants
 
 
+def asynctls_info(engine) -> dict:
+    """The asynctls backend's stats (adapter.stats) from SGLang's internal state."""
+    return engine.get_server_info()["internal_states"][0].get("asynctls", {})
+
+
 def run_backend(args, backend: str, asynctls: dict, eager: bool = False, label: str | None = None) -> list[dict]:
     # 128k points plus their output pass the configs' 131072 positions (random weights: harmless).
     os.environ.setdefault("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN", "1")
@@ -320,6 +325,7 @@ def run_backend(args, backend: str, asynctls: dict, eager: bool = False, label: 
     try:
         engine.loop.run_until_complete(run_point(engine, 1, 4096, 8, vocab, 1))  # warm-up
         for i, (bs, ctx) in enumerate(points):
+            before = asynctls_info(engine) if backend == "asynctls" else {}
             if args.fixed_kv_tokens or args.fit:
                 if args.fit:  # the pool as SGLang sized it (capped by --fixed-kv-tokens; offload: logical)
                     capacity = int(engine.get_server_info()["max_total_num_tokens"])
@@ -343,8 +349,12 @@ def run_backend(args, backend: str, asynctls: dict, eager: bool = False, label: 
             r.update(shared_prefix=args.shared_prefix,
                      backend=(label or backend) + (f"(K={asynctls.get('token_budget', 2048)})" if backend == "asynctls" else ""))
             if backend == "asynctls":
-                info = engine.get_server_info()["internal_states"][0].get("asynctls", {})
+                info = asynctls_info(engine)
                 r["attended_tokens_last"] = info.get("attended_tokens_last")
+                # this point's decode steps by path (the counters are per engine): a point the
+                # dense rules send to the stock kernel keeps the previous point's attended count
+                r.update({f"{kind}_decode_steps": info.get(f"{kind}_decode_steps", 0) - before.get(f"{kind}_decode_steps", 0)
+                          for kind in ("sparse", "dense")})
                 if "mla_prefill" in info:  # how the MLA prompts prefilled (adapter.mla_prefill)
                     r["mla_prefill"] = info["mla_prefill"]
                 if "offload" in info:  # cumulative over the points so far (docs/offload.md: metrics)
@@ -453,7 +463,7 @@ def plot(rows: list[dict], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qwen3_8b")
     ap.add_argument("--backends", default="flashinfer,asynctls",
@@ -498,7 +508,11 @@ def main(argv=None) -> int:
                          "and report per-step GPU time by kernel group; the point's throughput then "
                          "includes the profiler's overhead")
     ap.add_argument("--out", default="e2e.json")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     from asynctls_sglang import env
 
     variants = parse_variants(args.variant)
