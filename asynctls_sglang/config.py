@@ -248,13 +248,14 @@ class AsyncTLSConfig:
         return cls(**dict(values))
 
     @classmethod
-    def from_json(cls, text: str) -> "AsyncTLSConfig":
+    def from_json(cls, text: str, source: str = env.ASYNCTLS_CONFIG) -> "AsyncTLSConfig":
+        """The config of a JSON object of fields; errors name `source` (where the text came from)."""
         try:
             values = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{env.ASYNCTLS_CONFIG} is not valid JSON: {exc}") from None
+            raise ConfigError(f"{source} is not valid JSON: {exc}") from None
         if not isinstance(values, dict):
-            raise ConfigError(f"{env.ASYNCTLS_CONFIG} must hold a JSON object, got {type(values).__name__}")
+            raise ConfigError(f"{source} must hold a JSON object, got {type(values).__name__}")
         return cls.from_dict(values)
 
     @classmethod

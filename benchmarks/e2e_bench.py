@@ -263,7 +263,8 @@ def offload_device_tokens(fixed_tokens: int, asynctls: dict, model_cfg: dict, re
 
 
 def parse_variants(specs: list[str]) -> dict[str, dict]:
-    """--variant NAME=JSON (repeatable) -> {NAME: AsyncTLS fields}; bad input stops with a message."""
+    """--variant NAME=JSON (repeatable) -> {NAME: AsyncTLS fields}; bad input stops with a message
+    (SystemExit for the NAME=JSON form, config.ConfigError for the fields)."""
     from asynctls_sglang.config import AsyncTLSConfig
 
     variants = {}
@@ -271,14 +272,9 @@ def parse_variants(specs: list[str]) -> dict[str, dict]:
         name, sep, fields = spec.partition("=")
         if not sep or not name or "," in name:
             raise SystemExit(f"--variant {spec!r}: expected NAME=JSON (a name without commas)")
-        try:
-            cfg = json.loads(fields)
-        except json.JSONDecodeError as exc:
-            raise SystemExit(f"--variant {name}: its fields are not JSON ({exc})") from None
-        if not isinstance(cfg, dict):
-            raise SystemExit(f"--variant {name}: expected a JSON object of AsyncTLS fields, got {fields!r}")
-        AsyncTLSConfig.from_dict(cfg)  # unknown fields and bad values fail here, before any engine starts
-        variants[name] = cfg
+        # bad JSON, unknown fields and bad values fail here (ConfigError), before any engine starts
+        AsyncTLSConfig.from_json(fields, source=f"--variant {name}")
+        variants[name] = json.loads(fields)
     return variants
 
 

@@ -10,9 +10,11 @@ from asynctls_sglang.config import ConfigError
 def test_variants_parse_and_bad_ones_stop_before_any_engine(e2e_bench):
     assert e2e_bench.parse_variants(['norule={"dense_batch_tokens":0}', "k512={\"token_budget\":512}"]) == {
         "norule": {"dense_batch_tokens": 0}, "k512": {"token_budget": 512}}
-    for spec, message in [("norule", "NAME=JSON"), ("a,b={}", "NAME=JSON"), ("x={nope", "not JSON"),
-                          ("x=[1]", "JSON object")]:
-        with pytest.raises(SystemExit, match=message):
+    for spec in ("norule", "a,b={}"):
+        with pytest.raises(SystemExit, match="NAME=JSON"):
+            e2e_bench.parse_variants([spec])
+    for spec, message in [("x={nope", "--variant x is not valid JSON"), ("x=[1]", "--variant x must hold a JSON object")]:
+        with pytest.raises(ConfigError, match=message):
             e2e_bench.parse_variants([spec])
     with pytest.raises(ConfigError, match="unknown AsyncTLS setting"):
         e2e_bench.parse_variants(['x={"dense_batch":0}'])
