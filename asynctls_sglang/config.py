@@ -18,10 +18,10 @@ SELECTIONS = ("tls", "quest")
 #: The default dense threshold's floor without offload (see AsyncTLSConfig.dense_threshold).
 DENSE_FLOOR = 8192
 #: The default batch rule without offload (see AsyncTLSConfig.dense_batch_tokens): a decode batch
-#: whose lengths add up to at most DENSE_BATCH_BASE + DENSE_BATCH_PER_REQUEST x its size decodes
-#: densely. From the H200 grid of session 13 (Qwen3-8B, docs/results.md): batch 1 was 0.91x of
-#: FlashInfer sparse at 32k and 1.06x at 64k; batch 8 was dense at 4k and 1.12x sparse at 32k.
-DENSE_BATCH_BASE = 32768
+#: of n requests whose lengths add up to at most DENSE_BATCH_PER_REQUEST x (n + 2) decodes densely
+#: (48k at batch 1, 160k at batch 8). From the H200 grid of session 13 (Qwen3-8B, docs/results.md):
+#: batch 1 was 0.91x of FlashInfer sparse at 32k and 1.06x at 64k; batch 8 was dense at 4k and
+#: 1.12x sparse at 32k.
 DENSE_BATCH_PER_REQUEST = 16384
 DENSE_BACKENDS = ("auto", "torch_native", "triton", "flashinfer")
 MLA_PREFILLS = ("auto", "mha", "absorbed")
@@ -63,11 +63,10 @@ class AsyncTLSConfig:
     #: offload (a dense row must keep all its blocks resident). Under CUDA graphs a batch whose
     #: requests are all at or under it replays the stock kernel's graph (patches.graph_variants).
     dense_threshold: int | None = None
-    #: Per-request share of the batch rule: a decode batch of n requests whose lengths add up to
-    #: at most DENSE_BATCH_BASE + dense_batch_tokens x n decodes whole on the stock kernel (a few
-    #: long requests: the selection's fixed cost per step is more than the stock kernel's reads).
-    #: None: DENSE_BATCH_PER_REQUEST when dense_threshold is None and offload is off, else 0 (off;
-    #: 0 also turns off the base).
+    #: The batch rule: a decode batch of n requests whose lengths add up to at most
+    #: dense_batch_tokens x (n + 2) decodes whole on the stock kernel (a few long requests: the
+    #: selection's fixed cost per step is more than the stock kernel's reads). None:
+    #: DENSE_BATCH_PER_REQUEST when dense_threshold is None and offload is off, else 0 (off).
     dense_batch_tokens: int | None = None
     #: "tls": two-level (blocks, then tokens). "quest": block-only baseline that attends all
     #: tokens of the top token_budget // block_size blocks (same number of attended tokens).
@@ -190,7 +189,7 @@ class AsyncTLSConfig:
         per_request = self.dense_batch_tokens
         if per_request is None:
             per_request = DENSE_BATCH_PER_REQUEST if self.dense_threshold is None and not self.offload else 0
-        return DENSE_BATCH_BASE + per_request * bs if per_request > 0 and not self.offload else 0
+        return per_request * (bs + 2) if per_request > 0 and not self.offload else 0
 
     @property
     def quest_blocks(self) -> int:

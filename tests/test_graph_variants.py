@@ -81,7 +81,7 @@ def _resolver(backend):
 
 
 def test_replay_picks_the_dense_graph_for_a_batch_whose_lengths_add_up_to_little():
-    # default rule: summed lengths <= 32768 + 16384 x batch size (config.DENSE_BATCH_*)
+    # default rule: summed lengths <= 16384 x (batch size + 2) (config.DENSE_BATCH_PER_REQUEST)
     resolve = _resolver(_backend(token_budget=2048))
     assert resolve([49152]) == "+asynctls-dense"  # one request up to 48k: the stock kernel
     assert resolve([49153]) == "+asynctls-sparse"
@@ -92,12 +92,14 @@ def test_replay_picks_the_dense_graph_for_a_batch_whose_lengths_add_up_to_little
     # an explicit dense threshold, or dense_batch_tokens=0, keeps the per-request rule alone
     assert _resolver(_backend(token_budget=2048, dense_threshold=8192))([20000]) == "+asynctls-sparse"
     assert _resolver(_backend(token_budget=2048, dense_batch_tokens=0))([20000]) == "+asynctls-sparse"
-    assert _resolver(_backend(token_budget=2048, dense_threshold=100, dense_batch_tokens=1000))([33000, 700]) \
-        == "+asynctls-dense"
+    assert _resolver(_backend(token_budget=2048, dense_threshold=100, dense_batch_tokens=1000))([3300, 700]) \
+        == "+asynctls-dense"  # 4000 <= 1000 x (2 + 2)
+    assert _resolver(_backend(token_budget=2048, dense_threshold=100, dense_batch_tokens=1000))([3301, 700]) \
+        == "+asynctls-sparse"
     # the batch rule alone (no per-request threshold) still captures and replays the dense graph
     only_batch = _backend(token_budget=2048, dense_threshold=0, dense_batch_tokens=1000)
     assert only_batch.asynctls_graph_modes() == ("sparse", "dense")
-    assert _resolver(only_batch)([33000, 700]) == "+asynctls-dense"
+    assert _resolver(only_batch)([3300, 700]) == "+asynctls-dense"
     assert _backend(token_budget=2048, dense_threshold=0).asynctls_graph_modes() is None
 
 
@@ -123,6 +125,7 @@ def test_eager_plan_follows_the_batch_rule():
 def test_batch_rule_bounds():
     cfg = AsyncTLSConfig(token_budget=2048)
     assert [cfg.dense_batch_len(n) for n in (1, 8, 32)] == [49152, 163840, 557056]
+    assert AsyncTLSConfig(token_budget=2048, dense_threshold=64, dense_batch_tokens=100).dense_batch_len(3) == 500
     assert AsyncTLSConfig(token_budget=2048, offload=True).dense_batch_len(1) == 0  # rows read the resident cache
     assert AsyncTLSConfig(token_budget=2048, offload=True, dense_batch_tokens=4096).dense_batch_len(1) == 0
     assert AsyncTLSConfig(token_budget=2048, dense_threshold=0).dense_batch_len(4) == 0
