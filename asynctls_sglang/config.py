@@ -159,6 +159,9 @@ class AsyncTLSConfig:
         if self.prefetch_depth not in (0, 1) or isinstance(self.prefetch_depth, bool):
             _fail("prefetch_depth", f"only 0 (fetch before attention) and 1 (one step ahead) are "
                   f"implemented, got {self.prefetch_depth!r}")
+        if self.offload and self.dense_batch_tokens:
+            _fail("dense_batch_tokens", "has no effect with offload (every decode row reads the resident cache); "
+                  "leave it unset or 0")
         if self.offload and self.local_window < 1:
             _fail("local_window", "must be at least 1 with offload (the open block of each request is read "
                   "from the device pool as part of its local window)")
@@ -189,7 +192,7 @@ class AsyncTLSConfig:
         per_request = self.dense_batch_tokens
         if per_request is None:
             per_request = DENSE_BATCH_PER_REQUEST if self.dense_threshold is None and not self.offload else 0
-        return per_request * (bs + 2) if per_request > 0 and not self.offload else 0
+        return per_request * (bs + 2) if per_request > 0 else 0
 
     @property
     def quest_blocks(self) -> int:

@@ -127,7 +127,9 @@ def test_batch_rule_bounds():
     assert [cfg.dense_batch_len(n) for n in (1, 8, 32)] == [49152, 163840, 557056]
     assert AsyncTLSConfig(token_budget=2048, dense_threshold=64, dense_batch_tokens=100).dense_batch_len(3) == 500
     assert AsyncTLSConfig(token_budget=2048, offload=True).dense_batch_len(1) == 0  # rows read the resident cache
-    assert AsyncTLSConfig(token_budget=2048, offload=True, dense_batch_tokens=4096).dense_batch_len(1) == 0
+    with pytest.raises(ConfigError, match="no effect with offload"):
+        AsyncTLSConfig(token_budget=2048, offload=True, dense_batch_tokens=4096)
+    assert AsyncTLSConfig(token_budget=2048, offload=True, dense_batch_tokens=0).dense_batch_len(1) == 0
     assert AsyncTLSConfig(token_budget=2048, dense_threshold=0).dense_batch_len(4) == 0
     with pytest.raises(ConfigError, match="dense-batch-tokens|dense_batch_tokens"):
         AsyncTLSConfig(dense_batch_tokens=-1)

@@ -159,8 +159,8 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
 
     def asynctls_graph_modes(self) -> tuple[str, ...] | None:
         """The decode graphs to capture per batch size (patches.graph_variants): a "dense" one (the
-        stock kernel) for batches whose requests are all at or under the dense threshold, and the
-        "sparse" one; None (one graph) with offload, whose rows always read the resident cache."""
+        stock kernel) for the batches asynctls_dense_batch hands to it, and the "sparse" one; None
+        (one graph) with offload, whose rows always read the resident cache."""
         cfg = self.asynctls_cfg
         if self.asynctls_offload is not None or (cfg.dense_len <= 0 and cfg.dense_batch_len(1) <= 0):
             return None
