@@ -184,6 +184,19 @@ def test_the_base_backend_plans_only_for_graphs_that_run_its_kernel():
     assert not backend.asynctls_base_metadata_needed(fb([10, 5000]), in_capture=False)  # sparse graph
     assert backend.asynctls_base_metadata_needed(fb([10, 5000]), in_capture=True)  # every capture
     assert backend.asynctls_base_metadata_needed(fb([5000], ForwardMode.EXTEND), in_capture=False)
+    # a replay view padded to the captured batch size (SGLang's fill length 1, num_padding rows):
+    # the rows the runner picked its graph from decide, not the padded batch (the batch rule sums
+    # lengths over the batch size: 4001 > 1000 x (2 + 2), while padded to 4 rows the bound is 6000)
+    rule = _backend(token_budget=256, dense_threshold=100, dense_batch_tokens=1000)
+    view = types.SimpleNamespace(seq_lens_cpu=torch.tensor([3301, 700, 1, 1]), num_padding=2,
+                                 forward_mode=ForwardMode.DECODE)
+    assert rule.asynctls_graph_mode_for(torch.tensor([3301, 700])) == "sparse"
+    assert not rule.asynctls_base_metadata_needed(view, in_capture=False)
+    view.seq_lens_cpu = torch.tensor([3300, 700, 1, 1])
+    assert rule.asynctls_base_metadata_needed(view, in_capture=False)
+    view.seq_lens_cpu, view.num_padding = torch.tensor([1, 1]), 2  # all padding: the sparse graph's rule
+    assert not rule.asynctls_base_metadata_needed(view, in_capture=False)
+    assert not rule.asynctls_dense_batch(torch.tensor([], dtype=torch.int64))
     offload = _backend(offload=True, token_budget=256, local_window=64)
     # one graph, and no row decodes on the base's kernel: only captures and prefills plan
     assert not offload.asynctls_base_metadata_needed(fb([5000]), in_capture=False)

@@ -37,6 +37,15 @@ from asynctls_sglang.ops.select import select_chosen, select_positions, step_pos
 from asynctls_sglang.patches.capture_guard import capturing_graphs
 
 
+def _unpadded_lens(fb):
+    """seq_lens_cpu without the padding rows of a CUDA-graph replay view (SGLang pads the batch to
+    the captured size; the runner picks the graph from the unpadded batch): the batch rule sums
+    lengths over the batch size, so both must see the same rows."""
+    lens = fb.seq_lens_cpu
+    pad = getattr(fb, "num_padding", 0) or 0
+    return lens[:lens.shape[0] - pad] if lens is not None and pad else lens
+
+
 class DecodePlan(NamedTuple):
     all_dense: bool
     sparse_rows: torch.Tensor | None = None  # [n_sparse] int64 on device
@@ -142,7 +151,7 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         if not forward_batch.forward_mode.is_decode():
             self._plan = None
             return
-        lens = forward_batch.seq_lens_cpu
+        lens = _unpadded_lens(forward_batch)
         if not in_capture and lens is not None:
             n_sparse = 0 if self.asynctls_dense_batch(lens) else int((lens > self.asynctls_cfg.dense_len).sum())
             stats = self.asynctls_stats
@@ -175,7 +184,7 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
             return True
         if self.asynctls_offload is not None:  # every row reads the resident cache (_offload_decode)
             return False
-        return not self.asynctls_graph_modes() or self.asynctls_graph_mode_for(fb.seq_lens_cpu) == "dense"
+        return not self.asynctls_graph_modes() or self.asynctls_graph_mode_for(_unpadded_lens(fb)) == "dense"
 
     def asynctls_graph_mode_for(self, seq_lens_cpu) -> str:
         if seq_lens_cpu is None or seq_lens_cpu.numel() == 0:
@@ -186,6 +195,8 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         """Whether a decode batch runs whole on the stock kernel: every request at or under the
         dense threshold, or (the batch rule, config.dense_batch_tokens) lengths that add up to
         little enough that the stock kernel's reads cost less than the selection."""
+        if seq_lens_cpu.numel() == 0:  # a replay view that is all padding (an idle rank's batch)
+            return False
         cfg = self.asynctls_cfg
         bound = cfg.dense_batch_len(int(seq_lens_cpu.shape[0]))
         return int(seq_lens_cpu.max()) <= cfg.dense_len or int(seq_lens_cpu.sum()) <= bound
