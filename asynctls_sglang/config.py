@@ -192,7 +192,7 @@ class AsyncTLSConfig:
         per_request = self.dense_batch_tokens
         if per_request is None:
             per_request = DENSE_BATCH_PER_REQUEST if self.dense_threshold is None and not self.offload else 0
-        return per_request * (bs + 2) if per_request > 0 else 0
+        return per_request * (bs + 2)
 
     @property
     def quest_blocks(self) -> int:

@@ -3,9 +3,9 @@
 One prefill chunk of E rows over a prefix of P rows (one request), bf16, with the real per-head
 dims of DeepSeek-V2-Lite (16 heads, q/k 128 + 64, v 128) and GLM-4.7-Flash (20 heads, q/k
 192 + 64, v 256). Kernels: `sdpa` (torch's scaled_dot_product_attention, flash attention, V
-zero-padded to the q/k dim where narrower; the default on a GPU), `triton` (SGLang's Triton
-extend kernel) and `flashinfer` (FlashInfer's ragged prefill, the kernel of SGLang's FlashInfer
-MLA backend). Reports ms per layer (median of --reps, CUDA events), TFLOP/s of the causal
+zero-padded to the q/k dim where narrower), `triton` (SGLang's Triton extend kernel) and
+`flashinfer` (FlashInfer's ragged prefill, the kernel of SGLang's FlashInfer MLA backend and the
+GPU default since session 13). Reports ms per layer (median of --reps, CUDA events), TFLOP/s of the causal
 attention (2 * H * E * (P + (E + 1) / 2) * (Dqk + Dv)) and the fraction of the H200's dense bf16
 peak (989 TFLOP/s): attention at these lengths is compute-bound. Prints a table, writes JSON and
 a PNG.
