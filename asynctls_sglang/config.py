@@ -19,10 +19,11 @@ SELECTIONS = ("tls", "quest")
 DENSE_FLOOR = 8192
 #: The default batch rule without offload (see AsyncTLSConfig.dense_batch_tokens): a decode batch
 #: of n requests whose lengths add up to at most DENSE_BATCH_PER_REQUEST x (n + 2) decodes densely
-#: (48k at batch 1, 160k at batch 8). From the H200 grid of session 13 (Qwen3-8B, docs/results.md):
-#: batch 1 was 0.91x of FlashInfer sparse at 32k and 1.06x at 64k; batch 8 was dense at 4k and
-#: 1.12x sparse at 32k.
-DENSE_BATCH_PER_REQUEST = 16384
+#: (54k at batch 1, 180k at batch 8). From the H200 runs of sessions 13-14 (Qwen3-8B, CUDA graphs,
+#: docs/results.md): sparse against FlashInfer was 0.91x at 1 x 32k, 0.99x at 1 x 48k, 1.03x at
+#: 1 x 56k; 0.89x at 8 x 16k, 0.95x at 8 x 20k, 1.00x at 8 x 24k (the sparse step is flat, FlashInfer's
+#: grows with the summed length); the switch points lie between those.
+DENSE_BATCH_PER_REQUEST = 18432
 DENSE_BACKENDS = ("auto", "torch_native", "triton", "flashinfer")
 MLA_PREFILLS = ("auto", "mha", "absorbed")
 TOKEN_HEADS = ("max", "mean")

@@ -1,12 +1,13 @@
 """The offloading engine on real selections: the embedded SmolLM2-135M-Instruct (trained weights)
 on RULER prompts, offload off then on, same prompts, greedy.
 
-Reports per configuration (token budget K : block budget k_b): tokens equal to offload off, late
+Reports per configuration (token budget K : block budget k_b [: max_miss_blocks_per_step, the cap
+on host->device copies per request, layer and KV head per step]): tokens equal to offload off, late
 blocks (wanted but not resident in time), resident hit rate, and host->device bytes per decode
 step against k_b x B (the bytes if no selected block stayed resident: what temporal locality
 saves). Runs on the CPU (fp32) or a GPU (bf16, CUDA graphs). Prints a table, writes JSON + PNG.
 Usage: python benchmarks/offload_real.py --data-cache DIR [--task niah_single_2 --samples 4
-    --configs 512:128,512:32 --out-len 24 --out offload_real.json]
+    --configs 512:128,512:32,512:32:1 --out-len 24 --out offload_real.json]
 (DIR: a RULER data cache, e.g. one made by `python -m asynctls_sglang.eval.ruler --prepare-only`.)
 """
 from __future__ import annotations
@@ -18,11 +19,18 @@ import sys
 import time
 
 
-def parse_configs(text: str) -> list[tuple[int, int]]:
+def parse_configs(text: str) -> list[tuple[int, int, int | None]]:
+    """"K:kb[:cap],..." -> [(K, kb, cap or None)]; a bad item stops with a message naming it."""
     out = []
     for item in text.split(","):
-        k, _, kb = item.partition(":")
-        out.append((int(k), int(kb)))
+        parts = item.split(":")
+        try:
+            if len(parts) not in (2, 3):
+                raise ValueError
+            k, kb, *cap = (int(x) for x in parts)
+        except ValueError:
+            raise SystemExit(f"--configs: {item!r} is not K:kb or K:kb:cap (integers)") from None
+        out.append((k, kb, cap[0] if cap else None))
     return out
 
 
@@ -72,6 +80,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
+    from asynctls_sglang.config import AsyncTLSConfig
     from asynctls_sglang.eval.datagen import load_or_generate
     from asynctls_sglang.eval.prompts import chat_wrapper, render
     from asynctls_sglang.models.smollm2 import ensure_smollm2
@@ -87,21 +96,25 @@ def main(argv=None) -> int:
     prompts = [render(s, "chat", wrapper) for s in samples[: args.samples]]
     layers, kv_heads = model_cfg["num_hidden_layers"], model_cfg["num_key_value_heads"]
     rows = []
-    for k, kb in parse_configs(args.configs):
+    for k, kb, cap in parse_configs(args.configs):
         cfg = {"token_budget": k, "block_budget": kb, "dense_threshold": k}
+        on_cfg = {**cfg, "offload": True, **({"max_miss_blocks_per_step": cap} if cap is not None else {})}
+        on_cap = AsyncTLSConfig.from_json(json.dumps(on_cfg), source=f"--configs {k}:{kb}:{cap}").max_miss_blocks_per_step
         kw = engine_kwargs(device, model, args.context, 64)  # prompts leave room for the output (see --context)
         t0 = time.perf_counter()
         off, _ = run_engine(kw, cfg, prompts, args.out_len)
-        on, stats = run_engine(kw, {**cfg, "offload": True}, prompts, args.out_len)
+        on, stats = run_engine(kw, on_cfg, prompts, args.out_len)
         o = stats["offload"]
         equal = sum(a == b for x, y in zip(off, on) for a, b in zip(x, y))
         steps = max(o["decode_steps"], 1)
         no_locality = kb * block_bytes(model_cfg, 64, 4 if device == "cpu" else 2) * kv_heads * layers  # per request and step
         per_request_step = o["bytes_moved"] / max(1, o["decode_steps"])  # one request at a time
-        row = {"token_budget": k, "block_budget": kb, "device": device, "samples": len(prompts),
+        row = {"token_budget": k, "block_budget": kb, "max_miss_blocks_per_step": on_cap,
+               "device": device, "samples": len(prompts),
                "tokens_equal": equal, "tokens": sum(len(x) for x in off),
                "sequences_equal": sum(x == y for x, y in zip(off, on)),
                "blocks_late": o["blocks_late"], "blocks_needed": o["blocks_needed"],
+               "blocks_overflow": o["blocks_overflow"],
                "late_fraction": o["blocks_late"] / max(1, o["blocks_needed"]), "hit_rate": o["hit_rate"],
                "bytes_per_step": per_request_step, "kb_x_B_bytes_per_step": no_locality,
                "fraction_of_kb_x_B": per_request_step / no_locality, "seed_blocks_moved": o["seed_blocks_moved"],
@@ -115,10 +128,11 @@ def main(argv=None) -> int:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| K : k_b | tokens equal (offload on vs off) | late blocks | hit rate | bytes/step vs k_b x B |",
+    out = ["| K : k_b : copy cap | tokens equal (offload on vs off) | late blocks | hit rate | bytes/step vs k_b x B |",
            "|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['token_budget']} : {r['block_budget']} | {r['tokens_equal']}/{r['tokens']} "
+        cap = r.get("max_miss_blocks_per_step", "?")
+        out.append(f"| {r['token_budget']} : {r['block_budget']} : {cap} | {r['tokens_equal']}/{r['tokens']} "
                    f"({r['sequences_equal']}/{r['samples']} sequences) | {r['late_fraction']:.2%} | "
                    f"{r['hit_rate']:.3f} | {r['fraction_of_kb_x_B']:.1%} |")
     return "\n".join(out)
@@ -130,7 +144,7 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"K={r['token_budget']}\nk_b={r['block_budget']}" for r in rows]
+    labels = [f"K={r['token_budget']}\nk_b={r['block_budget']}\ncap={r.get('max_miss_blocks_per_step', '?')}" for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     x = range(len(rows))
     ax.bar([i - 0.2 for i in x], [100 * r["fraction_of_kb_x_B"] for r in rows], 0.4, label="bytes moved, % of k_b x B")
