@@ -19,11 +19,12 @@ SELECTIONS = ("tls", "quest")
 DENSE_FLOOR = 8192
 #: The default batch rule without offload (see AsyncTLSConfig.dense_batch_tokens): a decode batch
 #: of n requests whose lengths add up to at most DENSE_BATCH_PER_REQUEST x (n + 2) decodes densely
-#: (54k at batch 1, 180k at batch 8). From the H200 runs of sessions 13-14 (Qwen3-8B, CUDA graphs,
-#: docs/results.md): sparse against FlashInfer was 0.91x at 1 x 32k, 0.99x at 1 x 48k, 1.03x at
-#: 1 x 56k; 0.89x at 8 x 16k, 0.95x at 8 x 20k, 1.00x at 8 x 24k (the sparse step is flat, FlashInfer's
-#: grows with the summed length); the switch points lie between those.
-DENSE_BATCH_PER_REQUEST = 18432
+#: (51k at batch 1, 170k at batch 8). From the H200 runs of session 14 (Qwen3-8B, CUDA graphs,
+#: docs/results.md): the sparse step is flat (7.0 ms at batch 1, 8.7 at batch 8), the dense one
+#: (FlashInfer plus the index upkeep, 2-3% over FlashInfer alone) grows with the summed length;
+#: they cross near 1 x 44k (dense 153.7 tok/s at 32k, sparse 142.9 at 48k) and 8 x 22.5k (dense
+#: 910.7 against sparse 909). No (n + 2) multiple fits both: this one loses at most ~2% between them.
+DENSE_BATCH_PER_REQUEST = 17408
 DENSE_BACKENDS = ("auto", "torch_native", "triton", "flashinfer")
 MLA_PREFILLS = ("auto", "mha", "absorbed")
 TOKEN_HEADS = ("max", "mean")

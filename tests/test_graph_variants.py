@@ -81,14 +81,14 @@ def _resolver(backend):
 
 
 def test_replay_picks_the_dense_graph_for_a_batch_whose_lengths_add_up_to_little():
-    # default rule: summed lengths <= 18432 x (batch size + 2) (config.DENSE_BATCH_PER_REQUEST)
+    # default rule: summed lengths <= 17408 x (batch size + 2) (config.DENSE_BATCH_PER_REQUEST)
     resolve = _resolver(_backend(token_budget=2048))
-    assert resolve([55296]) == "+asynctls-dense"  # one request up to 54k: the stock kernel
-    assert resolve([55297]) == "+asynctls-sparse"
-    assert resolve([23040] * 8) == "+asynctls-dense"  # 8 x 22.5k = 184320
-    assert resolve([23040] * 7 + [23041]) == "+asynctls-sparse"
-    assert resolve([100, 73000]) == "+asynctls-dense"  # a long request beside a short one: 73100 <= 73728
-    assert resolve([100, 74000]) == "+asynctls-sparse"
+    assert resolve([52224]) == "+asynctls-dense"  # one request up to 51k: the stock kernel
+    assert resolve([52225]) == "+asynctls-sparse"
+    assert resolve([21760] * 8) == "+asynctls-dense"  # 8 x 21.25k = 174080
+    assert resolve([21760] * 7 + [21761]) == "+asynctls-sparse"
+    assert resolve([100, 69000]) == "+asynctls-dense"  # a long request beside a short one: 69100 <= 69632
+    assert resolve([100, 70000]) == "+asynctls-sparse"
     # an explicit dense threshold, or dense_batch_tokens=0, keeps the per-request rule alone
     assert _resolver(_backend(token_budget=2048, dense_threshold=8192))([20000]) == "+asynctls-sparse"
     assert _resolver(_backend(token_budget=2048, dense_batch_tokens=0))([20000]) == "+asynctls-sparse"
@@ -116,7 +116,7 @@ def test_eager_plan_follows_the_batch_rule():
 
     assert plan(fb([40000])).all_dense
     assert plan(fb([100, 60000])).all_dense
-    sparse = plan(fb([100, 75000]))  # 75100 > 73728: the long row sparse, the short one dense
+    sparse = plan(fb([100, 70000]))  # 70100 > 69632: the long row sparse, the short one dense
     assert not sparse.all_dense and sparse.sparse_rows.tolist() == [1] and sparse.dense_rows.tolist() == [0]
     stats = ns.asynctls_stats
     assert (stats.dense_steps, stats.sparse_steps, stats.dense_rows, stats.sparse_rows) == (2, 1, 4, 1)
@@ -124,7 +124,7 @@ def test_eager_plan_follows_the_batch_rule():
 
 def test_batch_rule_bounds():
     cfg = AsyncTLSConfig(token_budget=2048)
-    assert [cfg.dense_batch_len(n) for n in (1, 8, 32)] == [55296, 184320, 626688]
+    assert [cfg.dense_batch_len(n) for n in (1, 8, 32)] == [52224, 174080, 591872]
     assert AsyncTLSConfig(token_budget=2048, dense_threshold=64, dense_batch_tokens=100).dense_batch_len(3) == 500
     assert AsyncTLSConfig(token_budget=2048, offload=True).dense_batch_len(1) == 0  # rows read the resident cache
     with pytest.raises(ConfigError, match="no effect with offload"):

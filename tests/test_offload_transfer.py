@@ -87,6 +87,28 @@ def test_moves_exactly_the_planned_blocks(hk, d, dv):
     assert snap["transfer_timing"].startswith("off") and "hidden_fraction" not in snap
 
 
+def test_a_plan_made_on_the_copy_stream_moves_what_a_plan_made_before_issue_moves():
+    """issue() with a callable (a decode step's plan, run on the copy stream after the fork, see
+    OffloadRuntime.prefetch) leaves the same tables and resident data as a plan passed made."""
+    (host, cache, made), (_, cache2, deferred) = build(2, 8, 6), build(2, 8, 6)
+    rng = random.Random(7)
+    pages = torch.tensor([rng.sample(range(host.num_blocks), 10) for _ in range(3)])
+    rows = torch.tensor([1, 2, 3])
+    for step in range(6):
+        for layer in range(host.num_layers):
+            need = torch.tensor([[rng.sample(range(10), 3) for _ in range(2)] for _ in range(3)])
+            made.wait(layer)
+            made.issue(layer, cache.plan(layer, rows, need, pages))
+            deferred.wait(layer)
+            deferred.issue(layer, lambda: cache2.plan(layer, rows, need, pages), reads=(need, rows, pages))
+            made.wait(layer)
+            deferred.wait(layer)
+            for a, b in ((cache.blk2slot, cache2.blk2slot), (cache.slot2blk, cache2.slot2blk),
+                         (made.k[layer], deferred.k[layer]), (made.v[layer], deferred.v[layer])):
+                assert torch.equal(bits(a), bits(b)), f"step {step} layer {layer}"
+    assert made.snapshot()["blocks_moved"] == deferred.snapshot()["blocks_moved"] > 0
+
+
 def test_pool_to_host_to_resident_round_trip_and_translation():
     """Device pool --write-through--> host --plan/gather--> resident buffer, read via token_rows."""
     hk, d, dv, layers = 2, 8, 8, 1

@@ -159,10 +159,15 @@ class OffloadRuntime:
             # write-through and the seeds that read them (side streams) must have finished.
             self.engine.before_replay()
             self._join_side_streams = False
+        fresh = fresh_rows is not None and fresh_rows.numel() > 0
+        if self._pending_release or fresh:
+            # NOTE: the last decode step's plans ran on the copy stream (prefetch) and may still be
+            # rewriting these rows' tables (eager decode; a graph replay joins it before it ends)
+            self.engine.join()
         if self._pending_release:
             self.cache.reset(torch.tensor(self._pending_release, dtype=torch.int64, device=self.cache.device))
             self._pending_release.clear()
-        if fresh_rows is not None and fresh_rows.numel():
+        if fresh:
             self.cache.reset(fresh_rows.long())
         if fresh_rows is None:  # a decode step: the requests decoding are the allocator's last_decode
             self._recent_windows.clear()
@@ -231,13 +236,18 @@ class OffloadRuntime:
 
     def prefetch(self, layer: int, step: DecodeStep, wanted: torch.Tensor) -> None:
         """Plan `need` (local blocks, the dense rows' blocks, then the wanted blocks in rank order)
-        and start the copies (depth 1) or copy and wait (depth 0)."""
-        need = torch.cat([step.need_fixed, torch.where(step.dense.view(-1, 1, 1), -1, wanted)], 2)
-        plan = self.cache.plan(layer, step.rows, need, step.pages, host_blocks=step.host_done)
+        and start the copies (depth 1: the plan too runs on the copy stream, off the compute
+        stream's path; the next read of this layer's tables waits for it) or plan, copy and wait
+        (depth 0)."""
+        def plan():
+            need = torch.cat([step.need_fixed, torch.where(step.dense.view(-1, 1, 1), -1, wanted)], 2)
+            return self.cache.plan(layer, step.rows, need, step.pages, host_blocks=step.host_done)
+
         if self.cfg.prefetch_depth == 0:
-            self.engine.fetch_now(layer, plan)
+            self.engine.fetch_now(layer, plan())
         else:
-            self.engine.issue(layer, plan)
+            self.engine.issue(layer, plan, reads=(wanted, step.need_fixed, step.dense, step.rows, step.pages,
+                                                  step.host_done))
 
     def buffer_table(self, layer: int, step: DecodeStep,
                      positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

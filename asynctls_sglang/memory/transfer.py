@@ -5,14 +5,17 @@ laid out like SGLang's pools so resident block r*C + s holds rows (r*C + s)*B ..
 (host block h, resident block d, head j) copies head j of host rows h*B .. +B there.
 
 Streams (GPU; on the CPU every call runs inline, in order):
-  compute stream  ... attention(l) -> plan(l) -> issue(l) ... wait(l) -> attention(l) ...
-  h2d_copy stream               fork -> wait host writes -> gather(l) -> record done[l]
-The compute stream waits only done[l], right before it reads layer l's resident blocks.
+  compute stream  ... attention(l) -> issue(l) ......................... wait(l) -> attention(l) ...
+  h2d_copy stream                 fork -> plan(l) -> wait host writes -> gather(l) -> record done[l]
+The compute stream waits only done[l], right before it reads layer l's resident blocks (and
+layer l's residency tables, which plan(l) rewrites). A decode step's plan runs on the copy
+stream (issue with a callable), off the compute stream's critical path; the seeds after a
+prefill pass a plan made on the compute stream.
 """
 from __future__ import annotations
 
 import collections
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -75,20 +78,27 @@ class TransferEngine:
         self.host.write_stream.join_into_current()
 
     # copies ------------------------------------------------------------------------------------
-    def issue(self, layer: int, plan: TransferPlan,
-              source: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor] | None] | None = None) -> None:
+    def issue(self, layer: int, plan: TransferPlan | Callable[[], TransferPlan],
+              source: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor] | None] | None = None,
+              reads: Sequence[torch.Tensor] = ()) -> None:
         """Start the copies of `layer`'s plan on the copy stream; returns at once on a GPU.
 
+        plan: a TransferPlan, or a callable that makes it (ResidentBlockCache.plan), run on the
+        copy stream after the fork: the compute stream then only records the fork. reads: the
+        compute stream's tensors that callable reads (kept alive for the copy stream).
         source: per-layer (k, v) buffers to copy from instead of the host tier (e.g. the device
         pool right after prefill, with device page ids in the plan's src_block).
         """
         k_src = self.host.k if source is None else source[0]
         v_src = self.host.v if source is None else source[1]
-        # NOTE: fork = the copy stream waits for all the compute stream issued so far: plan() wrote
-        # the plan buffers and tables, and the attention of this layer already read the old
-        # contents of the victim slots, so overwriting them is safe.
+        # NOTE: fork = the copy stream waits for all the compute stream issued so far: the plan's
+        # inputs are written, and the attention of this layer already read the old contents of
+        # the victim slots and the old tables, so rewriting them is safe.
         self.copy_stream.fork()
+        self.copy_stream.keep_alive(*reads)
         with self.copy_stream.active():
+            if callable(plan):
+                plan = plan()
             # NOTE: blocks are read from the host only after their write-through has landed.
             self.host.wait_written()
             start = self._event()
@@ -114,6 +124,11 @@ class TransferEngine:
         if before is not None:
             self._wait_times.append((before, after))
 
+    def join(self) -> None:
+        """The compute stream waits for everything issued on the copy stream (eager; no-op off
+        the GPU). Before the residency tables are changed on the compute stream outside a plan."""
+        self.copy_stream.join_into_current()
+
     def fetch_now(self, layer: int, plan: TransferPlan) -> None:
         """prefetch_depth 0: copy and wait before this step's attention (never late, not hidden)."""
         self.issue(layer, plan)
@@ -128,6 +143,9 @@ class TransferEngine:
 
     def snapshot(self) -> dict[str, float | int | str]:
         """Metrics (host sync: call off the decode path). A step is one plan of layer 0."""
+        if self.copy_stream.stream is not None:
+            # NOTE: decode plans count on the copy stream: the host waits for it (not the compute stream)
+            self.copy_stream.stream.synchronize()
         counts = self.cache.snapshot()
         steps = int(self.cache.counters[0, 0])
         moved, hits, misses = counts["moved"], counts["hits"], counts["misses"]
