@@ -151,3 +151,5 @@ def test_fit_rows_say_what_the_pool_holds(e2e_bench):
     rows = [{"backend": "flashinfer", "bs": 48, "ctx": 98304, "batch_reached": 7, "fits": 7, "ttft_s": 1,
              "decode_tok_s": 50.0, "output_tok_s": 100.0, "itl_ms_median": None, "itl_ms_p99": None}]
     assert "| 7 (pool holds 7) |" in e2e_bench.table(rows, "flashinfer")
+    rows[0]["decode_tok_s_at_batch"] = 247.9  # the rate while the batch decodes, not over the queue
+    assert "| 247.9 at batch |" in e2e_bench.table(rows, "flashinfer")
