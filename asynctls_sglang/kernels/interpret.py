@@ -17,6 +17,16 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def lang_interpreted() -> bool:
+    """Whether triton.language's own jit helpers (tl.zeros, tl.cumsum, ...) run under the
+    interpreter: only if TRITON_INTERPRET=1 was set before triton.language was first imported
+    (a test module that sets it after another module imported SGLang or Triton gets kernels that
+    fail inside the interpreter with "Cannot call @triton.jit'd outside of the scope of a kernel")."""
+    import triton.language as tl
+
+    return type(tl.zeros).__name__ == "InterpretedFunction"
+
+
 def patch_interpreter() -> None:
     global _PATCHED
     if _PATCHED or not interpreting():
