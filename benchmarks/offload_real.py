@@ -99,7 +99,8 @@ def main(argv=None) -> int:
     for k, kb, cap in parse_configs(args.configs):
         cfg = {"token_budget": k, "block_budget": kb, "dense_threshold": k}
         on_cfg = {**cfg, "offload": True, **({"max_miss_blocks_per_step": cap} if cap is not None else {})}
-        on_cap = AsyncTLSConfig.from_json(json.dumps(on_cfg), source=f"--configs {k}:{kb}:{cap}").max_miss_blocks_per_step
+        on_cap = AsyncTLSConfig.from_json(json.dumps(on_cfg), source=f"--configs {k}:{kb}:{cap}")
+        on_cap = on_cap.max_miss_blocks_per_step
         kw = engine_kwargs(device, model, args.context, 64)  # prompts leave room for the output (see --context)
         t0 = time.perf_counter()
         off, _ = run_engine(kw, cfg, prompts, args.out_len)
@@ -144,7 +145,8 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"K={r['token_budget']}\nk_b={r['block_budget']}\ncap={r.get('max_miss_blocks_per_step', '?')}" for r in rows]
+    labels = [f"K={r['token_budget']}\nk_b={r['block_budget']}\ncap={r.get('max_miss_blocks_per_step', '?')}"
+              for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     x = range(len(rows))
     ax.bar([i - 0.2 for i in x], [100 * r["fraction_of_kb_x_B"] for r in rows], 0.4, label="bytes moved, % of k_b x B")

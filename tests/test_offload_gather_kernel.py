@@ -34,7 +34,8 @@ CASES = [
 @pytest.mark.parametrize("b, hk, d, per_head, dtype", CASES)
 def test_kernel_equals_torch_path(b, hk, d, per_head, dtype, programs, monkeypatch):
     monkeypatch.setattr(gather_host, "PROGRAMS", programs)
-    if DEVICE.type == "cpu" and (type(copy_blocks_kernel).__name__ != "InterpretedFunction" or not lang_interpreted()):
+    interpreted = type(copy_blocks_kernel).__name__ == "InterpretedFunction" and lang_interpreted()
+    if DEVICE.type == "cpu" and not interpreted:
         pytest.skip("the kernel or triton.language was loaded before TRITON_INTERPRET was set in this process")
     gen = torch.Generator().manual_seed(b * d)
     n_src, n_dst, p = 9, 7, 6
