@@ -186,10 +186,14 @@ class OffloadDecodeMixin:
         q3 = q.reshape(bs, hq, layer.qk_head_dim)
         index = self.asynctls_index.layer_index(l)
         scores = block_scores(q3, index, fb.seq_lens, cfg, ops, step.pages)
-        wanted = ops.select_blocks(scores, cfg.selected_blocks)  # the prediction for the next step
+        kb = cfg.selected_blocks
+        # NOTE: one top-k of twice the blocks: its first k_b are the wanted ones (the prediction for
+        # the next step), and the late ones are replaced by the next readable ones among the rest
+        ranked = ops.select_blocks(scores, 2 * kb)
+        wanted = ranked[..., :kb]
         if cfg.prefetch_depth == 0:
             rt.prefetch(l, step, wanted)
-        blocks = ops.select_blocks(rt.readable_scores(l, step, scores, wanted), cfg.selected_blocks)
+        blocks = rt.readable_blocks(l, step, ranked, kb)
         chosen = chosen_in_blocks(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens, blocks, cfg, ops)
         table, req, columns = rt.buffer_table(l, step, sp.put(chosen))
         if l == 0:

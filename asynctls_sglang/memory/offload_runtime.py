@@ -126,7 +126,7 @@ class OffloadRuntime:
         self._recent_windows: dict[int, torch.Tensor] = {}
         #: logical page -> device page (None: SGLang's page ids are device pages, host blocks alike)
         self.device_page: torch.Tensor | None = None
-        #: the table reads (readable_scores, buffer_table) as Triton kernels: on a GPU, where their
+        #: the table reads (readable_blocks, buffer_table) as Triton kernels: on a GPU, where their
         #: torch form is ~40 small launches per layer (tests set it under the interpreter)
         self.kernels = self.cache.device.type == "cuda"
         #: time of the eager prefill work (adapter.offload: load_back, seed, write_through, demote, and
@@ -213,26 +213,31 @@ class OffloadRuntime:
         copy_blocks(k_pool, self.engine.k[layer], step.win_src, step.win_dst, step.win_count, self.block_size,
                     pair=pair)
 
-    def readable(self, layer: int, step: DecodeStep, num_blocks: int) -> torch.Tensor:
-        """[bs, Hk, num_blocks] bool: blocks attention can read now (resident or in the window)."""
-        ids = torch.arange(num_blocks, device=step.lens.device).view(1, -1, 1)
-        in_window = ((ids == step.window.unsqueeze(1)) & (step.window.unsqueeze(1) >= 0)).any(-1)  # [bs, MB]
-        return self.cache.resident_mask(layer, step.rows, num_blocks) | in_window.unsqueeze(1)
-
-    def readable_scores(self, layer: int, step: DecodeStep, scores: torch.Tensor,
-                        wanted: torch.Tensor) -> torch.Tensor:
-        """Block scores [bs, Hk, NB] with -inf where attention cannot read the block now (neither
-        resident nor in the window); counts the wanted blocks [bs, Hk, k_b] of sparse rows that
-        are not readable (late). One kernel on a GPU (self.kernels), the torch code below off it."""
+    def readable_blocks(self, layer: int, step: DecodeStep, ranked: torch.Tensor, k: int) -> torch.Tensor:
+        """The blocks attention reads now: of `ranked` [bs, Hk, M] (the best M >= k blocks of each
+        row and head in rank order, -1 unused), the first k that are readable (resident, or in the
+        row's window), in rank order, -1 after: a late block is replaced by the next-ranked readable
+        one (within the M). Counts the blocks among ranked's first k (the wanted ones) of sparse
+        rows that are not readable (late). One kernel on a GPU (self.kernels), the torch code below
+        off it."""
         if self.kernels:
-            from asynctls_sglang.kernels.common.offload_tables import readable_scores
+            from asynctls_sglang.kernels.common.offload_tables import readable_blocks
 
-            return readable_scores(scores, self.cache.blk2slot[layer], step.rows, step.window, wanted, step.dense,
+            return readable_blocks(ranked, k, self.cache.blk2slot[layer], step.rows, step.window, step.dense,
                                    self.late)
-        readable = self.readable(layer, step, scores.shape[2])
-        ok = torch.gather(readable, 2, wanted.clamp(min=0))
-        self.late += ((wanted >= 0) & ~ok & ~step.dense.view(-1, 1, 1)).sum()
-        return scores.masked_fill(~readable, float("-inf"))
+        bs, hk, m = ranked.shape
+        blk = ranked.clamp(min=0)
+        resident = torch.gather(self.cache.blk2slot[layer, step.rows], 2, blk) >= 0
+        window = step.window.view(bs, 1, 1, -1)
+        in_window = ((blk.unsqueeze(-1) == window) & (window >= 0)).any(-1)
+        ok = (ranked >= 0) & (resident | in_window)
+        wanted = torch.arange(m, device=ranked.device) < k
+        self.late += ((ranked >= 0) & ~ok & wanted & ~step.dense.view(-1, 1, 1)).sum()
+        slot = torch.cumsum(ok.long(), 2) - 1
+        take = ok & (slot < k)
+        out = torch.full((bs, hk, k + 1), -1, dtype=torch.int64, device=ranked.device)
+        out.scatter_(2, torch.where(take, slot, k), torch.where(take, ranked, -1))
+        return out[..., :k]
 
     def prefetch(self, layer: int, step: DecodeStep, wanted: torch.Tensor) -> None:
         """Plan `need` (local blocks, the dense rows' blocks, then the wanted blocks in rank order)
