@@ -18,6 +18,11 @@ from asynctls_sglang.ops.select import block_scores, chosen_in_blocks, step_posi
 from asynctls_sglang.utils import swapped_attr
 
 
+#: The most blocks one offload decode layer ranks (2 k_b, at most the Triton top-k's largest k,
+#: kernels.common.topk.MAX_K; a test keeps the two equal)
+RANKED_MAX = 8192
+
+
 def build_offload_runtime(model_runner, cfg: AsyncTLSConfig, pool):
     """The offloading engine for this pool (start-up errors: HostMemoryError, ConfigError)."""
     from asynctls_sglang.memory.offload_runtime import OffloadRuntime
@@ -189,7 +194,7 @@ class OffloadDecodeMixin:
         kb = cfg.selected_blocks
         # NOTE: one top-k of twice the blocks: its first k_b are the wanted ones (the prediction for
         # the next step), and the late ones are replaced by the next readable ones among the rest
-        ranked = ops.select_blocks(scores, 2 * kb)
+        ranked = ops.select_blocks(scores, min(2 * kb, max(kb, RANKED_MAX)))
         wanted = ranked[..., :kb]
         if cfg.prefetch_depth == 0:
             rt.prefetch(l, step, wanted)

@@ -103,3 +103,10 @@ def test_readable_blocks_is_the_top_k_over_the_readable_blocks():
         kept = got[b, h][got[b, h] >= 0]
         assert set(kept.tolist()) <= set(ranked[b, h].tolist()) and bool(readable[b, h, kept].all())
         assert kept.tolist() == want[b, h, :kept.numel()].tolist()
+
+
+def test_the_ranked_width_stays_within_the_top_k_kernel():
+    from asynctls_sglang.adapter.offload import RANKED_MAX
+    from asynctls_sglang.kernels.common.topk import MAX_K
+
+    assert RANKED_MAX == MAX_K
