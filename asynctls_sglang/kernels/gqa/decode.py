@@ -7,15 +7,18 @@ from asynctls_sglang.kernels.common.launch import FLOATS, check_counts, check, c
 from asynctls_sglang.kernels.common.merge import SplitWorkspace, merge_splits, plan_splits, split_workspace
 from asynctls_sglang.kernels.gqa.decode_kernel import gqa_decode_split_kernel
 
-#: Launch parameters: positions per iteration, warps, pipeline stages, and the split plan
-#: (merge.plan_splits: at least min_tokens positions per split, about `waves` programs per SM).
+#: Launch parameters: positions per iteration, warps, pipeline stages, the split plan
+#: (merge.plan_splits: at least min_tokens positions per split, about `waves` programs per SM), and
+#: whether the next iteration's positions and slots are loaded during this one (prefetch).
 #: H200 sweep, Qwen3-8B 128k x 1/8/32, K 2048 (docs/results.md, session 9): 14.0/33.9/88.7 us
 #: against 14.6/46.5/103.1 for the former num_stages 2, waves 2.
-LAUNCH = {"block_n": 32, "num_warps": 4, "num_stages": 3, "min_tokens": 64, "waves": 4}
+LAUNCH = {"block_n": 32, "num_warps": 4, "num_stages": 3, "min_tokens": 64, "waves": 4, "prefetch": False}
 #: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90).
 SWEEP = ({"num_stages": 2, "waves": 2}, {"waves": 8}, {"block_n": 64}, {"block_n": 64, "num_stages": 2},
          {"block_n": 64, "num_stages": 2, "waves": 2}, {"num_stages": 4}, {"block_n": 16, "waves": 8},
-         {"block_n": 64, "num_warps": 8})
+         {"block_n": 64, "num_warps": 8},
+         # the next iteration's positions and slots loaded during this one (session 14, not yet timed)
+         {"prefetch": True}, {"prefetch": True, "block_n": 64}, {"prefetch": True, "num_stages": 2})
 
 
 def gqa_sparse_decode(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor,
@@ -63,5 +66,6 @@ def gqa_sparse_decode(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.T
         G=g, D=d, DV=dv, BLOCK_G=pow2(g, 16), BLOCK_D=pow2(d, 16), BLOCK_DV=pow2(dv, 16),
         BLOCK_N=cfg["block_n"], HAS_CAP=logit_cap > 0,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        HAS_COUNTS=counts is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        HAS_COUNTS=counts is not None, PREFETCH=cfg["prefetch"], num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"])
     return merge_splits(ws, splits, out)

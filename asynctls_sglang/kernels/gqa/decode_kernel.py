@@ -14,10 +14,13 @@ def gqa_decode_split_kernel(q, k_buf, v_buf, req_to_token, req_pool_indices, pos
                             G: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
                             BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                             BLOCK_N: tl.constexpr, HAS_CAP: tl.constexpr, PRECISION: tl.constexpr,
-                            HAS_COUNTS: tl.constexpr):
+                            HAS_COUNTS: tl.constexpr, PREFETCH: tl.constexpr = False):
     """Grid (bs, Hk, S). Positions [SPLIT * i_s, SPLIT * (i_s + 1)) of the head's list; the G
     query heads of the group are the rows of one tensor-core product, so each K/V row is read
-    once per group. Writes the split's normalised output and base-2 log-sum-exp."""
+    once per group. Writes the split's normalised output and base-2 log-sum-exp.
+    PREFETCH: the next iteration's positions and slots are loaded after this iteration's K and V
+    (both issued before the products), so the position -> slot -> row chain of one iteration
+    overlaps the loads and math of the one before (same result)."""
     i_b, i_h, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b_row = tl.load(req_pool_indices + i_b).to(tl.int64)
     o_g = tl.arange(0, BLOCK_G)
@@ -36,24 +39,42 @@ def gqa_decode_split_kernel(q, k_buf, v_buf, req_to_token, req_pool_indices, pos
     b_acc = tl.zeros([BLOCK_G, BLOCK_DV], dtype=tl.float32)
     p_pos = positions + i_b.to(tl.int64) * s_pb + i_h * s_ph
     n_start, n_end = split_columns(counts, i_b, i_s, K, SPLIT, HAS_COUNTS)
-    for i_n in range(n_start, n_end, BLOCK_N):
-        o_n = i_n + tl.arange(0, BLOCK_N)
-        # [BLOCK_N]
+    if PREFETCH:
+        o_n = n_start + tl.arange(0, BLOCK_N)
+        # [BLOCK_N] the first iteration's positions and slots
         b_pos = tl.load(p_pos + o_n, mask=o_n < n_end, other=-1)
-        m_n = b_pos >= 0
-        b_slot = tl.load(req_to_token + b_row * s_rr + b_pos, mask=m_n, other=0).to(tl.int64)
-        # [BLOCK_N, BLOCK_D]
-        b_k = tl.load(k_buf + b_slot[:, None] * s_kt + i_h * s_kh + o_d[None, :],
-                      mask=m_n[:, None] & m_d[None, :], other=0.0)
+        b_slot = tl.load(req_to_token + b_row * s_rr + b_pos, mask=b_pos >= 0, other=0).to(tl.int64)
+    for i_n in range(n_start, n_end, BLOCK_N):
+        if PREFETCH:
+            m_n = b_pos >= 0
+            # [BLOCK_N, BLOCK_D], [BLOCK_N, BLOCK_DV]
+            b_k = tl.load(k_buf + b_slot[:, None] * s_kt + i_h * s_kh + o_d[None, :],
+                          mask=m_n[:, None] & m_d[None, :], other=0.0)
+            b_v = tl.load(v_buf + b_slot[:, None] * s_vt + i_h * s_vh + o_v[None, :],
+                          mask=m_n[:, None] & m_v[None, :], other=0.0)
+            # the next iteration's positions and slots (all -1 / 0 past the split)
+            o_n = i_n + BLOCK_N + tl.arange(0, BLOCK_N)
+            b_pos = tl.load(p_pos + o_n, mask=o_n < n_end, other=-1)
+            b_slot = tl.load(req_to_token + b_row * s_rr + b_pos, mask=b_pos >= 0, other=0).to(tl.int64)
+        else:
+            o_n = i_n + tl.arange(0, BLOCK_N)
+            # [BLOCK_N]
+            b_pos = tl.load(p_pos + o_n, mask=o_n < n_end, other=-1)
+            m_n = b_pos >= 0
+            b_slot = tl.load(req_to_token + b_row * s_rr + b_pos, mask=m_n, other=0).to(tl.int64)
+            # [BLOCK_N, BLOCK_D]
+            b_k = tl.load(k_buf + b_slot[:, None] * s_kt + i_h * s_kh + o_d[None, :],
+                          mask=m_n[:, None] & m_d[None, :], other=0.0)
         # [BLOCK_G, BLOCK_N]
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * sm_scale
         if HAS_CAP:
             b_s = cap_logits(b_s, logit_cap)
         b_s = tl.where(m_n[None, :], b_s * LOG2E, float("-inf"))
         b_p, b_alpha, b_m, b_l = online_softmax_step(b_s, b_m, b_l)
-        # [BLOCK_N, BLOCK_DV]
-        b_v = tl.load(v_buf + b_slot[:, None] * s_vt + i_h * s_vh + o_v[None, :],
-                      mask=m_n[:, None] & m_v[None, :], other=0.0)
+        if not PREFETCH:
+            # [BLOCK_N, BLOCK_DV]
+            b_v = tl.load(v_buf + b_slot[:, None] * s_vt + i_h * s_vh + o_v[None, :],
+                          mask=m_n[:, None] & m_v[None, :], other=0.0)
         b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=PRECISION)
     b_lse = tl.where(b_l > 0, b_m + tl.log2(tl.where(b_l > 0, b_l, 1.0)), float("-inf"))
     b_o = b_acc / tl.where(b_l > 0, b_l, 1.0)[:, None]

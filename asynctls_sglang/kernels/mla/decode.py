@@ -9,16 +9,19 @@ from asynctls_sglang.kernels.mla.decode_kernel import mla_decode_split_kernel
 
 #: Launch parameters: query heads per program (block_h: GLM-4.7-Flash's 20 heads take two
 #: programs of 16, each reading every chosen latent row; 32 reads them once), positions per
-#: iteration, warps, pipeline stages, and the split plan (merge.plan_splits: at least min_tokens
-#: positions per split, about `waves` programs per SM).
+#: iteration, warps, pipeline stages, the split plan (merge.plan_splits: at least min_tokens
+#: positions per split, about `waves` programs per SM), and prefetch (as in gqa.decode).
 #: H200 sweeps, GLM-4.7-Flash 128k x 1/8/32, K 2048 (docs/results.md): block_n 32, 19.0/29.5/99.1 us
 #: against 20.8/37.5/102.1 for block_n 16 (session 9); three stages, 16.1/27.4/89.3 against
 #: 18.9/30.6/99.9 for two (session 12; with waves 4 also 15.8/33.0/74.9). block_h 32 lost
 #: (19.9/37.2/93.3): one program reading the chosen rows for all 20 heads keeps fewer in flight.
-LAUNCH = {"block_h": 16, "block_n": 32, "num_warps": 4, "num_stages": 3, "min_tokens": 64, "waves": 2}
+LAUNCH = {"block_h": 16, "block_n": 32, "num_warps": 4, "num_stages": 3, "min_tokens": 64, "waves": 2,
+          "prefetch": False}
 #: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90).
 SWEEP = ({"block_n": 16}, {"waves": 4}, {"num_stages": 2}, {"num_stages": 4}, {"num_warps": 8, "waves": 4},
-         {"block_n": 16, "num_stages": 2}, {"block_h": 32, "num_warps": 8})
+         {"block_n": 16, "num_stages": 2}, {"block_h": 32, "num_warps": 8},
+         # the next iteration's positions and slots loaded during this one (session 14, not yet timed)
+         {"prefetch": True}, {"prefetch": True, "num_stages": 2})
 
 
 def is_latent_view(k_buffer: torch.Tensor, v_buffer: torch.Tensor) -> bool:
@@ -66,5 +69,6 @@ def mla_sparse_decode(q: torch.Tensor, kv_buffer: torch.Tensor, dv: int,
         D=d, DV=dv, BLOCK_H=cfg["block_h"], BLOCK_DV=pow2(dv, 16), BLOCK_R=pow2(d - dv, 16),
         BLOCK_N=cfg["block_n"], HAS_CAP=logit_cap > 0,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        HAS_COUNTS=counts is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        HAS_COUNTS=counts is not None, PREFETCH=cfg["prefetch"], num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"])
     return merge_splits(ws, splits, out)

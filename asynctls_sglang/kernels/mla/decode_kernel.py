@@ -14,10 +14,11 @@ def mla_decode_split_kernel(q, kv_buf, req_to_token, req_pool_indices, positions
                             D: tl.constexpr, DV: tl.constexpr,
                             BLOCK_H: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_R: tl.constexpr,
                             BLOCK_N: tl.constexpr, HAS_CAP: tl.constexpr, PRECISION: tl.constexpr,
-                            HAS_COUNTS: tl.constexpr):
+                            HAS_COUNTS: tl.constexpr, PREFETCH: tl.constexpr = False):
     """Grid (bs, cdiv(Hq, BLOCK_H), S). Each latent row [D] = [DV latent | D - DV rope] is read
     once and serves both products: logits = q_latent . row[:DV] + q_rope . row[DV:], and the
-    value is row[:DV]."""
+    value is row[:DV]. PREFETCH: the next iteration's positions and slots are loaded after this
+    iteration's rows (as in the GQA kernel; same result)."""
     i_b, i_hb, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b_row = tl.load(req_pool_indices + i_b).to(tl.int64)
     o_h = i_hb * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -37,16 +38,29 @@ def mla_decode_split_kernel(q, kv_buf, req_to_token, req_pool_indices, positions
     b_acc = tl.zeros([BLOCK_H, BLOCK_DV], dtype=tl.float32)
     p_pos = positions + i_b.to(tl.int64) * s_pb
     n_start, n_end = split_columns(counts, i_b, i_s, K, SPLIT, HAS_COUNTS)
-    for i_n in range(n_start, n_end, BLOCK_N):
-        o_n = i_n + tl.arange(0, BLOCK_N)
-        # [BLOCK_N]
+    if PREFETCH:
+        o_n = n_start + tl.arange(0, BLOCK_N)
+        # [BLOCK_N] the first iteration's positions and slots
         b_pos = tl.load(p_pos + o_n, mask=o_n < n_end, other=-1)
-        m_n = b_pos >= 0
-        b_slot = tl.load(req_to_token + b_row * s_rr + b_pos, mask=m_n, other=0).to(tl.int64)
+        b_slot = tl.load(req_to_token + b_row * s_rr + b_pos, mask=b_pos >= 0, other=0).to(tl.int64)
+    for i_n in range(n_start, n_end, BLOCK_N):
+        if PREFETCH:
+            m_n = b_pos >= 0
+        else:
+            o_n = i_n + tl.arange(0, BLOCK_N)
+            # [BLOCK_N]
+            b_pos = tl.load(p_pos + o_n, mask=o_n < n_end, other=-1)
+            m_n = b_pos >= 0
+            b_slot = tl.load(req_to_token + b_row * s_rr + b_pos, mask=m_n, other=0).to(tl.int64)
         p_kv = kv_buf + b_slot[:, None] * s_kt
         # [BLOCK_N, BLOCK_DV], [BLOCK_N, BLOCK_R]
         b_kc = tl.load(p_kv + o_c[None, :], mask=m_n[:, None] & m_c[None, :], other=0.0)
         b_kr = tl.load(p_kv + o_r[None, :], mask=m_n[:, None] & m_r[None, :], other=0.0)
+        if PREFETCH:
+            # the next iteration's positions and slots (all -1 / 0 past the split)
+            o_n = i_n + BLOCK_N + tl.arange(0, BLOCK_N)
+            b_pos = tl.load(p_pos + o_n, mask=o_n < n_end, other=-1)
+            b_slot = tl.load(req_to_token + b_row * s_rr + b_pos, mask=b_pos >= 0, other=0).to(tl.int64)
         # [BLOCK_H, BLOCK_N]
         b_s = tl.dot(b_qc, tl.trans(b_kc), input_precision=PRECISION)
         b_s += tl.dot(b_qr, tl.trans(b_kr), input_precision=PRECISION)
