@@ -20,11 +20,20 @@ def tiny_model_dir(tmp_path_factory):
     return get
 
 
-@pytest.fixture(scope="session")
-def e2e_bench():
-    """benchmarks/e2e_bench.py as a module (a GPU script; its bookkeeping is tested on the CPU)."""
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "e2e_bench.py")
-    spec = importlib.util.spec_from_file_location("e2e_bench", path)
+def _benchmark(name: str):
+    """benchmarks/<name>.py as a module (GPU scripts; their bookkeeping is tested on the CPU)."""
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="session")
+def e2e_bench():
+    return _benchmark("e2e_bench")
+
+
+@pytest.fixture(scope="session")
+def offload_real():
+    return _benchmark("offload_real")

@@ -1,19 +1,7 @@
 """benchmarks/offload_real.py's --configs: K:kb with an optional copy cap, bad items named."""
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
-
-
-@pytest.fixture(scope="module")
-def offload_real():
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "offload_real.py")
-    spec = importlib.util.spec_from_file_location("offload_real", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_configs_take_an_optional_copy_cap(offload_real):
