@@ -386,14 +386,16 @@ def table(rows: list[dict], baseline: str) -> str:
     return "\n".join(out)
 
 
-def offload_cost(rows: list[dict], copy_gbps: float) -> list[dict]:
-    """Per point run with offload on and off (same budget, graphs, not fixed memory): the step's
-    growth, the host->device bytes of this point alone (the offload stats are cumulative over
-    an engine's points: differences of consecutive rows), the copy time they need at copy_gbps,
-    and the share of it hidden behind compute, at least: every millisecond the step grew is
-    counted as exposed copy time (the offload step's own work adds to the growth too), so
-    hidden >= 1 - growth / copy time. CUDA events cannot time copies inside a replayed graph;
-    this bound can."""
+def offload_cost(rows: list[dict], copy_gbps: float, base: str | None = None) -> list[dict]:
+    """Per point run with offload (graphs, not fixed memory): the host->device bytes and the hit
+    rate of this point alone (the offload stats are cumulative over an engine's points:
+    differences of consecutive rows) and the copy time the bytes need at copy_gbps; with a row
+    without offload at the same point, also the step's growth and the share of the copy time
+    hidden behind compute, at least: every millisecond the step grew is counted as exposed copy
+    time (the offload step's own work adds to the growth too), so hidden >= 1 - growth / copy
+    time. CUDA events cannot time copies inside a replayed graph; this bound can. The row without
+    offload: backend `base` (a name of --backends, e.g. a --variant), else the same backend
+    without "+offload"."""
     out, prev = [], {}
     for r in rows:
         off = r.get("offload")
@@ -402,28 +404,37 @@ def offload_cost(rows: list[dict], copy_gbps: float) -> list[dict]:
         before = prev.get(r["backend"], {})
         prev[r["backend"]] = off
         steps = off["offload_steps"] - before.get("offload_steps", 0)
-        moved = off["bytes_moved"] - before.get("bytes_moved", 0)
-        base = next((b for b in rows if b["backend"] == r["backend"].split("+offload")[0]
-                     and (b["bs"], b["ctx"]) == (r["bs"], r["ctx"])), None)
-        if base is None or not steps or not base.get("itl_ms_median") or not r.get("itl_ms_median"):
+        if not steps:
             continue
-        growth = r["itl_ms_median"] - base["itl_ms_median"]
+        moved = off["bytes_moved"] - before.get("bytes_moved", 0)
+        hits = off["blocks_hit"] - before.get("blocks_hit", 0)
+        misses = off["blocks_missed"] - before.get("blocks_missed", 0)
+        own = r["backend"].split("+offload")[0]
+        base_row = next((b for b in rows if "offload" not in b and (b["bs"], b["ctx"]) == (r["bs"], r["ctx"])
+                         and (b["backend"] == own if base is None
+                              else b["backend"] == base or b["backend"].startswith(base + "("))), None)
         copy_ms = moved / steps / (copy_gbps * 1e9) * 1e3
-        out.append({"bs": r["bs"], "ctx": r["ctx"], "backend": r["backend"], "itl_ms_off": base["itl_ms_median"],
-                    "itl_ms_on": r["itl_ms_median"], "step_growth": round(growth / base["itl_ms_median"], 4),
-                    "mb_per_step": round(moved / steps / 1e6, 1), "copy_ms_per_step": round(copy_ms, 2),
-                    "copy_gbps": copy_gbps,
-                    "hidden_at_least": round(min(1.0, max(0.0, 1 - growth / copy_ms)), 3) if copy_ms else None})
+        c = {"bs": r["bs"], "ctx": r["ctx"], "backend": r["backend"], "itl_ms_on": r.get("itl_ms_median"),
+             "mb_per_step": round(moved / steps / 1e6, 1), "hit_rate": round(hits / (hits + misses), 4)
+             if hits + misses else None, "copy_ms_per_step": round(copy_ms, 2), "copy_gbps": copy_gbps,
+             "itl_ms_off": None, "step_growth": None, "hidden_at_least": None}
+        if base_row is not None and base_row.get("itl_ms_median") and r.get("itl_ms_median"):
+            growth = r["itl_ms_median"] - base_row["itl_ms_median"]
+            c.update(itl_ms_off=base_row["itl_ms_median"], step_growth=round(growth / base_row["itl_ms_median"], 4),
+                     hidden_at_least=round(min(1.0, max(0.0, 1 - growth / copy_ms)), 3) if copy_ms else None)
+        out.append(c)
     return out
 
 
 def offload_table(cost: list[dict]) -> str:
-    out = ["| backend | bs | ctx | ITL ms off / on | step | MB per step | copy ms per step | hidden (at least) |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = ["| backend | bs | ctx | ITL ms off / on | step | MB per step | hit rate | copy ms per step | hidden (at least) |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for c in cost:
         hidden = "-" if c["hidden_at_least"] is None else f"{c['hidden_at_least']:.0%}"
-        out.append(f"| {c['backend']} | {c['bs']} | {c['ctx']} | {c['itl_ms_off']} / {c['itl_ms_on']} | "
-                   f"{c['step_growth']:+.0%} | {c['mb_per_step']} | {c['copy_ms_per_step']} "
+        growth = "-" if c["step_growth"] is None else f"{c['step_growth']:+.0%}"
+        hit = "-" if c.get("hit_rate") is None else f"{c['hit_rate']:.3f}"
+        out.append(f"| {c['backend']} | {c['bs']} | {c['ctx']} | {c['itl_ms_off'] or '-'} / {c['itl_ms_on']} | "
+                   f"{growth} | {c['mb_per_step']} | {hit} | {c['copy_ms_per_step']} "
                    f"(at {c['copy_gbps']} GB/s) | {hidden} |")
     return "\n".join(out)
 
@@ -485,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--copy-gbps", type=float, default=52.3,
                     help="host->device copy rate for the offload cost table (default: the pinned memcpy "
                          "rate benchmarks/copy_bench.py measured on the H200)")
+    ap.add_argument("--offload-base", default=None, metavar="NAME",
+                    help="the backend of --backends (e.g. a --variant) whose rows the offload rows are compared "
+                         "with in the offload cost table (default: the same backend without offload)")
     ap.add_argument("--extra", default="{}", help="extra sglang.Engine arguments (JSON)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                     help="an asynctls engine with these extra AsyncTLS fields, run where NAME stands in "
@@ -512,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.offload_base is not None and args.offload_base not in args.backends.split(","):
+        raise SystemExit(f"--offload-base {args.offload_base!r} is not one of --backends ({args.backends})")
     from asynctls_sglang import env
 
     variants = parse_variants(args.variant)
@@ -529,7 +545,7 @@ def main(argv=None) -> int:
             rows += run_backend(args, backend, cfg, eager=timed, label=name if name in variants else None)
             json.dump({"model": args.model, "args": vars(args), "rows": rows}, open(args.out, "w"), indent=1)
     print(table(rows, args.backends.split(",")[0]))
-    cost = offload_cost(rows, args.copy_gbps)
+    cost = offload_cost(rows, args.copy_gbps, args.offload_base)
     if cost:
         print(offload_table(cost))
         json.dump({"model": args.model, "args": vars(args), "rows": rows, "offload_cost": cost},
