@@ -57,6 +57,17 @@ def offload_timing() -> bool:
     return os.environ.get(ASYNCTLS_OFFLOAD_TIMING, "0") == "1"
 
 
+#: "1" (tests, off the GPU): the offloading engine's copy stream at its latest. Its work (plans,
+#: copies) runs only when the compute side waits for it (memory.transfer.TransferEngine's defer),
+#: so a read of the resident cache or its tables that misses its wait sees stale data, as a late
+#: copy stream would show it on a GPU; on the CPU the streams otherwise run inline.
+ASYNCTLS_DEFER_COPIES = "ASYNCTLS_DEFER_COPIES"
+
+
+def defer_copies() -> bool:
+    return os.environ.get(ASYNCTLS_DEFER_COPIES, "0") == "1"
+
+
 #: "1" makes the backend use its fixed-shape (CUDA-graph) decode path in eager mode too, so the
 #: graph path's selection logic runs (and is tested) on the CPU.
 ASYNCTLS_FIXED_SHAPES = "ASYNCTLS_FIXED_SHAPES"

@@ -125,6 +125,28 @@ def test_gqa_small_cache_pipeline(small_engine, reference):
     assert asynctls_stats(eng)["attended_tokens_last"] == CFG["token_budget"]
 
 
+def test_gqa_pipeline_with_the_copy_stream_at_its_latest(qwen3, monkeypatch):
+    """ASYNCTLS_DEFER_COPIES=1: every plan and copy of the copy stream runs only when the compute
+    side waits for it, the latest a GPU's copy stream could run (decode plans run there since
+    session 14). Same tokens and counts as the inline run: no read of the resident cache or its
+    tables misses its wait, across request ends and rows taken again (the smallest cache: misses,
+    evictions and late blocks at every step of LONG)."""
+    keys = ("blocks_late", "blocks_moved", "blocks_evicted", "blocks_missed", "seed_blocks_moved",
+            "tokens_dropped", "rows_in_use")
+
+    def run():
+        with engine(qwen3, "asynctls", SMALL) as eng:
+            out = greedy(eng, SHORT) + greedy(eng, LONG) + greedy(eng, SHORT[::-1] + LONG)
+            stats = offload_stats(eng)
+        return out, {k: stats[k] for k in keys}
+
+    inline = run()
+    monkeypatch.setenv("ASYNCTLS_DEFER_COPIES", "1")
+    deferred = run()
+    assert inline[1]["blocks_late"] > 0 and inline[1]["blocks_evicted"] > 0
+    assert deferred == inline
+
+
 def test_gqa_fixed_shape_path_with_dense_rows(qwen3, reference, monkeypatch):
     """The CUDA-graph decode path (fixed shapes, device-side dense/sparse choice; here eager on
     the CPU) with offload: rows under the dense threshold attend all their blocks from the

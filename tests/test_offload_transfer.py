@@ -2,6 +2,7 @@
 between requests across eviction, abort (reset) and row reuse."""
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
@@ -107,6 +108,28 @@ def test_a_plan_made_on_the_copy_stream_moves_what_a_plan_made_before_issue_move
                          (made.k[layer], deferred.k[layer]), (made.v[layer], deferred.v[layer])):
                 assert torch.equal(bits(a), bits(b)), f"step {step} layer {layer}"
     assert made.snapshot()["blocks_moved"] == deferred.snapshot()["blocks_moved"] > 0
+
+
+def test_deferred_copies_run_only_when_waited_for():
+    """defer (tests): the copy stream at its latest. Nothing an issue does (plan, copies) happens
+    before the compute side waits for that layer (or joins); then it all does, in issue order."""
+    host, cache, engine = build(2, 8, 6)
+    _, cache2, deferred = build(2, 8, 6)
+    deferred._queue = []  # as TransferEngine(..., defer=True) on the CPU
+    pages, rows = torch.tensor([[3, 7, 11, 2, 5, 9, 13, 17, 19, 23]] * 2), torch.tensor([1, 2])
+    need = torch.tensor([[[0, 1, 2], [3, 4, 5]], [[6, 7, 8], [0, 2, 4]]])
+    engine.issue(0, cache.plan(0, rows, need, pages))
+    deferred.issue(0, lambda: cache2.plan(0, rows, need, pages))
+    deferred.issue(1, lambda: cache2.plan(1, rows, need, pages))
+    assert (cache2.blk2slot < 0).all() and torch.isnan(deferred.k[0]).all()  # not run yet
+    deferred.wait(0)
+    assert torch.equal(cache2.blk2slot[0], cache.blk2slot[0])
+    assert torch.equal(bits(deferred.k[0]), bits(engine.k[0])) and (cache2.blk2slot[1] < 0).all()
+    deferred.join()
+    assert (cache2.blk2slot[1] >= 0).any() and not deferred._queue
+    with pytest.raises(ValueError, match="off the GPU only") if torch.cuda.is_available() else \
+            contextlib.nullcontext():
+        TransferEngine(host, cache, defer=True)
 
 
 def test_pool_to_host_to_resident_round_trip_and_translation():

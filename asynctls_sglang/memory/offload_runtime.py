@@ -27,6 +27,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from asynctls_sglang import env
 from asynctls_sglang.config import AsyncTLSConfig
 from asynctls_sglang.memory.block_copy import copy_blocks
 from asynctls_sglang.memory.host_tier import HostKVTier
@@ -103,7 +104,8 @@ class OffloadRuntime:
                                         capacity=cfg.resident_capacity, max_blocks=max_blocks,
                                         max_miss=cfg.max_miss_blocks_per_step, block_size=b, device=device)
         self.engine = TransferEngine(self.host, self.cache, prefetch_depth=cfg.prefetch_depth, timing=timing,
-                                     extra_tokens=num_rows * self.n_window * b)
+                                     extra_tokens=num_rows * self.n_window * b,
+                                     defer=env.defer_copies() and self.cache.device.type != "cuda")
         dev = self.cache.device
         self.window_base = self.engine.cache_tokens
         self.seed_counters = torch.zeros_like(self.cache.counters)
@@ -177,7 +179,10 @@ class OffloadRuntime:
                     max_blocks: int, dense_blocks: int, ops) -> DecodeStep:
         """The per-forward tensors (fixed shapes for fixed max_blocks, dense_blocks; no host sync)."""
         cfg, b, hk = self.cfg, self.block_size, self.kv_heads
-        rows, lens = rows.long(), lens.long()
+        # NOTE: copies, not views: the step's plans run on the copy stream and may run after SGLang
+        # has written the next batch into the buffers behind req_pool_indices / seq_lens (eager
+        # decode; found with ASYNCTLS_DEFER_COPIES: a late plan filled the next request's row)
+        rows, lens = rows.to(torch.int64, copy=True), lens.to(torch.int64, copy=True)
         bs = rows.shape[0]
         pages = ops.block_table(req_to_token, rows, max_blocks, b)
         fixed = forced_blocks(lens, 1, b, cfg.sink_tokens, cfg.local_window)[:, 0]  # [bs, Wn]

@@ -27,11 +27,16 @@ from asynctls_sglang.memory.streams import LayerEvents, SideStream
 
 class TransferEngine:
     def __init__(self, host: HostKVTier, cache: ResidentBlockCache, *, prefetch_depth: int = 1,
-                 timing: bool = False, timing_window: int = 4096, extra_tokens: int = 0) -> None:
+                 timing: bool = False, timing_window: int = 4096, extra_tokens: int = 0,
+                 defer: bool = False) -> None:
         """timing: record CUDA timing events around copies and waits (eager runs only: it creates
         events per call; off under CUDA graphs). extra_tokens: rows appended to each resident
         buffer after the cache's rows * C * B (the SGLang adapter keeps each request's sink and
-        local-window blocks there, copied from the device pool; see memory.offload_runtime)."""
+        local-window blocks there, copied from the device pool; see memory.offload_runtime).
+        defer (off the GPU only; tests): the copy stream at its latest. Each issue's work (plan
+        and copies) is queued and runs only when something waits for it: wait(l) runs the
+        queue up to layer l's last issue, and join, before_replay, end_capture and snapshot run
+        all of it. On the CPU the streams otherwise run inline, which hides a missing wait."""
         if host.block_size != cache.block_size or host.num_layers != cache.num_layers \
                 or host.kv_heads != cache.kv_heads:
             raise ValueError("TransferEngine: host tier and resident cache disagree on block size, layers or heads")
@@ -49,6 +54,10 @@ class TransferEngine:
         self.timing = timing and self.copy_stream.stream is not None
         self._copy_times: collections.deque = collections.deque(maxlen=timing_window)
         self._wait_times: collections.deque = collections.deque(maxlen=timing_window)
+        if defer and self.copy_stream.stream is not None:
+            raise ValueError("TransferEngine: defer simulates a late copy stream off the GPU only")
+        #: defer: (layer, work) in issue order, not yet run
+        self._queue: list[tuple[int, Callable[[], None]]] | None = [] if defer else None
 
     @property
     def entry_bytes(self) -> int:
@@ -69,13 +78,26 @@ class TransferEngine:
     def before_replay(self) -> None:
         """Call eagerly before each CUDA-graph replay: the compute stream waits for all copies and
         write-throughs issued outside the graph (a replay only orders after its own stream)."""
+        self._run_queued()
         self.copy_stream.join_into_current()
         self.host.write_stream.join_into_current()
 
     def end_capture(self) -> None:
         """Call last inside a capture: every forked side stream must join the capture stream."""
+        self._run_queued()
         self.copy_stream.join_into_current()
         self.host.write_stream.join_into_current()
+
+    def _run_queued(self, layer: int | None = None) -> None:
+        """defer: run the queued work, all of it or up to layer `layer`'s last issue (in order,
+        as the copy stream would have)."""
+        if not self._queue:
+            return
+        last = len(self._queue) if layer is None else \
+            max((i + 1 for i, (l, _) in enumerate(self._queue) if l == layer), default=0)
+        work, self._queue[:] = self._queue[:last], self._queue[last:]
+        for _, run in work:
+            run()
 
     # copies ------------------------------------------------------------------------------------
     def issue(self, layer: int, plan: TransferPlan | Callable[[], TransferPlan],
@@ -91,25 +113,33 @@ class TransferEngine:
         """
         k_src = self.host.k if source is None else source[0]
         v_src = self.host.v if source is None else source[1]
+
+        def work() -> TransferPlan:
+            made = plan() if callable(plan) else plan
+            # NOTE: blocks are read from the host only after their write-through has landed.
+            self.host.wait_written()
+            start = self._event()
+            pair = (v_src[layer], self.v[layer]) if self.v is not None and v_src is not None else None
+            copy_blocks(k_src[layer], self.k[layer], made.src_block, made.dst_block, made.count,
+                        self.host.block_size, made.head, pair)
+            end = self._event()
+            if start is not None:
+                self._copy_times.append((start, end))
+            return made
+
+        if self._queue is not None:
+            self._queue.append((layer, work))
+            self.done.record(layer, self.copy_stream)
+            return
         # NOTE: fork = the copy stream waits for all the compute stream issued so far: the plan's
         # inputs are written, and the attention of this layer already read the old contents of
         # the victim slots and the old tables, so rewriting them is safe.
         self.copy_stream.fork()
         self.copy_stream.keep_alive(*reads)
         with self.copy_stream.active():
-            if callable(plan):
-                plan = plan()
-            # NOTE: blocks are read from the host only after their write-through has landed.
-            self.host.wait_written()
-            start = self._event()
-            pair = (v_src[layer], self.v[layer]) if self.v is not None and v_src is not None else None
-            copy_blocks(k_src[layer], self.k[layer], plan.src_block, plan.dst_block, plan.count,
-                        self.host.block_size, plan.head, pair)
-            end = self._event()
+            made = work()
         # NOTE: plan tensors may be the caller's temporaries (seed's plan after a prefill)
-        self.copy_stream.keep_alive(plan.src_block, plan.dst_block, plan.head, plan.count)
-        if start is not None:
-            self._copy_times.append((start, end))
+        self.copy_stream.keep_alive(made.src_block, made.dst_block, made.head, made.count)
         self.done.record(layer, self.copy_stream)
 
     def wait(self, layer: int) -> None:
@@ -118,6 +148,7 @@ class TransferEngine:
         NOTE: call before reading layer `layer`'s resident buffers and before the next plan() of
         that layer (which rewrites the plan buffers the copy kernel reads).
         """
+        self._run_queued(layer)
         before = self._event()
         self.done.wait(layer)
         after = self._event()
@@ -127,6 +158,7 @@ class TransferEngine:
     def join(self) -> None:
         """The compute stream waits for everything issued on the copy stream (eager; no-op off
         the GPU). Before the residency tables are changed on the compute stream outside a plan."""
+        self._run_queued()
         self.copy_stream.join_into_current()
 
     def fetch_now(self, layer: int, plan: TransferPlan) -> None:
@@ -143,6 +175,7 @@ class TransferEngine:
 
     def snapshot(self) -> dict[str, float | int | str]:
         """Metrics (host sync: call off the decode path). A step is one plan of layer 0."""
+        self._run_queued()
         if self.copy_stream.stream is not None:
             # NOTE: decode plans count on the copy stream: the host waits for it (not the compute stream)
             self.copy_stream.stream.synchronize()
