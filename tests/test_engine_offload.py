@@ -199,10 +199,21 @@ def test_mla_pipeline_fixed_shapes(tiny_model_dir, monkeypatch):
     with engine(path, "asynctls", CFG) as eng:
         off = greedy(eng, SHORT)
     monkeypatch.setenv("ASYNCTLS_FIXED_SHAPES", "1")
-    with engine(path, "asynctls", dict(CFG, offload=True)) as eng:
-        piped = greedy(eng, SHORT)
-        batched = greedy(eng, SHORT + LONG, batched=True)
-        stats = offload_stats(eng)
+
+    def run():
+        with engine(path, "asynctls", dict(CFG, offload=True)) as eng:
+            piped = greedy(eng, SHORT)
+            batched = greedy(eng, SHORT + LONG, batched=True)
+            return piped, batched, offload_stats(eng)
+
+    piped, batched, stats = run()
     assert piped == off
     assert all(len(o) == PARAMS["max_new_tokens"] for o in batched)
     assert stats["prefix_blocks_loaded"] > 0 and stats["tokens_dropped"] == 0 and stats["bytes_moved"] > 0
+    # the copy stream at its latest (ASYNCTLS_DEFER_COPIES): the same, with a batch whose rows
+    # change as its requests end (the plans of a step must keep that step's rows)
+    monkeypatch.setenv("ASYNCTLS_DEFER_COPIES", "1")
+    late_piped, late_batched, late = run()
+    keys = ("blocks_late", "blocks_moved", "blocks_evicted", "seed_blocks_moved", "tokens_dropped", "rows_in_use")
+    assert (late_piped, late_batched) == (piped, batched)
+    assert {k: late[k] for k in keys} == {k: stats[k] for k in keys}
