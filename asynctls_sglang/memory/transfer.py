@@ -107,7 +107,9 @@ class TransferEngine:
 
         plan: a TransferPlan, or a callable that makes it (ResidentBlockCache.plan), run on the
         copy stream after the fork: the compute stream then only records the fork. reads: the
-        compute stream's tensors that callable reads (kept alive for the copy stream).
+        compute stream's tensors that callable reads (kept alive for the copy stream). Nothing may
+        write them before the copy stream has run: pass copies of buffers that get rewritten (such
+        as SGLang's batch tensors), not views.
         source: per-layer (k, v) buffers to copy from instead of the host tier (e.g. the device
         pool right after prefill, with device page ids in the plan's src_block).
         """
