@@ -40,3 +40,21 @@ def test_offload_serves_more_than_4x_the_device_pool(tiny_model_dir):
     assert stats["blocks_demoted"] >= len(PROMPTS) * (520 // 16 - 4)  # prompt blocks left the device
     assert stats["prefix_blocks_loaded"] > 0  # chunked prefills read their demoted prefix back
     assert stats["tokens_dropped"] == 0 and stats["blocks_late"] == 0 and stats["bytes_moved"] > 0
+
+
+def test_capacity_run_with_the_copy_stream_at_its_latest(tiny_model_dir, monkeypatch):
+    """The same 12 requests with the paper's pipeline (depth 1): chunked prefills, demotion,
+    load-back, seeds and a decode batch whose rows change as requests end. With the copy stream
+    at its latest (ASYNCTLS_DEFER_COPIES: its plans and copies run only when the compute side
+    waits for them) the tokens and counts are those of the inline run: no read misses its wait."""
+    model = tiny_model_dir("qwen3")
+    cfg = dict(CFG, offload=True, host_pool_tokens=8192, prefetch_depth=1, resident_blocks=64,
+               max_miss_blocks_per_step=64)
+    keys = ("blocks_late", "blocks_moved", "blocks_evicted", "seed_blocks_moved", "tokens_dropped",
+            "rows_in_use", "prefix_blocks_loaded", "blocks_demoted")
+    inline_out, inline = serve_all(model, cfg)
+    monkeypatch.setenv("ASYNCTLS_DEFER_COPIES", "1")
+    late_out, late = serve_all(model, cfg)
+    assert inline["max_decode_batch"] == len(PROMPTS) and inline["offload"]["blocks_late"] > 0
+    assert late_out == inline_out
+    assert {k: late["offload"][k] for k in keys} == {k: inline["offload"][k] for k in keys}
