@@ -215,10 +215,6 @@ class ResidentBlockCache:
         return TransferPlan(plan.src_block[:p], plan.dst_block[:p], plan.head[:p], plan.count)
 
     # reads for the attention ---------------------------------------------------------------------
-    def resident_mask(self, layer: int, rows: torch.Tensor, num_blocks: int) -> torch.Tensor:
-        """[bs, Hk, num_blocks] bool: request block resident in `layer` (mask block scores with it)."""
-        return self.blk2slot[layer, rows, :, :num_blocks] >= 0
-
     def token_rows(self, layer: int, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """positions [bs, Hk, K] (-1 unused) -> rows of the resident buffers [rows * C * B, Hk, D]
         holding them, -1 where unused or not resident."""
