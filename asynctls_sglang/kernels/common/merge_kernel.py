@@ -39,3 +39,13 @@ def split_columns(counts, i_b, i_s, K, SPLIT, HAS_COUNTS: tl.constexpr):
         n_len = tl.minimum(tl.load(counts + i_b).to(tl.int32), K)
     n_start = i_s * SPLIT
     return n_start, tl.minimum(n_start + SPLIT, n_len)
+
+
+@triton.jit
+def split_slots(p_pos, p_r2t, i_n, n_end, BLOCK_N: tl.constexpr):
+    """Columns [i_n, i_n + BLOCK_N) of a split ending at n_end -> (positions, -1 past the split or
+    unused; their slots in the request's row of req_to_token p_r2t, int64, 0 where unused)."""
+    o_n = i_n + tl.arange(0, BLOCK_N)
+    b_pos = tl.load(p_pos + o_n, mask=o_n < n_end, other=-1)
+    b_slot = tl.load(p_r2t + b_pos, mask=b_pos >= 0, other=0).to(tl.int64)
+    return b_pos, b_slot

@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-from asynctls_sglang.kernels.common.merge_kernel import split_columns
+from asynctls_sglang.kernels.common.merge_kernel import split_columns, split_slots
 from asynctls_sglang.kernels.common.softmax import LOG2E, cap_logits, online_softmax_step
 
 
@@ -38,12 +38,11 @@ def gqa_decode_split_kernel(q, k_buf, v_buf, req_to_token, req_pool_indices, pos
     # [BLOCK_G, BLOCK_DV]
     b_acc = tl.zeros([BLOCK_G, BLOCK_DV], dtype=tl.float32)
     p_pos = positions + i_b.to(tl.int64) * s_pb + i_h * s_ph
+    p_r2t = req_to_token + b_row * s_rr
     n_start, n_end = split_columns(counts, i_b, i_s, K, SPLIT, HAS_COUNTS)
     if PREFETCH:
-        o_n = n_start + tl.arange(0, BLOCK_N)
         # [BLOCK_N] the first iteration's positions and slots
-        b_pos = tl.load(p_pos + o_n, mask=o_n < n_end, other=-1)
-        b_slot = tl.load(req_to_token + b_row * s_rr + b_pos, mask=b_pos >= 0, other=0).to(tl.int64)
+        b_pos, b_slot = split_slots(p_pos, p_r2t, n_start, n_end, BLOCK_N)
     for i_n in range(n_start, n_end, BLOCK_N):
         if PREFETCH:
             m_n = b_pos >= 0
@@ -53,15 +52,11 @@ def gqa_decode_split_kernel(q, k_buf, v_buf, req_to_token, req_pool_indices, pos
             b_v = tl.load(v_buf + b_slot[:, None] * s_vt + i_h * s_vh + o_v[None, :],
                           mask=m_n[:, None] & m_v[None, :], other=0.0)
             # the next iteration's positions and slots (all -1 / 0 past the split)
-            o_n = i_n + BLOCK_N + tl.arange(0, BLOCK_N)
-            b_pos = tl.load(p_pos + o_n, mask=o_n < n_end, other=-1)
-            b_slot = tl.load(req_to_token + b_row * s_rr + b_pos, mask=b_pos >= 0, other=0).to(tl.int64)
+            b_pos, b_slot = split_slots(p_pos, p_r2t, i_n + BLOCK_N, n_end, BLOCK_N)
         else:
-            o_n = i_n + tl.arange(0, BLOCK_N)
             # [BLOCK_N]
-            b_pos = tl.load(p_pos + o_n, mask=o_n < n_end, other=-1)
+            b_pos, b_slot = split_slots(p_pos, p_r2t, i_n, n_end, BLOCK_N)
             m_n = b_pos >= 0
-            b_slot = tl.load(req_to_token + b_row * s_rr + b_pos, mask=m_n, other=0).to(tl.int64)
             # [BLOCK_N, BLOCK_D]
             b_k = tl.load(k_buf + b_slot[:, None] * s_kt + i_h * s_kh + o_d[None, :],
                           mask=m_n[:, None] & m_d[None, :], other=0.0)

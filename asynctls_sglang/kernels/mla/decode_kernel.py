@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-from asynctls_sglang.kernels.common.merge_kernel import split_columns
+from asynctls_sglang.kernels.common.merge_kernel import split_columns, split_slots
 from asynctls_sglang.kernels.common.softmax import LOG2E, cap_logits, online_softmax_step
 
 
@@ -37,30 +37,23 @@ def mla_decode_split_kernel(q, kv_buf, req_to_token, req_pool_indices, positions
     # [BLOCK_H, BLOCK_DV]
     b_acc = tl.zeros([BLOCK_H, BLOCK_DV], dtype=tl.float32)
     p_pos = positions + i_b.to(tl.int64) * s_pb
+    p_r2t = req_to_token + b_row * s_rr
     n_start, n_end = split_columns(counts, i_b, i_s, K, SPLIT, HAS_COUNTS)
     if PREFETCH:
-        o_n = n_start + tl.arange(0, BLOCK_N)
         # [BLOCK_N] the first iteration's positions and slots
-        b_pos = tl.load(p_pos + o_n, mask=o_n < n_end, other=-1)
-        b_slot = tl.load(req_to_token + b_row * s_rr + b_pos, mask=b_pos >= 0, other=0).to(tl.int64)
+        b_pos, b_slot = split_slots(p_pos, p_r2t, n_start, n_end, BLOCK_N)
     for i_n in range(n_start, n_end, BLOCK_N):
-        if PREFETCH:
-            m_n = b_pos >= 0
-        else:
-            o_n = i_n + tl.arange(0, BLOCK_N)
+        if not PREFETCH:
             # [BLOCK_N]
-            b_pos = tl.load(p_pos + o_n, mask=o_n < n_end, other=-1)
-            m_n = b_pos >= 0
-            b_slot = tl.load(req_to_token + b_row * s_rr + b_pos, mask=m_n, other=0).to(tl.int64)
+            b_pos, b_slot = split_slots(p_pos, p_r2t, i_n, n_end, BLOCK_N)
+        m_n = b_pos >= 0
         p_kv = kv_buf + b_slot[:, None] * s_kt
         # [BLOCK_N, BLOCK_DV], [BLOCK_N, BLOCK_R]
         b_kc = tl.load(p_kv + o_c[None, :], mask=m_n[:, None] & m_c[None, :], other=0.0)
         b_kr = tl.load(p_kv + o_r[None, :], mask=m_n[:, None] & m_r[None, :], other=0.0)
         if PREFETCH:
             # the next iteration's positions and slots (all -1 / 0 past the split)
-            o_n = i_n + BLOCK_N + tl.arange(0, BLOCK_N)
-            b_pos = tl.load(p_pos + o_n, mask=o_n < n_end, other=-1)
-            b_slot = tl.load(req_to_token + b_row * s_rr + b_pos, mask=b_pos >= 0, other=0).to(tl.int64)
+            b_pos, b_slot = split_slots(p_pos, p_r2t, i_n + BLOCK_N, n_end, BLOCK_N)
         # [BLOCK_H, BLOCK_N]
         b_s = tl.dot(b_qc, tl.trans(b_kc), input_precision=PRECISION)
         b_s += tl.dot(b_qr, tl.trans(b_kr), input_precision=PRECISION)
