@@ -14,8 +14,9 @@ def tiny_model_dir(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny_models")
 
-    def get(kind: str) -> str:
-        return write_tiny_model(kind, str(root / kind))
+    def get(kind: str, **overrides) -> str:
+        name = "_".join([kind] + [f"{k}{v}" for k, v in sorted(overrides.items())])
+        return write_tiny_model(kind, str(root / name), **overrides)
 
     return get
 

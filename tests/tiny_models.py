@@ -65,9 +65,17 @@ def glm4_moe_lite_config() -> dict:
 
 CONFIGS = {"qwen3": qwen3_config, "deepseek_v2": deepseek_v2_config, "glm4_moe_lite": glm4_moe_lite_config}
 
+# GPU tests: head dims whose FlashInfer kernels (bf16, 128/128: decode, paged and ragged prefill)
+# the device carry's JIT cache holds, so a fresh H200 does not build them (head dim 64 took more
+# than 170 s of a device call in session 14). MLA: the MHA-form prefill runs FlashInfer's ragged
+# prefill at qk_nope + rope = 128 for Q/K and v_head_dim for V.
+GPU_SHAPES = {"qwen3": {"head_dim": 128}, "deepseek_v2": {"v_head_dim": 128},
+              "glm4_moe_lite": {"v_head_dim": 128}}
 
-def write_tiny_model(kind: str, path: str, seed: int = 0) -> str:
-    """Write (once) an HF folder for a tiny model of the given kind; returns the path."""
+
+def write_tiny_model(kind: str, path: str, seed: int = 0, **overrides) -> str:
+    """Write (once) an HF folder for a tiny model of the given kind; returns the path.
+    overrides replace config fields (GPU tests: GPU_SHAPES)."""
     if os.path.exists(os.path.join(path, "model.safetensors")):
         return path
     import transformers
@@ -75,6 +83,10 @@ def write_tiny_model(kind: str, path: str, seed: int = 0) -> str:
 
     os.makedirs(path, exist_ok=True)
     cfg_dict = CONFIGS[kind]()
+    unknown = sorted(set(overrides) - set(cfg_dict))
+    if unknown:
+        raise KeyError(f"not fields of the {kind} config: {unknown}")
+    cfg_dict.update(overrides)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(cfg_dict, f, indent=1)
     config = transformers.AutoConfig.from_pretrained(path)
