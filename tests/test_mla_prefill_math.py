@@ -45,6 +45,7 @@ def test_empty_prefix_expands_to_nothing():
 
 def test_mode_resolution():
     assert resolve_mode("auto", "triton") == "mha"
+    assert resolve_mode("auto", "flashinfer") == "mha"  # FlashInfer's MLA backend as the base
     assert resolve_mode("auto", "torch_native") == "absorbed"
     assert resolve_mode("absorbed", "triton") == "absorbed"
     assert resolve_mode("mha", "torch_native") == "mha"

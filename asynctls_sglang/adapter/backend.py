@@ -1,7 +1,7 @@
 """The `asynctls` attention backend.
 
 Prefill (extend) is dense and runs on SGLang's own kernels (torch_native on CPU; FlashInfer on
-GPU for GQA models, Triton for MLA: ``dense_backend``); it also feeds the
+GPU, its MLA backend for MLA models, Triton for MLA with offload: ``dense_backend``); it also feeds the
 online calibration of the index channels. Decode runs the two-level selection on the index that
 the pool keeps and attends exactly over the chosen tokens. Requests no longer than
 ``dense_threshold`` (config.AsyncTLSConfig.dense_len) decode on the stock kernel (a batch made
@@ -21,6 +21,7 @@ Per-step metadata is planned once per forward; per-layer calls only launch ops.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -198,7 +199,7 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         if seq_lens_cpu.numel() == 0:  # a replay view that is all padding (an idle rank's batch)
             return False
         cfg = self.asynctls_cfg
-        bound = cfg.dense_batch_len(int(seq_lens_cpu.shape[0]))
+        bound = cfg.dense_batch_len(int(seq_lens_cpu.shape[0]), mla=self.asynctls_mla is not None)
         return int(seq_lens_cpu.max()) <= cfg.dense_len or int(seq_lens_cpu.sum()) <= bound
 
     def _graph_blocks(self) -> int:
@@ -359,6 +360,7 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         snap.update({
             "config": self.asynctls_cfg.to_json(),
             "ops": self.asynctls_ops.__name__.rsplit(".", 1)[-1],
+            "dense_base": type(self).__bases__[-1].__name__,  # create_backend: (mixin, base)
             "index_channels": index.r,
             "calibrated_tokens_layer0": index.calibrated_tokens[0],
             "index_requantisations": index.requantisations,
@@ -375,30 +377,64 @@ _CLASSES: dict[type, type] = {}
 
 
 def dense_base_name(cfg: AsyncTLSConfig, device: str, is_mla: bool) -> str:
-    """The dense SGLang backend the asynctls class derives from (config.dense_backend, resolved)."""
+    """The dense SGLang backend the asynctls class derives from (config.dense_backend, resolved).
+    "flashinfer" is FlashInfer's MLA backend for an MLA model (_dense_base)."""
     name = cfg.dense_backend
-    if name == "flashinfer" and is_mla:
-        raise ConfigError(f"{flag_name('dense_backend')} flashinfer serves GQA/MHA models only; "
-                          "MLA models use triton (or auto)")
+    if name == "flashinfer" and is_mla and cfg.offload:
+        # NOTE: the offload prefill swaps the base's tables to device slots (_device_tables), done
+        # and tested for the Triton and FlashInfer (GQA) bases only
+        raise ConfigError(f"{flag_name('dense_backend')} flashinfer with {flag_name('offload')} serves "
+                          "GQA/MHA models only; MLA models with offload use triton (or auto)")
     if name != "auto":
         return name
     if not str(device).startswith("cuda"):
         return "torch_native"
-    if is_mla:
+    if is_mla and cfg.offload:
         return "triton"
     try:
         import flashinfer  # noqa: F401
     except ImportError:
         return "triton"
+    # MLA: FlashInfer's MLA decode is the stock kernel the batch rule hands short batches to; on
+    # SGLang's Triton MLA decode they ran at 0.80x of it (H200, DeepSeek-V2-Lite, 8 x 4k, session 15)
     return "flashinfer"
 
 
+@functools.cache
+def _flashinfer_mla_base() -> type:
+    from sglang.srt.layers.attention.flashinfer_mla_backend import FlashInferMLAAttnBackend, PrefillMetadata
+
+    class FlashInferMLAPagedPrefill(FlashInferMLAAttnBackend):
+        """FlashInfer's MLA backend with every extend planned on its paged MLA wrapper.
+
+        Stock, an extend without a prefix is planned ragged (per-head MHA): its model runs such
+        prefills in the MHA form on FlashInfer's ragged kernel. Under asynctls the MHA-form
+        prefill is ours (adapter.mla_prefill, its own wrapper), and the extends that reach this
+        class are absorbed (latent MQA: mla_prefill "absorbed", mixed batches, prefixes longer
+        than a chunk), which the ragged wrapper cannot run."""
+
+        def init_forward_metadata(self, forward_batch) -> None:
+            mode = forward_batch.forward_mode
+            if not mode.is_extend() or mode.is_target_verify():
+                return super().init_forward_metadata(forward_batch)
+            self.indices_updater_prefill.update(
+                forward_batch.req_pool_indices, forward_batch.seq_lens, forward_batch.seq_lens_sum,
+                forward_batch.extend_prefix_lens, prefill_wrapper_paged=self.prefill_wrapper_paged,
+                use_ragged=False)
+            self.forward_metadata = PrefillMetadata(self.prefill_wrapper_paged, False)
+
+    return FlashInferMLAPagedPrefill
+
+
 def _dense_base(model_runner, cfg: AsyncTLSConfig) -> type:
-    name = dense_base_name(cfg, str(model_runner.device), bool(getattr(model_runner, "use_mla_backend", False)))
+    is_mla = bool(getattr(model_runner, "use_mla_backend", False))
+    name = dense_base_name(cfg, str(model_runner.device), is_mla)
     if name == "torch_native":
         from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
 
         return TorchNativeAttnBackend
+    if name == "flashinfer" and is_mla:
+        return _flashinfer_mla_base()
     if name == "flashinfer":
         from sglang.srt.layers.attention.flashinfer_backend import FlashInferAttnBackend
 

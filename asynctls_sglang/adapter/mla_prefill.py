@@ -42,11 +42,12 @@ _WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def resolve_mode(setting: str, dense_base: str) -> str:
-    """config.mla_prefill resolved for a dense base: auto is mha on triton (a GPU), absorbed on
-    torch_native (the CPU, where the absorbed form is what the tests and RULER runs measured)."""
+    """config.mla_prefill resolved for a dense base: auto is mha on a GPU's (triton, flashinfer),
+    absorbed on torch_native (the CPU, where the absorbed form is what the tests and RULER runs
+    measured)."""
     if setting != "auto":
         return setting
-    return "mha" if dense_base == "triton" else "absorbed"
+    return "absorbed" if dense_base == "torch_native" else "mha"
 
 
 class MLAPrefill:

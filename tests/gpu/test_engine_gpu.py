@@ -39,11 +39,12 @@ def test_gpu_graph_decode_exact_and_sparse(tiny_model_dir, kind):
     assert all(len(o) == 16 for o in long_out + batched)
 
 
-@pytest.mark.parametrize("kind, stock", [("qwen3", "flashinfer"), ("deepseek_v2", "triton")])
+@pytest.mark.parametrize("kind, stock", [("qwen3", "flashinfer"), ("deepseek_v2", "flashinfer")])
 def test_gpu_short_batches_replay_the_stock_graph(tiny_model_dir, kind, stock):
     """Batches whose requests are all under the dense threshold replay the graph captured on the
-    dense base backend (flashinfer for GQA, triton for MLA): the same tokens as that backend, no
-    sparse step; a batch with a longer request replays the sparse graph (patches.graph_variants)."""
+    dense base backend (FlashInfer's; its MLA backend for MLA since session 15, Triton's before):
+    the same tokens as that backend, no sparse step; a batch with a longer request replays the
+    sparse graph (patches.graph_variants)."""
     model = tiny_model_dir(kind)
     cfg = dict(CFG, dense_threshold=1000)
     with engine(model, stock, page_size=16, **GPU_ENGINE_ARGS) as eng:
@@ -55,12 +56,14 @@ def test_gpu_short_batches_replay_the_stock_graph(tiny_model_dir, kind, stock):
         greedy(eng, SHORT[:1] + LONG, 16, batched=True)
         after = asynctls_stats(eng)
     print(kind, "dense-graph stats", before, mid, after)
+    assert before["dense_base"] == ("FlashInferAttnBackend" if kind == "qwen3" else "FlashInferMLAPagedPrefill")
     if kind == "qwen3":  # the same kernels on the same inputs, prefill and decode
         assert got == [tokens for tokens, _ in want]
     else:
         # H200 (session 10): DeepSeek-V2 differed from stock triton, whose MLA prefill ran in the
         # MHA form and asynctls' in the absorbed form then, bf16 rounding apart. Both take the
-        # MHA form now (mla_prefill auto on a GPU); the near-tie allowance stays for the decode.
+        # MHA form now (mla_prefill auto on a GPU), each expanding K/V its own way: the near-tie
+        # allowance stays.
         assert_same_up_to_near_ties(got, want, tol=NEAR_TIE)
     assert mid["sparse_request_steps"] == before["sparse_request_steps"]
     assert after["sparse_request_steps"] > mid["sparse_request_steps"]
