@@ -25,12 +25,13 @@ DENSE_FLOOR = 8192
 #: they cross near 1 x 44k (dense 153.7 tok/s at 32k, sparse 142.9 at 48k) and 8 x 22.5k (dense
 #: 910.7 against sparse 909). No (n + 2) multiple fits both: this one loses at most ~2% between them.
 DENSE_BATCH_PER_REQUEST = 17408
-#: The same for MLA models (the latent read per token is one 576-wide row for all heads, so the
-#: stock decode stays cheaper to longer contexts). H200, DeepSeek-V2-Lite, CUDA graphs, session 15
-#: (FlashInfer's MLA decode against the sparse step, same run): they cross near 1 x 118k (5.76
-#: against 5.67 ms at 1 x 128k) and 8 x 48k (FlashInfer 9.04 / 10.52 ms at 8 x 32k / 64k, sparse
-#: ~9.8): 38912 x (n + 2) puts both switch points within ~1% of those crossings.
-DENSE_BATCH_PER_REQUEST_MLA = 38912
+#: The same for MLA models, by the dense base whose MLA decode the dense steps run (H200,
+#: DeepSeek-V2-Lite, CUDA graphs, session 15, docs/results.md). The sparse step is flat (5.7 ms at
+#: batch 1, 9.8-10.2 at batch 8). FlashInfer's MLA decode crosses it near 1 x 118k (5.76 ms at
+#: 1 x 128k) and 8 x 48k (9.04 / 10.52 ms at 8 x 32k / 64k): 38912 x (n + 2) is within ~1% of both.
+#: SGLang's Triton MLA decode (the default base) was slower than sparse at 1 x 32k (6.18 ms) and
+#: faster at 8 x 4k (9.27 ms): 8192 x (n + 2) sends the first sparse and the second dense.
+DENSE_BATCH_PER_REQUEST_MLA = {"flashinfer": 38912, "triton": 8192}
 DENSE_BACKENDS = ("auto", "torch_native", "triton", "flashinfer")
 MLA_PREFILLS = ("auto", "mha", "absorbed")
 TOKEN_HEADS = ("max", "mean")
@@ -74,8 +75,8 @@ class AsyncTLSConfig:
     #: The batch rule: a decode batch of n requests whose lengths add up to at most
     #: dense_batch_tokens x (n + 2) decodes whole on the stock kernel (a few long requests: the
     #: selection's fixed cost per step is more than the stock kernel's reads). None:
-    #: DENSE_BATCH_PER_REQUEST (DENSE_BATCH_PER_REQUEST_MLA for MLA models) when dense_threshold
-    #: is None and offload is off, else 0 (off).
+    #: DENSE_BATCH_PER_REQUEST (DENSE_BATCH_PER_REQUEST_MLA[dense base] for MLA models) when
+    #: dense_threshold is None and offload is off, else 0 (off).
     dense_batch_tokens: int | None = None
     #: "tls": two-level (blocks, then tokens). "quest": block-only baseline that attends all
     #: tokens of the top token_budget // block_size blocks (same number of attended tokens).
@@ -196,11 +197,13 @@ class AsyncTLSConfig:
             return self.dense_threshold
         return self.token_budget if self.offload else max(self.token_budget, DENSE_FLOOR)
 
-    def dense_batch_len(self, bs: int, mla: bool = False) -> int:
-        """The batch rule's bound on a decode batch's summed lengths (0: the rule is off)."""
+    def dense_batch_len(self, bs: int, mla_base: str | None = None) -> int:
+        """The batch rule's bound on a decode batch's summed lengths (0: the rule is off).
+        mla_base: an MLA model's dense base (dense_base_name), None for GQA/MHA models."""
         per_request = self.dense_batch_tokens
         if per_request is None:
-            default = DENSE_BATCH_PER_REQUEST_MLA if mla else DENSE_BATCH_PER_REQUEST
+            default = DENSE_BATCH_PER_REQUEST_MLA.get(mla_base, DENSE_BATCH_PER_REQUEST) if mla_base \
+                else DENSE_BATCH_PER_REQUEST
             per_request = default if self.dense_threshold is None and not self.offload else 0
         return per_request * (bs + 2)
 

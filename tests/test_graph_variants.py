@@ -17,11 +17,12 @@ from asynctls_sglang.config import AsyncTLSConfig, ConfigError
 from asynctls_sglang.patches import graph_variants
 
 
-def _backend(offload=False, mla=False, **cfg):
-    """An object with the backend's mode methods (unbound, on a namespace)."""
+def _backend(offload=False, mla_base=None, **cfg):
+    """An object with the backend's mode methods (unbound, on a namespace); mla_base: an MLA
+    model's dense base."""
     ns = types.SimpleNamespace(asynctls_cfg=AsyncTLSConfig(offload=offload, **cfg),
                                asynctls_offload=object() if offload else None, asynctls_capture_mode=None,
-                               asynctls_mla=object() if mla else None)
+                               asynctls_mla=object() if mla_base else None, asynctls_dense_base=mla_base or "flashinfer")
     ns.asynctls_graph_modes = types.MethodType(AsyncTLSBackendMixin.asynctls_graph_modes, ns)
     ns.asynctls_graph_mode_for = types.MethodType(AsyncTLSBackendMixin.asynctls_graph_mode_for, ns)
     ns.asynctls_dense_batch = types.MethodType(AsyncTLSBackendMixin.asynctls_dense_batch, ns)
@@ -102,10 +103,14 @@ def test_replay_picks_the_dense_graph_for_a_batch_whose_lengths_add_up_to_little
     assert only_batch.asynctls_graph_modes() == ("sparse", "dense")
     assert _resolver(only_batch)([3300, 700]) == "+asynctls-dense"
     assert _backend(token_budget=2048, dense_threshold=0).asynctls_graph_modes() is None
-    # an MLA model: 38912 x (n + 2) (config.DENSE_BATCH_PER_REQUEST_MLA)
-    mla = _resolver(_backend(mla=True, token_budget=2048))
+    # an MLA model on FlashInfer's MLA decode: 38912 x (n + 2); on Triton's: 8192 x (n + 2)
+    # (config.DENSE_BATCH_PER_REQUEST_MLA)
+    mla = _resolver(_backend(mla_base="flashinfer", token_budget=2048))
     assert mla([116736]) == "+asynctls-dense" and mla([116737]) == "+asynctls-sparse"
     assert mla([48640] * 8) == "+asynctls-dense" and mla([48640] * 7 + [48641]) == "+asynctls-sparse"
+    mla = _resolver(_backend(mla_base="triton", token_budget=2048))
+    assert mla([4096] * 8) == "+asynctls-dense" and mla([24577]) == "+asynctls-sparse"  # 24576 = 8192 x 3
+    assert mla([32768]) == "+asynctls-sparse"  # H200: Triton's dense 6.18 ms, sparse 5.7
 
 
 def test_eager_plan_follows_the_batch_rule():
@@ -130,8 +135,11 @@ def test_eager_plan_follows_the_batch_rule():
 def test_batch_rule_bounds():
     cfg = AsyncTLSConfig(token_budget=2048)
     assert [cfg.dense_batch_len(n) for n in (1, 8, 32)] == [52224, 174080, 591872]
-    assert [cfg.dense_batch_len(n, mla=True) for n in (1, 8)] == [116736, 389120]  # DENSE_BATCH_PER_REQUEST_MLA
-    assert AsyncTLSConfig(token_budget=2048, dense_threshold=64, dense_batch_tokens=100).dense_batch_len(3, mla=True) == 500
+    assert [cfg.dense_batch_len(n, mla_base="flashinfer") for n in (1, 8)] == [116736, 389120]
+    assert [cfg.dense_batch_len(n, mla_base="triton") for n in (1, 8)] == [24576, 81920]
+    assert cfg.dense_batch_len(1, mla_base="torch_native") == 52224  # the CPU: the GQA default
+    assert AsyncTLSConfig(token_budget=2048, dense_threshold=64,
+                          dense_batch_tokens=100).dense_batch_len(3, mla_base="flashinfer") == 500
     assert AsyncTLSConfig(token_budget=2048, dense_threshold=64, dense_batch_tokens=100).dense_batch_len(3) == 500
     assert AsyncTLSConfig(token_budget=2048, offload=True).dense_batch_len(1) == 0  # rows read the resident cache
     with pytest.raises(ConfigError, match="no effect with offload"):
@@ -170,12 +178,11 @@ def test_dense_base_choice():
         want = "flashinfer"
     except ImportError:
         want = "triton"
-    # MLA without offload: FlashInfer's MLA backend (the stock decode of the dense graph)
-    assert dense_base_name(gqa, "cuda:0", is_mla=True) == want
     assert dense_base_name(gqa, "cuda:0", is_mla=False) == want
-    assert dense_base_name(AsyncTLSConfig(dense_backend="triton"), "cuda:0", is_mla=False) == "triton"
-    assert dense_base_name(AsyncTLSConfig(dense_backend="triton"), "cuda:0", is_mla=True) == "triton"
+    # MLA: Triton's unless FlashInfer's MLA backend is asked for (not yet run on a GPU)
+    assert dense_base_name(gqa, "cuda:0", is_mla=True) == "triton"
     assert dense_base_name(AsyncTLSConfig(dense_backend="flashinfer"), "cuda:0", is_mla=True) == "flashinfer"
+    assert dense_base_name(AsyncTLSConfig(dense_backend="triton"), "cuda:0", is_mla=False) == "triton"
     with pytest.raises(ConfigError, match="MLA models with offload use triton"):
         dense_base_name(AsyncTLSConfig(dense_backend="flashinfer", offload=True), "cuda:0", is_mla=True)
     # offload takes the same prefill kernels for GQA (its tables are swapped to device slots,

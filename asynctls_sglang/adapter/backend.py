@@ -1,7 +1,7 @@
 """The `asynctls` attention backend.
 
 Prefill (extend) is dense and runs on SGLang's own kernels (torch_native on CPU; FlashInfer on
-GPU, its MLA backend for MLA models, Triton for MLA with offload: ``dense_backend``); it also feeds the
+GPU for GQA models, Triton for MLA, or FlashInfer's MLA backend when asked: ``dense_backend``); it also feeds the
 online calibration of the index channels. Decode runs the two-level selection on the index that
 the pool keeps and attends exactly over the chosen tokens. Requests no longer than
 ``dense_threshold`` (config.AsyncTLSConfig.dense_len) decode on the stock kernel (a batch made
@@ -83,8 +83,9 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         self._seed_rows = None
         self.asynctls_capture_mode: str | None = None  # set by patches.graph_variants while capturing
         is_mla = bool(getattr(model_runner, "use_mla_backend", False))
-        self.asynctls_mla = MLAPrefill(model_runner, resolve_mode(
-            cfg.mla_prefill, dense_base_name(cfg, str(model_runner.device), True))) if is_mla else None
+        self.asynctls_dense_base = dense_base_name(cfg, str(model_runner.device), is_mla)
+        self.asynctls_mla = MLAPrefill(model_runner, resolve_mode(cfg.mla_prefill, self.asynctls_dense_base)) \
+            if is_mla else None
 
     # metadata ------------------------------------------------------------------------------------
     def init_forward_metadata(self, forward_batch) -> None:
@@ -199,7 +200,8 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         if seq_lens_cpu.numel() == 0:  # a replay view that is all padding (an idle rank's batch)
             return False
         cfg = self.asynctls_cfg
-        bound = cfg.dense_batch_len(int(seq_lens_cpu.shape[0]), mla=self.asynctls_mla is not None)
+        mla_base = self.asynctls_dense_base if self.asynctls_mla is not None else None
+        bound = cfg.dense_batch_len(int(seq_lens_cpu.shape[0]), mla_base=mla_base)
         return int(seq_lens_cpu.max()) <= cfg.dense_len or int(seq_lens_cpu.sum()) <= bound
 
     def _graph_blocks(self) -> int:
@@ -389,14 +391,15 @@ def dense_base_name(cfg: AsyncTLSConfig, device: str, is_mla: bool) -> str:
         return name
     if not str(device).startswith("cuda"):
         return "torch_native"
-    if is_mla and cfg.offload:
+    if is_mla:
+        # NOTE: FlashInfer's MLA decode is faster (short batches on Triton's: 0.80x of it, H200,
+        # DeepSeek-V2-Lite 8 x 4k, session 15), but the asynctls class over it has not run on a
+        # GPU yet: opt-in (dense_backend flashinfer) until tests/gpu/test_engine_gpu.py passes
         return "triton"
     try:
         import flashinfer  # noqa: F401
     except ImportError:
         return "triton"
-    # MLA: FlashInfer's MLA decode is the stock kernel the batch rule hands short batches to; on
-    # SGLang's Triton MLA decode they ran at 0.80x of it (H200, DeepSeek-V2-Lite, 8 x 4k, session 15)
     return "flashinfer"
 
 

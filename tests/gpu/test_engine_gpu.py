@@ -39,14 +39,15 @@ def test_gpu_graph_decode_exact_and_sparse(tiny_model_dir, kind):
     assert all(len(o) == 16 for o in long_out + batched)
 
 
-@pytest.mark.parametrize("kind, stock", [("qwen3", "flashinfer"), ("deepseek_v2", "flashinfer")])
+@pytest.mark.parametrize("kind, stock", [("qwen3", "flashinfer"), ("deepseek_v2", "triton"),
+                                         ("deepseek_v2", "flashinfer")])
 def test_gpu_short_batches_replay_the_stock_graph(tiny_model_dir, kind, stock):
     """Batches whose requests are all under the dense threshold replay the graph captured on the
-    dense base backend (FlashInfer's; its MLA backend for MLA since session 15, Triton's before):
-    the same tokens as that backend, no sparse step; a batch with a longer request replays the
-    sparse graph (patches.graph_variants)."""
+    dense base backend (FlashInfer for GQA; Triton for MLA, or FlashInfer's MLA backend when
+    dense_backend asks for it): the same tokens as that backend, no sparse step; a batch with a
+    longer request replays the sparse graph (patches.graph_variants)."""
     model = tiny_model_dir(kind)
-    cfg = dict(CFG, dense_threshold=1000)
+    cfg = dict(CFG, dense_threshold=1000, dense_backend=stock)
     with engine(model, stock, page_size=16, **GPU_ENGINE_ARGS) as eng:
         want = greedy_with_margins(eng, SHORT, 16)
     with engine(model, "asynctls", cfg, **GPU_ENGINE_ARGS) as eng:
@@ -56,7 +57,9 @@ def test_gpu_short_batches_replay_the_stock_graph(tiny_model_dir, kind, stock):
         greedy(eng, SHORT[:1] + LONG, 16, batched=True)
         after = asynctls_stats(eng)
     print(kind, "dense-graph stats", before, mid, after)
-    assert before["dense_base"] == ("FlashInferAttnBackend" if kind == "qwen3" else "FlashInferMLAPagedPrefill")
+    assert before["dense_base"] == {("qwen3", "flashinfer"): "FlashInferAttnBackend",
+                                    ("deepseek_v2", "triton"): "TritonAttnBackend",
+                                    ("deepseek_v2", "flashinfer"): "FlashInferMLAPagedPrefill"}[kind, stock]
     if kind == "qwen3":  # the same kernels on the same inputs, prefill and decode
         assert got == [tokens for tokens, _ in want]
     else:
@@ -79,6 +82,13 @@ def test_gpu_mla_prefill_in_the_mha_form(tiny_model_dir):
     with engine(model, "asynctls", dict(CFG, mla_prefill="absorbed"), **args) as eng:
         want = greedy_with_margins(eng, prompts, 16)
         want_again = greedy_with_margins(eng, prompts, 16)  # radix hits: the prompts are cached
+    # absorbed extends on FlashInfer's MLA backend as the base: its paged MLA prefill (always
+    # planned paged under asynctls: adapter.backend._flashinfer_mla_base)
+    with engine(model, "asynctls", dict(CFG, mla_prefill="absorbed", dense_backend="flashinfer"), **args) as eng:
+        fi = greedy(eng, prompts, 16)
+        fi_again = greedy(eng, prompts, 16)
+    assert_same_up_to_near_ties(fi, want, tol=NEAR_TIE)
+    assert_same_up_to_near_ties(fi_again, want_again, tol=NEAR_TIE)
     with engine(model, "asynctls", CFG, **args) as eng:
         got = greedy(eng, prompts, 16)
         again = greedy(eng, prompts, 16)
