@@ -439,7 +439,26 @@ def offload_table(cost: list[dict]) -> str:
     return "\n".join(out)
 
 
-def plot(rows: list[dict], path: str) -> None:
+def merge(specs: list[str]) -> list[dict]:
+    """--merge FILE[:LABEL] ...: the rows of earlier runs (this script's JSON), each backend named
+    with its run's LABEL (e.g. the device call) so that rows of different runs are never taken for
+    one run's. Bad input stops with a message."""
+    rows = []
+    for spec in specs:
+        path, _, label = spec.partition(":")
+        try:
+            data = json.load(open(path))
+            got, out_len = data["rows"], (data.get("args") or {}).get("out_len")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise SystemExit(f"--merge {spec!r}: not an e2e_bench JSON with rows ({e})")
+        rows += [dict(r, backend=f"{r['backend']} [{label}]" if label else r["backend"],
+                      **({"out_len": out_len} if out_len else {})) for r in got]
+    if not rows:
+        raise SystemExit("--merge: no rows")
+    return rows
+
+
+def plot(rows: list[dict], path: str, same_run: bool = True) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -467,7 +486,8 @@ def plot(rows: list[dict], path: str) -> None:
             ax.bar_label(bars, notes, fontsize=7)
     ax.set_xticks([x + width * (len(backends) - 1) / 2 for x in range(len(labels))], labels)
     ax.set_ylabel("output tokens/s" if fixed else "decode tokens/s")
-    ax.set_title("SGLang " + ("at fixed GPU memory" if fixed else "decode throughput") + " (H200, same run)")
+    ax.set_title("SGLang " + ("at fixed GPU memory" if fixed else "decode throughput")
+                 + (" (H200, same run)" if same_run else " (H200, runs as labelled)"))
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -507,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--shared-prefix", action="store_true",
                     help="requests of a point share a ctx-32 token prefix (prefilled once, radix "
                          "cache); TTFT is then that of a cached prefix")
+    ap.add_argument("--merge", nargs="+", metavar="FILE[:LABEL]",
+                    help="run nothing: one table, JSON (--out) and plot of these earlier runs' rows, each "
+                         "backend named with its LABEL (rows of different runs; the first row is the baseline)")
     ap.add_argument("--fixed-kv-tokens", type=int, default=0,
                     help="cap every backend's device KV pool at this many tokens (max_total_tokens) and "
                          "submit each point's bs distinct requests at once: reports the batch each "
@@ -526,6 +549,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.merge:  # no engine: one table, JSON and plot of earlier runs' rows
+        rows = merge(args.merge)
+        print(table(rows, rows[0]["backend"]))
+        lens = sorted({r["out_len"] for r in rows if "out_len" in r})
+        note = f"run tok/s not comparable: the runs' output lengths differ ({lens})" if len(lens) > 1 else None
+        if note:
+            print(note)
+        json.dump({"merged_from": args.merge, "rows": rows, "note": note}, open(args.out, "w"), indent=1)
+        plot(rows, os.path.splitext(args.out)[0] + ".png", same_run=False)
+        return 0
     if args.offload_base is not None and args.offload_base not in args.backends.split(","):
         raise SystemExit(f"--offload-base {args.offload_base!r} is not one of --backends ({args.backends})")
     from asynctls_sglang import env

@@ -153,3 +153,26 @@ def test_fit_rows_say_what_the_pool_holds(e2e_bench):
     assert "| 7 (pool holds 7) |" in e2e_bench.table(rows, "flashinfer")
     rows[0]["decode_tok_s_at_batch"] = 247.9  # the rate while the batch decodes, not over the queue
     assert "| 247.9 at batch |" in e2e_bench.table(rows, "flashinfer")
+
+
+def test_merge_labels_each_run_and_compares_with_the_first(e2e_bench, tmp_path, capsys):
+    """--merge: rows of two runs (device calls) in one table and plot, each labelled."""
+    import json
+
+    fi = {"bs": 6, "ctx": 98304, "batch_reached": 1, "ttft_s": 9.4, "output_tok_s": 51.1, "decode_tok_s": 55.4,
+          "decode_tok_s_at_batch": 95.0, "itl_ms_median": 10.5, "itl_ms_p99": 10.9, "backend": "flashinfer"}
+    ours = dict(fi, batch_reached=5, decode_tok_s_at_batch=344.1, output_tok_s=40.3, backend="asynctls+offload")
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"rows": [fi], "args": {"out_len": 1024}}))
+    b.write_text(json.dumps({"rows": [ours], "args": {"out_len": 512}}))
+    out = tmp_path / "m.json"
+    assert e2e_bench.main(["--merge", f"{a}:callB", f"{b}:callC", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| flashinfer [callB] | 1 of 6 |" in printed
+    assert "decode at batch: 3.62" in printed  # 344.1 / 95.0
+    assert "output lengths differ ([512, 1024])" in printed
+    merged = json.loads(out.read_text())
+    assert [r["backend"] for r in merged["rows"]] == ["flashinfer [callB]", "asynctls+offload [callC]"]
+    assert (tmp_path / "m.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="not an e2e_bench JSON"):
+        e2e_bench.main(["--merge", str(tmp_path / "missing.json"), "--out", str(out)])
