@@ -222,3 +222,30 @@ def test_the_base_backend_plans_only_for_graphs_that_run_its_kernel():
     assert not offload.asynctls_base_metadata_needed(fb([100]), in_capture=False)
     assert offload.asynctls_base_metadata_needed(fb([100]), in_capture=True)
     assert offload.asynctls_base_metadata_needed(fb([5000], ForwardMode.EXTEND), in_capture=False)
+
+
+def test_flashinfer_mla_base_plans_every_extend_paged():
+    """dense_backend flashinfer on an MLA model: FlashInfer's MLA backend with each extend planned
+    on its paged MLA wrapper (the absorbed extends that reach it cannot run on the ragged one,
+    which stock SGLang picks for an extend without a prefix); decode planning is the stock one."""
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    from asynctls_sglang.adapter.backend import _flashinfer_mla_base
+
+    calls = []
+    recorder = types.SimpleNamespace(update=lambda *a, **kw: calls.append((a, kw)))
+    cls = _flashinfer_mla_base()
+    assert cls is _flashinfer_mla_base()  # one class (create_backend caches by base)
+    backend = object.__new__(cls)
+    backend.indices_updater_prefill = backend.indices_updater_decode = recorder
+    backend.prefill_wrapper_paged, backend.decode_wrapper = "paged", "decode"
+    lens = torch.tensor([70, 9])
+    fb = types.SimpleNamespace(forward_mode=ForwardMode.EXTEND, req_pool_indices=torch.tensor([1, 2]),
+                               seq_lens=lens, seq_lens_sum=79, extend_prefix_lens=torch.tensor([0, 0]),
+                               extend_prefix_lens_cpu=[0, 0], spec_info=None)
+    backend.init_forward_metadata(fb)
+    assert calls[-1][1]["use_ragged"] is False and calls[-1][1]["prefill_wrapper_paged"] == "paged"
+    assert backend.forward_metadata.use_ragged is False and backend.forward_metadata.prefill_wrapper == "paged"
+    fb.forward_mode = ForwardMode.DECODE
+    backend.init_forward_metadata(fb)
+    assert calls[-1][1]["decode_wrapper"] == "decode" and backend.forward_metadata.decode_wrapper == "decode"
