@@ -219,8 +219,10 @@ def _worker_info(original, self, *args, **kwargs):
 
         logging.getLogger(__name__).warning(
             "asynctls offload: inputs are limited to %d tokens, what the device pool (%d tokens) holds for "
-            "one prefill (its prefix is read from the device); raise --max-total-tokens or "
-            "--mem-fraction-static for longer ones", cap - 5, alloc.device_pages_total * alloc.page_size)
+            "one prefill (its prefix is read from the device); for longer ones raise --max-total-tokens or "
+            "--mem-fraction-static, or give the resident buffers less of the KV budget (lower "
+            "--max-running-requests or --asynctls-resident-blocks)", cap - 5,
+            alloc.device_pages_total * alloc.page_size)
         info = (*info[:4], cap, cap - 5, *info[6:])
     return info
 
