@@ -181,10 +181,18 @@ def test_dense_base_choice():
     assert dense_base_name(gqa, "cuda:0", is_mla=False) == want
     # MLA: Triton's unless FlashInfer's MLA backend is asked for (not yet run on a GPU)
     assert dense_base_name(gqa, "cuda:0", is_mla=True) == "triton"
-    assert dense_base_name(AsyncTLSConfig(dense_backend="flashinfer"), "cuda:0", is_mla=True) == "flashinfer"
+    if want == "flashinfer":
+        assert dense_base_name(AsyncTLSConfig(dense_backend="flashinfer"), "cuda:0", is_mla=True) == "flashinfer"
     assert dense_base_name(AsyncTLSConfig(dense_backend="triton"), "cuda:0", is_mla=False) == "triton"
     with pytest.raises(ConfigError, match="MLA models with offload use triton"):
         dense_base_name(AsyncTLSConfig(dense_backend="flashinfer", offload=True), "cuda:0", is_mla=True)
+    # a GPU backend asked for on the CPU, or FlashInfer asked for where it is not installed
+    for name in ("flashinfer", "triton"):
+        with pytest.raises(ConfigError, match=f"dense-backend {name} needs a CUDA GPU"):
+            dense_base_name(AsyncTLSConfig(dense_backend=name), "cpu", is_mla=False)
+    if want == "triton":
+        with pytest.raises(ConfigError, match="FlashInfer is not installed"):
+            dense_base_name(AsyncTLSConfig(dense_backend="flashinfer"), "cuda:0", is_mla=False)
     # offload takes the same prefill kernels for GQA (its tables are swapped to device slots,
     # _device_tables), Triton's for MLA
     assert dense_base_name(AsyncTLSConfig(offload=True), "cuda:0", is_mla=False) == want

@@ -133,7 +133,7 @@ def test_flashinfer_first_failure_falls_back_to_sdpa_only_under_auto(monkeypatch
     k_pre, v_pre = torch.randn(5, 2, 64, generator=gen), torch.randn(5, 2, 32, generator=gen)
     args = (q, k, v, k_pre, v_pre, [5], [9], 0.125)
     gpu_runner = SimpleNamespace(device="cuda:0")
-    monkeypatch.setattr("asynctls_sglang.adapter.mla_prefill._has_flashinfer", lambda: True)
+    monkeypatch.setattr("asynctls_sglang.adapter.mla_prefill.has_flashinfer", lambda: True)
     prefill = MLAPrefill(gpu_runner, "mha")
     assert prefill.kernel == "flashinfer"
 

@@ -28,3 +28,13 @@ def test_speculative_decoding_is_refused_at_start_up(monkeypatch):
     with pytest.raises(ConfigError, match="page-size"):
         _post_init(_args(page_size=16))
     assert _post_init(_args(attention_backend="flashinfer", speculative_algorithm="EAGLE")) == "checked"
+
+
+def test_a_gpu_dense_backend_on_the_cpu_is_refused_at_start_up(monkeypatch):
+    monkeypatch.setenv("ASYNCTLS_CONFIG", '{"dense_backend": "triton"}')
+    with pytest.raises(ConfigError, match="dense-backend triton needs a CUDA GPU"):
+        _post_init(_args(device="cpu"))
+    monkeypatch.setenv("ASYNCTLS_CONFIG", '{"dense_backend": "torch_native"}')
+    assert _post_init(_args(device="cpu")) == "checked"
+    monkeypatch.setenv("ASYNCTLS_CONFIG", '{"dense_backend": "auto"}')
+    assert _post_init(_args(device="cpu")) == "checked"

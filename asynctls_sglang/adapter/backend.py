@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 
 from asynctls_sglang import env
-from asynctls_sglang.adapter.mla_prefill import MLAPrefill, resolve_mode
+from asynctls_sglang.adapter.mla_prefill import MLAPrefill, has_flashinfer, resolve_mode
 from asynctls_sglang.adapter.offload import OffloadDecodeMixin, build_offload_runtime
 from asynctls_sglang.adapter.pools import AsyncTLSPoolMixin
 from asynctls_sglang.adapter.stats import DecodeStats
@@ -387,20 +387,23 @@ def dense_base_name(cfg: AsyncTLSConfig, device: str, is_mla: bool) -> str:
         # and tested for the Triton and FlashInfer (GQA) bases only
         raise ConfigError(f"{flag_name('dense_backend')} flashinfer with {flag_name('offload')} serves "
                           "GQA/MHA models only; MLA models with offload use triton (or auto)")
+    on_gpu = str(device).startswith("cuda")
+    if name in ("flashinfer", "triton") and not on_gpu:
+        raise ConfigError(f"{flag_name('dense_backend')} {name} needs a CUDA GPU (this engine runs on "
+                          f"{device}); use torch_native or auto")
+    if name == "flashinfer" and not has_flashinfer():
+        raise ConfigError(f"{flag_name('dense_backend')} flashinfer: FlashInfer is not installed; use "
+                          "triton or auto")
     if name != "auto":
         return name
-    if not str(device).startswith("cuda"):
+    if not on_gpu:
         return "torch_native"
     if is_mla:
         # NOTE: FlashInfer's MLA decode is faster (short batches on Triton's: 0.80x of it, H200,
         # DeepSeek-V2-Lite 8 x 4k, session 15), but the asynctls class over it has not run on a
         # GPU yet: opt-in (dense_backend flashinfer) until tests/gpu/test_engine_gpu.py passes
         return "triton"
-    try:
-        import flashinfer  # noqa: F401
-    except ImportError:
-        return "triton"
-    return "flashinfer"
+    return "flashinfer" if has_flashinfer() else "triton"
 
 
 @functools.cache

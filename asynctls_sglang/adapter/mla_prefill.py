@@ -60,7 +60,7 @@ class MLAPrefill:
         kernel = asked = env.mla_prefill_kernel()
         if asked == "auto":
             on_gpu = model_runner is not None and str(model_runner.device).startswith("cuda")
-            kernel = ("flashinfer" if _has_flashinfer() else "sdpa") if on_gpu else "torch"
+            kernel = ("flashinfer" if has_flashinfer() else "sdpa") if on_gpu else "torch"
         self.kernel = kernel
         # auto's FlashInfer falls back to SDPA (with a warning) if its first call fails, e.g. a JIT
         # build without nvcc; once it has run, or when asked for by name, its errors are raised
@@ -264,11 +264,14 @@ def _requests(prefix: list[int], extend: list[int]):
     return zip(_offsets(extend), _offsets(prefix), prefix, extend)
 
 
-def _has_flashinfer() -> bool:
-    """FlashInfer is SGLang's own dependency on CUDA; a build without it gets torch's SDPA."""
-    import importlib.util
-
-    return importlib.util.find_spec("flashinfer") is not None
+def has_flashinfer() -> bool:
+    """Whether FlashInfer imports (SGLang's own dependency on CUDA; a build without it gets
+    torch's SDPA here and Triton's kernels as the dense base)."""
+    try:
+        import flashinfer  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _in_capture() -> bool:

@@ -25,6 +25,11 @@ def _post_init(original, self, *args, **kwargs):
         if cfg.offload and getattr(self, "enable_mixed_chunk", False):
             raise ConfigError(f"{flag_name('offload')} does not support --enable-mixed-chunk (decode rows "
                               "in a prefill batch would read KV that lives on the host)")
+        device = getattr(self, "device", None)
+        if device:  # dense_backend against the device (GPU kernels on a CPU, FlashInfer not installed)
+            from asynctls_sglang.adapter.backend import dense_base_name
+
+            dense_base_name(cfg, str(device), is_mla=False)  # MLA-only refusals: at backend start
     return result
 
 
