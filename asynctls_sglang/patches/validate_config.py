@@ -26,7 +26,9 @@ def _post_init(original, self, *args, **kwargs):
             raise ConfigError(f"{flag_name('offload')} does not support --enable-mixed-chunk (decode rows "
                               "in a prefill batch would read KV that lives on the host)")
         device = getattr(self, "device", None)
-        if device:  # dense_backend against the device (GPU kernels on a CPU, FlashInfer not installed)
+        if device and cfg.dense_backend != "auto":
+            # a named dense_backend against the device (GPU kernels on a CPU, FlashInfer not
+            # installed); auto never refuses, so the launcher does not import FlashInfer for it
             from asynctls_sglang.adapter.backend import dense_base_name
 
             dense_base_name(cfg, str(device), is_mla=False)  # MLA-only refusals: at backend start
