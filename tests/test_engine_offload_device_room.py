@@ -38,6 +38,23 @@ def test_prefills_are_admitted_by_device_room_and_too_long_requests_are_refused(
         assert again["output_ids"] == outs[0]["output_ids"]
 
 
+def test_every_request_row_decodes_when_long_prompts_arrive_together(tiny_model_dir):
+    """Six 1100-token prompts (72% of the device pool each, five chunks) arrive at once with
+    max_running_requests 6, as in the fixed-memory runs: all six decode together. Two SGLang
+    scheduling rules held the last ones back (patches/offload.py): a request refused for device
+    room marked the running batch full until a request finished (the same prompts reached 4), and
+    a chunked request's row was counted twice, so the sixth row stayed unused (5)."""
+    model = tiny_model_dir("qwen3")
+    prompts = random_prompts([1100] * 6, seed=3)
+    params = {"temperature": 0, "max_new_tokens": 96, "ignore_eos": True}
+    with engine(model, "asynctls", CFG, max_total_tokens=N, max_running_requests=6, chunked_prefill_size=256,
+                disable_radix_cache=True) as eng:
+        outs = eng.generate(input_ids=prompts, sampling_params=params)
+        stats = asynctls_stats(eng)
+    assert all(len(o["output_ids"]) == 96 for o in outs)
+    assert stats["max_decode_batch"] == len(prompts)
+
+
 @pytest.mark.parametrize("kind", ["qwen3", "deepseek_v2"])
 def test_long_generations_give_back_the_device_pages_they_decoded_past(tiny_model_dir, kind):
     """Eight requests generating 160 tokens each (2080 tokens of KV, 1.35x the device pool) decode

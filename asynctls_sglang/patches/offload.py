@@ -17,7 +17,15 @@
   device pages too, never the request's own matched prefix), and the longest input accepted is
   what the device pool holds for one prefill (SGLang's input-length check then refuses longer
   prompts with its own error). Without this SGLang stopped with "Prefill out of memory" when it
-  batched prefills past the device pool.
+  batched prefills past the device pool. A request refused for device room while others run ends
+  the round without marking the running batch full (AddReqResult.OTHER, not NO_TOKEN): SGLang
+  clears that mark only when a running request finishes, so the refused request waited for the
+  whole batch to finish although the next round had room for it.
+- Rows: SGLang counts the rows a prefill round may still take as max_running_requests less the
+  running requests, and no more than the free request rows; a chunked request keeps its row
+  between chunks and is in the round's list too, so the free rows counted it twice and the last
+  row stayed unused while a chunked prefill ran (max_running_requests 6 decoded 5 at most when
+  long prompts arrived together: the GLM-4.7-Flash fixed-memory run on the H200). Counted once.
 """
 from __future__ import annotations
 
@@ -60,13 +68,10 @@ def _build_allocator(original, self, *args, **kwargs):
 
 def _configure(original, self, *args, **kwargs):
     result = original(self, *args, **kwargs)
-    from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
-
-    allocator = result.token_to_kv_pool_allocator
-    if isinstance(allocator, OffloadPagedAllocator):
+    if _offload_allocator(result.token_to_kv_pool_allocator):
         import msgspec
 
-        result = msgspec.structs.replace(result, max_total_num_tokens=allocator.size)
+        result = msgspec.structs.replace(result, max_total_num_tokens=result.token_to_kv_pool_allocator.size)
     return result
 
 
@@ -164,16 +169,15 @@ def _gated(add):
     def hook(original, self, req, *args, **kwargs):
         from sglang.srt.managers.schedule_policy import AddReqResult
 
-        from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
-
         alloc = self.token_to_kv_pool_allocator
-        if not isinstance(alloc, OffloadPagedAllocator):
+        if not _offload_allocator(alloc):
             return original(self, req, *args, **kwargs)
         if getattr(self, "asynctls_parked", False):
             # NOTE: nothing else joins a round whose chunked request sits out: SGLang counts a
             # middle chunk in flight for every prefill batch built while it has a chunked
-            # request, and only a batch holding that request counts it back
-            return AddReqResult.NO_TOKEN
+            # request, and only a batch holding that request counts it back. OTHER: NO_TOKEN
+            # would mark the running batch full until one of its requests finishes
+            return AddReqResult.OTHER
         page = alloc.page_size
         shared = _shared_pages(self, req, page)
         need = _device_pages(req, self.rem_chunk_tokens, page, shared)
@@ -195,8 +199,13 @@ def _gated(add):
                     return req
                 self.rem_chunk_tokens = max(page, room * page)
                 need = _device_pages(req, self.rem_chunk_tokens, page, shared)
-            else:
+            elif idle:
                 return AddReqResult.NO_TOKEN
+            else:
+                # NOTE: OTHER, not NO_TOKEN: the room comes back within rounds (this round's
+                # prefills are demoted after their forward, decode gives back pages), while
+                # NO_TOKEN marks the running batch full until one of its requests finishes
+                return AddReqResult.OTHER
         n = len(self.can_run_list)
         result = original(self, req, *args, **kwargs)
         if len(self.can_run_list) > n:
@@ -205,13 +214,40 @@ def _gated(add):
     return hook
 
 
-def _worker_info(original, self, *args, **kwargs):
-    """Cap the longest input at what the device pool holds for one prefill (offload only)."""
+def _prefill_round(original, self, *args, **kwargs):
+    """AROUND hook for Scheduler.get_new_batch_prefill: remember the round's chunked request (the
+    round sets chunked_req to None when it takes the last chunk, and that request still holds its
+    row and is in the round's list) for _allocatable_reqs."""
+    self.asynctls_round_chunked = self.chunked_req
+    try:
+        return original(self, *args, **kwargs)
+    finally:
+        self.asynctls_round_chunked = None
+
+
+def _allocatable_reqs(original, self, running_bs):
+    """AROUND hook for Scheduler.get_num_allocatable_reqs (offload only): the row of the round's
+    chunked request, held between its chunks, counted once (module docstring, "Rows")."""
+    res = original(self, running_bs)
+    chunked = getattr(self, "asynctls_round_chunked", None)
+    if chunked is None or chunked.req_pool_idx is None or not _offload_allocator(self.token_to_kv_pool_allocator):
+        return res
+    from sglang.srt.runtime_context import get_parallel
+
+    return min(res + 1, get_parallel().pp_max_micro_batch_size - running_bs)
+
+
+def _offload_allocator(alloc) -> bool:
     from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
 
+    return isinstance(alloc, OffloadPagedAllocator)
+
+
+def _worker_info(original, self, *args, **kwargs):
+    """Cap the longest input at what the device pool holds for one prefill (offload only)."""
     info = original(self, *args, **kwargs)
     alloc = self.model_runner.token_to_kv_pool_allocator
-    if not isinstance(alloc, OffloadPagedAllocator):
+    if not _offload_allocator(alloc):
         return info
     cap = (alloc.device_pages_total - 2) * alloc.page_size - 1
     if cap < info[4]:
@@ -230,10 +266,8 @@ def _worker_info(original, self, *args, **kwargs):
 def _prepare_for_decode(original, self, *args, **kwargs):
     """Tell the offload allocator which requests decode (their windows stay on the device) for
     the allocation of this step (OffloadPagedAllocator.reclaim_decode)."""
-    from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
-
     alloc = self.token_to_kv_pool_allocator
-    if not isinstance(alloc, OffloadPagedAllocator):
+    if not _offload_allocator(alloc):
         return original(self, *args, **kwargs)
     # NOTE: seq_lens_cpu: the committed lengths (prepare_for_decode adds this step's token after
     # the allocation); host values, no sync
@@ -251,6 +285,9 @@ def apply() -> None:
     policy = "sglang.srt.managers.schedule_policy.PrefillAdder"
     HookRegistry.register(f"{policy}.add_one_req", _gated("one"), HookType.AROUND)
     HookRegistry.register(f"{policy}.add_chunked_req", _gated("chunked"), HookType.AROUND)
+    scheduler = "sglang.srt.managers.scheduler.Scheduler"
+    HookRegistry.register(f"{scheduler}.get_new_batch_prefill", _prefill_round, HookType.AROUND)
+    HookRegistry.register(f"{scheduler}.get_num_allocatable_reqs", _allocatable_reqs, HookType.AROUND)
     HookRegistry.register("sglang.srt.managers.tp_worker.TpModelWorker.get_worker_info", _worker_info,
                           HookType.AROUND)
     HookRegistry.register("sglang.srt.mem_cache.memory_pool.ReqToTokenPool.free", _free, HookType.AROUND)
