@@ -37,10 +37,12 @@ for stage in "$@"; do
            # pytest-xdist, when carried (.carry/xd: `pip download --no-deps pytest-xdist execnet`): the
            # kernel tests are bound by Triton compiles, which -n spreads over the box's 16 cores
            [ -d .carry/xd ] && python3 -m pip install -q --no-index --no-deps --target /tmp/site .carry/xd/*.whl 2>&1 | tail -2 ;;
-    ktest) TIMEOUT_SIGNAL=INT run ktest${TAG:-} ${KT_TMO:-300} python3 -m pytest ${KT_FILES:-tests/kernels} ${KT_ARGS:--q} -p no:cacheprovider ;;
+    # -p no:hypothesispytest: the torch venv's hypothesis plugin imports hypothesis in pytest's
+    # closing summary, which took the last ~50 s of session 16's call A test stage (cut by its limit)
+    ktest) TIMEOUT_SIGNAL=INT run ktest${TAG:-} ${KT_TMO:-300} python3 -m pytest ${KT_FILES:-tests/kernels} ${KT_ARGS:--q} -p no:cacheprovider -p no:hypothesispytest ;;
     # GT_K: a pytest -k expression, passed as one word (GT_ARGS is split on spaces: a "-k a or b"
     # there selected no test in session 15 and cost the call its GPU test)
-    gtest) TIMEOUT_SIGNAL=INT run gtest${TAG:-} ${GT_TMO:-300} python3 -m pytest ${GT_FILES:-tests/gpu tests/test_offload_gpu.py tests/kernels/test_gpu_graph.py} ${GT_ARGS:--q -s} ${GT_K:+-k "$GT_K"} -p no:cacheprovider ;;
+    gtest) TIMEOUT_SIGNAL=INT run gtest${TAG:-} ${GT_TMO:-300} python3 -m pytest ${GT_FILES:-tests/gpu tests/test_offload_gpu.py tests/kernels/test_gpu_graph.py} ${GT_ARGS:--q -s} ${GT_K:+-k "$GT_K"} -p no:cacheprovider -p no:hypothesispytest ;;
     copybench) run copybench${TAG:-} 200 python3 benchmarks/copy_bench.py ${CB_ARGS:-} --out "$OUT/copybench${TAG:-}.json" ;;
     kbench) run kbench${TAG:-} 400 python3 benchmarks/kernel_bench.py ${KB_ARGS:---quick} --out "$OUT/kbench${TAG:-}.json" ;;
     mlapre) run mlapre${TAG:-} ${MP_TMO:-200} python3 benchmarks/mla_prefill_bench.py ${MP_ARGS:-} --out "$OUT/mlapre${TAG:-}.json" ;;
