@@ -27,12 +27,15 @@ CASES = [
     pytest.param(8, 8, 16, False, torch.float16, id="whole-block-hk8-fp16"),
     pytest.param(4, 1, 576, False, torch.bfloat16, id="mla-576"),
     pytest.param(4, 2, 100, True, torch.float32, id="per-head-d100-fp32"),
+    # 320 columns in chunks of 128 (8192 // B): spread takes three column programs, the last partial
+    pytest.param(64, 4, 80, False, torch.bfloat16, id="whole-block-b64-w320"),
 ]
 
 
+@pytest.mark.parametrize("spread", [False, True], ids=["entries", "entries-and-columns"])
 @pytest.mark.parametrize("programs", [32, 3, 2], ids=["one-program-per-entry", "three-programs", "two-programs"])
 @pytest.mark.parametrize("b, hk, d, per_head, dtype", CASES)
-def test_kernel_equals_torch_path(b, hk, d, per_head, dtype, programs, monkeypatch):
+def test_kernel_equals_torch_path(b, hk, d, per_head, dtype, programs, spread, monkeypatch):
     monkeypatch.setattr(gather_host, "PROGRAMS", programs)
     interpreted = type(copy_blocks_kernel).__name__ == "InterpretedFunction" and lang_interpreted()
     if DEVICE.type == "cpu" and not interpreted:
@@ -53,7 +56,7 @@ def test_kernel_equals_torch_path(b, hk, d, per_head, dtype, programs, monkeypat
     copy_blocks_torch(src2, want2, src_block, dst_block, count, b, head if per_head else None)
     pin = (lambda t: t.pin_memory()) if DEVICE.type == "cuda" else (lambda t: t)  # UVA read on a GPU
     gather_host.copy_blocks(pin(src), got, src_block.to(DEVICE), dst_block.to(DEVICE), count.to(DEVICE), b,
-                            head.to(DEVICE) if per_head else None, pair=(pin(src2), got2))
+                            head.to(DEVICE) if per_head else None, pair=(pin(src2), got2), spread=spread)
     assert torch.equal(bits(got.cpu()), bits(want))
     assert torch.equal(bits(got2.cpu()), bits(want2))
     moved = (~want.isnan()).view(n_dst, b, hk, d).any(-1).any(1).sum()
@@ -84,4 +87,11 @@ def test_constexprs_do_not_follow_the_plan_size(monkeypatch):
         blocks = torch.zeros(p, dtype=torch.int64)
         gather_host.copy_blocks(buf, buf.clone(), blocks, blocks, torch.ones(1, dtype=torch.int64), 64, pair=(buf, buf))
     assert len({tuple(sorted(kw.items())) for _, kw in launches}) == 1
-    assert [grid for grid, _ in launches] == [(1,), (3,), (31,), (32,), (32,), (32,)]
+    # on the CPU nothing is on a GPU: one column program (a copy with host memory on a GPU too)
+    assert [grid for grid, _ in launches] == [(1, 1), (3, 1), (31, 1), (32, 1), (32, 1), (32, 1)]
+    launches.clear()
+    gather_host.copy_blocks(buf, buf.clone(), blocks, blocks, torch.ones(1, dtype=torch.int64), 64, spread=True)
+    assert launches[0][0] == (32, 1)  # 16 columns: one chunk
+    wide = torch.zeros(64 * 4, 8, 128)  # 1024 columns in chunks of 8192 // 64 = 128
+    gather_host.copy_blocks(wide, wide.clone(), blocks, blocks, torch.ones(1, dtype=torch.int64), 64, spread=True)
+    assert launches[1][0] == (32, 8)

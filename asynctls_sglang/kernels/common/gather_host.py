@@ -35,7 +35,7 @@ PROGRAMS = 32
 
 def copy_blocks(src: torch.Tensor, dst: torch.Tensor, src_block: torch.Tensor, dst_block: torch.Tensor,
                 count: torch.Tensor, block_size: int, head: torch.Tensor | None = None,
-                pair: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+                pair: tuple[torch.Tensor, torch.Tensor] | None = None, spread: bool | None = None) -> None:
     """dst[dst_block[i]*B : +B] = src[src_block[i]*B : +B] for i < count[0] (bit-exact).
 
     src, dst: [tokens, Hk, D] same dtype (one may be pinned host memory, the other on the GPU;
@@ -43,6 +43,8 @@ def copy_blocks(src: torch.Tensor, dst: torch.Tensor, src_block: torch.Tensor, d
     -1 = skip. count: [1] int32/int64 on the kernel's device. head: [P] KV head per entry (copy
     only that head's D columns) or None (all heads). pair: (src2, dst2) copied by the same entries
     in the same launch (V beside K; same shapes and dtype as src/dst, else a second launch).
+    spread: split every entry's columns over programs too (copies within the GPU, bound by HBM);
+    None: when every buffer is on a GPU. A copy with host memory keeps PROGRAMS programs (PCIe).
     Not checked at run time: ids in range, head < Hk, distinct destinations (duplicates race).
     """
     check(src.dtype == dst.dtype and src.shape[1:] == dst.shape[1:],
@@ -54,7 +56,7 @@ def copy_blocks(src: torch.Tensor, dst: torch.Tensor, src_block: torch.Tensor, d
           f"copy_blocks: block_size must be a power of two (tl.arange), got {block_size}")
     if pair is not None and not (pair[0].dtype == src.dtype and pair[0].shape[1:] == src.shape[1:]
                                  and pair[1].dtype == dst.dtype and pair[1].shape[1:] == dst.shape[1:]):
-        copy_blocks(pair[0], pair[1], src_block, dst_block, count, block_size, head)
+        copy_blocks(pair[0], pair[1], src_block, dst_block, count, block_size, head, spread=spread)
         pair = None
     p = src_block.shape[0]
     if p == 0:
@@ -62,9 +64,12 @@ def copy_blocks(src: torch.Tensor, dst: torch.Tensor, src_block: torch.Tensor, d
     s2, d2 = _rows(src), _rows(dst)
     s3, d3 = (_rows(pair[0]), _rows(pair[1])) if pair is not None else (s2, d2)
     w = src.shape[2] if head is not None else src.shape[1] * src.shape[2]
+    block_w = min(pow2(w, 16), max(16, 8192 // block_size))
+    if spread is None:
+        spread = all(t.is_cuda for t in (src, dst, *(pair or ())))
     # NOTE: the stride G is always PROGRAMS (a constexpr: a G that followed the plan size compiled
     # a variant per small count, during serving); a plan smaller than that launches fewer programs
-    copy_blocks_kernel[(min(p, PROGRAMS),)](s2, d2, s3, d3, src_block, dst_block, head if head is not None else src_block, count, p,
+    grid = (min(p, PROGRAMS), -(-w // block_w) if spread else 1)
+    copy_blocks_kernel[grid](s2, d2, s3, d3, src_block, dst_block, head if head is not None else src_block, count, p,
                              s2.stride(0), d2.stride(0), s3.stride(0), d3.stride(0), B=block_size, W=w,
-                             BLOCK_W=min(pow2(w, 16), max(16, 8192 // block_size)), G=PROGRAMS,
-                             PER_HEAD=head is not None, PAIR=pair is not None)
+                             BLOCK_W=block_w, G=PROGRAMS, PER_HEAD=head is not None, PAIR=pair is not None)

@@ -8,10 +8,13 @@ def copy_blocks_kernel(src, dst, src2, dst2, src_block, dst_block, head, count, 
                        s_src, s_dst, s_src2, s_dst2,
                        B: tl.constexpr, W: tl.constexpr, BLOCK_W: tl.constexpr, G: tl.constexpr,
                        PER_HEAD: tl.constexpr, PAIR: tl.constexpr):
-    """Grid (G,): a few programs that walk the plan (program g takes entries g, g + G, ...), so
+    """Grid (G, S): a few programs that walk the plan (program g takes entries g, g + G, ...), so
     the copy, bound by PCIe, holds a few SMs instead of one per entry while the model's kernels
     run beside it (H200: a grid of one program per entry slowed a concurrent GEMM by 37%, G = 32
-    not at all, at the same 44-46 GB/s; benchmarks/copy_bench.py). Entry i_m < min(count[0], P)
+    not at all, at the same 44-46 GB/s; benchmarks/copy_bench.py). S > 1 splits each entry's
+    columns over S programs (program (g, s) takes column chunks s, s + S, ...): for copies
+    within the GPU, bound by HBM and on the decode's path (offload's window copy: 12 us per
+    layer with S = 1 at 8 x 4k on the H200). Entry i_m < min(count[0], P)
     with src_block, dst_block >= 0 copies rows src_block*B .. +B of `src` to rows dst_block*B .. +B
     of `dst`, columns [c, c + W) with c = head[i_m] * W (PER_HEAD) or 0, and the same rows of
     src2 -> dst2 (PAIR: K and V in one launch). Other entries do nothing; the real size is read
@@ -28,7 +31,7 @@ def copy_blocks_kernel(src, dst, src2, dst2, src_block, dst_block, head, count, 
             o_c = tl.zeros([], dtype=tl.int64)
         r_src = (b_src * B + o_t)[:, None]
         r_dst = (b_dst * B + o_t)[:, None]
-        for i_w in range(0, W, BLOCK_W):
+        for i_w in range(tl.program_id(1) * BLOCK_W, W, tl.num_programs(1) * BLOCK_W):
             o_w = o_c + i_w + tl.arange(0, BLOCK_W)[None, :]
             # [B, BLOCK_W]
             m_x = m_on & (o_t[:, None] >= 0) & (o_w < o_c + W)
