@@ -218,31 +218,28 @@ class OffloadRuntime:
         copy_blocks(k_pool, self.engine.k[layer], step.win_src, step.win_dst, step.win_count, self.block_size,
                     pair=pair)
 
-    def readable_blocks(self, layer: int, step: DecodeStep, ranked: torch.Tensor, k: int) -> torch.Tensor:
-        """The blocks attention reads now: of `ranked` [bs, Hk, M] (the best M >= k blocks of each
-        row and head in rank order, -1 unused), the first k that are readable (resident, or in the
-        row's window), in rank order, -1 after: a late block is replaced by the next-ranked readable
-        one (within the M). Counts the blocks among ranked's first k (the wanted ones) of sparse
-        rows that are not readable (late). One kernel on a GPU (self.kernels), the torch code below
-        off it."""
+    def readable_scores(self, layer: int, step: DecodeStep, scores: torch.Tensor,
+                        wanted: torch.Tensor) -> torch.Tensor:
+        """The block scores [bs, Hk, N] with -inf where attention cannot read the block now (not
+        resident in this layer and not in the row's window): their top-k_b is what attention reads,
+        the best readable blocks. Counts the wanted blocks [bs, Hk, k_b] (-1 unused) of sparse rows
+        that are not readable (late). One kernel on a GPU (self.kernels), the torch code below off
+        it."""
         if self.kernels:
-            from asynctls_sglang.kernels.common.offload_tables import readable_blocks
+            from asynctls_sglang.kernels.common.offload_tables import readable_scores
 
-            return readable_blocks(ranked, k, self.cache.blk2slot[layer], step.rows, step.window, step.dense,
+            return readable_scores(scores, wanted, self.cache.blk2slot[layer], step.rows, step.window, step.dense,
                                    self.late)
-        bs, hk, m = ranked.shape
-        blk = ranked.clamp(min=0)
-        resident = torch.gather(self.cache.blk2slot[layer, step.rows], 2, blk) >= 0
+        bs, hk, n = scores.shape
+        table = self.cache.blk2slot[layer, step.rows]
+        blk = torch.arange(n, device=scores.device).clamp(max=table.shape[2] - 1)
+        resident = table[:, :, blk] >= 0
         window = step.window.view(bs, 1, 1, -1)
-        in_window = ((blk.unsqueeze(-1) == window) & (window >= 0)).any(-1)
-        ok = (ranked >= 0) & (resident | in_window)
-        wanted = torch.arange(m, device=ranked.device) < k
-        self.late += ((ranked >= 0) & ~ok & wanted & ~step.dense.view(-1, 1, 1)).sum()
-        slot = torch.cumsum(ok.long(), 2) - 1
-        take = ok & (slot < k)
-        out = torch.full((bs, hk, k + 1), -1, dtype=torch.int64, device=ranked.device)
-        out.scatter_(2, torch.where(take, slot, k), torch.where(take, ranked, -1))
-        return out[..., :k]
+        in_window = ((torch.arange(n, device=scores.device).view(1, 1, n, 1) == window) & (window >= 0)).any(-1)
+        ok = resident | in_window
+        wanted_ok = torch.gather(ok, 2, wanted.clamp(min=0))
+        self.late += ((wanted >= 0) & ~wanted_ok & ~step.dense.view(-1, 1, 1)).sum()
+        return scores.masked_fill(~ok, float("-inf"))
 
     def prefetch(self, layer: int, step: DecodeStep, wanted: torch.Tensor) -> None:
         """Plan `need` (local blocks, the dense rows' blocks, then the wanted blocks in rank order)

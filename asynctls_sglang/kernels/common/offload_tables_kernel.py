@@ -1,5 +1,5 @@
 """The offloading engine's per-layer reads of the residency tables, one kernel each: which blocks
-attention may read now (the first readable ones of the ranked blocks) and where each attended token lies in the
+attention may read now (the block scores masked to the readable blocks) and where each attended token lies in the
 resident buffers (the attention's slot table). Each replaces some twenty small torch ops of
 memory.offload_runtime (the specification), which under a CUDA graph cost more than the math."""
 import triton
@@ -7,35 +7,35 @@ import triton.language as tl
 
 
 @triton.jit
-def readable_blocks_kernel(ranked, out, blk2slot, rows, window, dense, late,
-                           M, WN, KB, MB, s_rb, s_rh, s_ob, s_oh, s_tr, s_th, s_wb,
-                           BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_KB: tl.constexpr):
-    """Grid (bs, Hk). ranked: the row's best M blocks in rank order (-1 unused). out: its first
-    KB readable ones (resident in this layer, or one of the row's window blocks), in that order,
-    -1 after them. late[0] += blocks among the first KB of ranked (the wanted ones) that are not
-    readable (sparse rows only)."""
-    i_b, i_h = tl.program_id(0), tl.program_id(1)
+def readable_scores_kernel(scores, wanted, out, blk2slot, rows, window, dense, late,
+                           N, WN, KB, MB, s_sb, s_sh, s_qb, s_qh, s_ob, s_oh, s_tr, s_th, s_wb,
+                           BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_KB: tl.constexpr):
+    """Grid (bs, Hk, cdiv(N, BLOCK_N)). out = the row's block scores where the block is readable
+    (resident in this layer, or one of the row's window blocks), -inf elsewhere. Programs
+    (b, h, 0) also add to late[0] the wanted blocks (>= 0) that are not readable, rows not dense."""
+    i_b, i_h, i_n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b_row = tl.load(rows + i_b).to(tl.int64)
+    p_t = blk2slot + b_row * s_tr + i_h * s_th
     o_w = tl.arange(0, BLOCK_W)
     # [BLOCK_W] the row's window blocks (-1 absent)
     b_win = tl.load(window + i_b * s_wb + o_w, mask=o_w < WN, other=-1)
-    o_m = tl.arange(0, BLOCK_M)
-    # [BLOCK_M]
-    b_blk = tl.load(ranked + i_b * s_rb + i_h * s_rh + o_m, mask=o_m < M, other=-1).to(tl.int64)
-    m_b = b_blk >= 0
-    b_res = tl.load(blk2slot + b_row * s_tr + i_h * s_th + tl.minimum(b_blk, MB), mask=m_b, other=-1) >= 0
-    b_inw = tl.sum(((b_blk[:, None] == b_win[None, :]) & (b_win[None, :] >= 0)).to(tl.int32), axis=1) > 0
-    m_ok = m_b & (b_res | b_inw)
-    b_ok = m_ok.to(tl.int32)
-    # slot of each readable block among the readable ones, in rank order
-    o_slot = tl.cumsum(b_ok, axis=0) - b_ok
-    tl.store(out + i_b * s_ob + i_h * s_oh + o_slot, b_blk, mask=m_ok & (o_slot < KB))
-    b_taken = tl.minimum(tl.sum(b_ok, axis=0), KB)
-    o_k = tl.arange(0, BLOCK_KB)
-    tl.store(out + i_b * s_ob + i_h * s_oh + o_k, tl.full([BLOCK_KB], -1, tl.int64), mask=(o_k >= b_taken) & (o_k < KB))
-    b_late = tl.sum((m_b & ~m_ok & (o_m < KB)).to(tl.int64), axis=0)
-    b_dense = tl.load(dense + i_b) != 0
-    tl.atomic_add(late, tl.where(b_dense, 0, b_late))
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    # [BLOCK_N]
+    b_x = tl.load(scores + i_b * s_sb + i_h * s_sh + o_n, mask=m_n, other=float("-inf"))
+    b_res = tl.load(p_t + tl.minimum(o_n, MB), mask=m_n, other=-1) >= 0
+    b_inw = tl.sum(((o_n[:, None] == b_win[None, :]) & (b_win[None, :] >= 0)).to(tl.int32), axis=1) > 0
+    tl.store(out + i_b * s_ob + i_h * s_oh + o_n, tl.where(b_res | b_inw, b_x, float("-inf")), mask=m_n)
+    if i_n == 0:
+        o_k = tl.arange(0, BLOCK_KB)
+        # [BLOCK_KB]
+        b_blk = tl.load(wanted + i_b * s_qb + i_h * s_qh + o_k, mask=o_k < KB, other=-1).to(tl.int64)
+        m_b = b_blk >= 0
+        b_ok = tl.load(p_t + tl.minimum(b_blk, MB), mask=m_b, other=-1) >= 0
+        b_ok = b_ok | (tl.sum(((b_blk[:, None] == b_win[None, :]) & (b_win[None, :] >= 0)).to(tl.int32), axis=1) > 0)
+        b_late = tl.sum((m_b & ~b_ok).to(tl.int64), axis=0)
+        b_dense = tl.load(dense + i_b) != 0
+        tl.atomic_add(late, tl.where(b_dense, 0, b_late))
 
 
 @triton.jit
