@@ -179,8 +179,8 @@ def test_dense_base_choice():
     except ImportError:
         want = "triton"
     assert dense_base_name(gqa, "cuda:0", is_mla=False) == want
-    # MLA: Triton's unless FlashInfer's MLA backend is asked for (not yet run on a GPU)
-    assert dense_base_name(gqa, "cuda:0", is_mla=True) == "triton"
+    # MLA: FlashInfer's MLA backend where FlashInfer is installed, as for GQA
+    assert dense_base_name(gqa, "cuda:0", is_mla=True) == want
     if want == "flashinfer":
         assert dense_base_name(AsyncTLSConfig(dense_backend="flashinfer"), "cuda:0", is_mla=True) == "flashinfer"
     assert dense_base_name(AsyncTLSConfig(dense_backend="triton"), "cuda:0", is_mla=False) == "triton"

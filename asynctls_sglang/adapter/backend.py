@@ -1,7 +1,7 @@
 """The `asynctls` attention backend.
 
-Prefill (extend) is dense and runs on SGLang's own kernels (torch_native on CPU; FlashInfer on
-GPU for GQA models, Triton for MLA, or FlashInfer's MLA backend when asked: ``dense_backend``); it also feeds the
+Prefill (extend) is dense and runs on SGLang's own kernels (torch_native on CPU; on a GPU
+FlashInfer's, its MLA backend for MLA models, or Triton's: ``dense_backend``); it also feeds the
 online calibration of the index channels. Decode runs the two-level selection on the index that
 the pool keeps and attends exactly over the chosen tokens. Requests no longer than
 ``dense_threshold`` (config.AsyncTLSConfig.dense_len) decode on the stock kernel (a batch made
@@ -398,11 +398,11 @@ def dense_base_name(cfg: AsyncTLSConfig, device: str, is_mla: bool) -> str:
         return name
     if not on_gpu:
         return "torch_native"
-    if is_mla:
-        # NOTE: FlashInfer's MLA decode is faster (short batches on Triton's: 0.80x of it, H200,
-        # DeepSeek-V2-Lite 8 x 4k, session 15), but the asynctls class over it has not run on a
-        # GPU yet: opt-in (dense_backend flashinfer) until tests/gpu/test_engine_gpu.py passes
+    if is_mla and cfg.offload:
         return "triton"
+    # NOTE: for MLA too: short batches decode on the base's kernel, and Triton's MLA decode ran at
+    # 0.80x of FlashInfer's (H200, DeepSeek-V2-Lite 8 x 4k and 1 x 32k, session 15); over
+    # FlashInfer's MLA backend they ran at 0.95-0.96x (session 16, its GPU tests passing)
     return "flashinfer" if has_flashinfer() else "triton"
 
 

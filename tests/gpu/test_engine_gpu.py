@@ -43,8 +43,8 @@ def test_gpu_graph_decode_exact_and_sparse(tiny_model_dir, kind):
                                          ("deepseek_v2", "flashinfer")])
 def test_gpu_short_batches_replay_the_stock_graph(tiny_model_dir, kind, stock):
     """Batches whose requests are all under the dense threshold replay the graph captured on the
-    dense base backend (FlashInfer for GQA; Triton for MLA, or FlashInfer's MLA backend when
-    dense_backend asks for it): the same tokens as that backend, no sparse step; a batch with a
+    dense base backend named by dense_backend (FlashInfer for GQA, FlashInfer's MLA backend or
+    Triton's for MLA): the same tokens as that backend, no sparse step; a batch with a
     longer request replays the sparse graph (patches.graph_variants)."""
     model = tiny_model_dir(kind)
     cfg = dict(CFG, dense_threshold=1000, dense_backend=stock)
