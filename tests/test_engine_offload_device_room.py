@@ -42,8 +42,9 @@ def test_every_request_row_decodes_when_long_prompts_arrive_together(tiny_model_
     """Six 1100-token prompts (72% of the device pool each, five chunks) arrive at once with
     max_running_requests 6, as in the fixed-memory runs: all six decode together. Two SGLang
     scheduling rules held the last ones back (patches/offload.py): a request refused for device
-    room marked the running batch full until a request finished (the same prompts reached 4), and
-    a chunked request's row was counted twice, so the sixth row stayed unused (5)."""
+    room marked the running batch full until a request finished, and a chunked request's row was
+    counted twice, so the sixth row stayed unused (the same prompts reached 4 with neither fix or
+    with only the second, 5 with only the first)."""
     model = tiny_model_dir("qwen3")
     prompts = random_prompts([1100] * 6, seed=3)
     params = {"temperature": 0, "max_new_tokens": 96, "ignore_eos": True}
