@@ -179,8 +179,16 @@ def test_dense_base_choice():
     except ImportError:
         want = "triton"
     assert dense_base_name(gqa, "cuda:0", is_mla=False) == want
-    # MLA: FlashInfer's MLA backend where FlashInfer is installed, as for GQA
-    assert dense_base_name(gqa, "cuda:0", is_mla=True) == want
+    # MLA: FlashInfer's MLA backend where FlashInfer is installed, for the latent shape measured
+    # under asynctls (kv_lora_rank 512, rope 64); Triton's for others, or dims unknown
+    assert dense_base_name(gqa, "cuda:0", is_mla=True, mla_dims=(512, 64)) == want
+    assert dense_base_name(gqa, "cuda:0", is_mla=True, mla_dims=(256, 32)) == "triton"
+    assert dense_base_name(gqa, "cuda:0", is_mla=True) == "triton"
+    from types import SimpleNamespace
+
+    from asynctls_sglang.adapter.backend import _mla_dims
+    runner = SimpleNamespace(model_config=SimpleNamespace(kv_lora_rank=512, qk_rope_head_dim=64))
+    assert _mla_dims(runner) == (512, 64) and _mla_dims(SimpleNamespace()) is None
     if want == "flashinfer":
         assert dense_base_name(AsyncTLSConfig(dense_backend="flashinfer"), "cuda:0", is_mla=True) == "flashinfer"
     assert dense_base_name(AsyncTLSConfig(dense_backend="triton"), "cuda:0", is_mla=False) == "triton"
@@ -196,7 +204,7 @@ def test_dense_base_choice():
     # offload takes the same prefill kernels for GQA (its tables are swapped to device slots,
     # _device_tables), Triton's for MLA
     assert dense_base_name(AsyncTLSConfig(offload=True), "cuda:0", is_mla=False) == want
-    assert dense_base_name(AsyncTLSConfig(offload=True), "cuda:0", is_mla=True) == "triton"
+    assert dense_base_name(AsyncTLSConfig(offload=True), "cuda:0", is_mla=True, mla_dims=(512, 64)) == "triton"
 
 
 def test_the_base_backend_plans_only_for_graphs_that_run_its_kernel():

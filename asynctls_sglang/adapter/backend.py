@@ -83,7 +83,7 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         self._seed_rows = None
         self.asynctls_capture_mode: str | None = None  # set by patches.graph_variants while capturing
         is_mla = bool(getattr(model_runner, "use_mla_backend", False))
-        self.asynctls_dense_base = dense_base_name(cfg, str(model_runner.device), is_mla)
+        self.asynctls_dense_base = dense_base_name(cfg, str(model_runner.device), is_mla, _mla_dims(model_runner))
         self.asynctls_mla = MLAPrefill(model_runner, resolve_mode(cfg.mla_prefill, self.asynctls_dense_base)) \
             if is_mla else None
 
@@ -378,9 +378,21 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
 _CLASSES: dict[type, type] = {}
 
 
-def dense_base_name(cfg: AsyncTLSConfig, device: str, is_mla: bool) -> str:
+#: (kv_lora_rank, qk_rope_head_dim) of the MLA models whose dense steps `auto` puts on FlashInfer's
+#: MLA backend: the shape measured under asynctls (DeepSeek-V2/V3, GLM-4.7-Flash); other MLA shapes
+#: keep Triton's unless dense_backend names flashinfer
+FLASHINFER_MLA_DIMS = (512, 64)
+
+
+def _mla_dims(model_runner) -> tuple | None:
+    mc = getattr(model_runner, "model_config", None)
+    return (getattr(mc, "kv_lora_rank", None), getattr(mc, "qk_rope_head_dim", None)) if mc is not None else None
+
+
+def dense_base_name(cfg: AsyncTLSConfig, device: str, is_mla: bool, mla_dims: tuple | None = None) -> str:
     """The dense SGLang backend the asynctls class derives from (config.dense_backend, resolved).
-    "flashinfer" is FlashInfer's MLA backend for an MLA model (_dense_base)."""
+    "flashinfer" is FlashInfer's MLA backend for an MLA model (_dense_base). mla_dims: the model's
+    (kv_lora_rank, qk_rope_head_dim)."""
     name = cfg.dense_backend
     if name == "flashinfer" and is_mla and cfg.offload:
         # NOTE: the offload prefill swaps the base's tables to device slots (_device_tables), done
@@ -398,7 +410,7 @@ def dense_base_name(cfg: AsyncTLSConfig, device: str, is_mla: bool) -> str:
         return name
     if not on_gpu:
         return "torch_native"
-    if is_mla and cfg.offload:
+    if is_mla and (cfg.offload or mla_dims != FLASHINFER_MLA_DIMS):
         return "triton"
     # NOTE: for MLA too: short batches decode on the base's kernel, and Triton's MLA decode ran at
     # 0.80x of FlashInfer's (H200, DeepSeek-V2-Lite 8 x 4k and 1 x 32k, session 15); over
@@ -434,7 +446,7 @@ def _flashinfer_mla_base() -> type:
 
 def _dense_base(model_runner, cfg: AsyncTLSConfig) -> type:
     is_mla = bool(getattr(model_runner, "use_mla_backend", False))
-    name = dense_base_name(cfg, str(model_runner.device), is_mla)
+    name = dense_base_name(cfg, str(model_runner.device), is_mla, _mla_dims(model_runner))
     if name == "torch_native":
         from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
 
