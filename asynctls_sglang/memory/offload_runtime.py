@@ -128,7 +128,7 @@ class OffloadRuntime:
         self._recent_windows: dict[int, torch.Tensor] = {}
         #: logical page -> device page (None: SGLang's page ids are device pages, host blocks alike)
         self.device_page: torch.Tensor | None = None
-        #: the table reads (readable_blocks, buffer_table) as Triton kernels: on a GPU, where their
+        #: the table reads (readable_scores, buffer_table) as Triton kernels: on a GPU, where their
         #: torch form is ~40 small launches per layer (tests set it under the interpreter)
         self.kernels = self.cache.device.type == "cuda"
         #: time of the eager prefill work (adapter.offload: load_back, seed, write_through, demote, and
