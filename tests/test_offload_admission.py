@@ -331,3 +331,32 @@ def test_making_room_never_evicts_the_prefix_the_request_matched():
     adder.tree_cache = tree = _LockingTree(adder.token_to_kv_pool_allocator, evictable_pages=60, node_pages=10)
     assert _admit(adder, _shared_req(160, 800, [node])) == "added"  # enough besides the prefix
     assert tree.left >= 10 and tree.locks == 0
+
+
+def test_the_rounds_chunked_request_row_is_counted_once(monkeypatch):
+    """SGLang's rows left for a prefill round: min(max running - running, free rows). A chunked
+    request holds its row between chunks and is in the round's list, so with offload it is counted
+    once: one more than the free rows, never past max running; unchanged otherwise."""
+    import sglang.srt.runtime_context as runtime_context
+
+    from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
+
+    monkeypatch.setattr(runtime_context, "get_parallel", lambda: SimpleNamespace(pp_max_micro_batch_size=6))
+
+    def original(self, running_bs):
+        return min(6 - running_bs, 1)  # one free row
+
+    sched = SimpleNamespace(token_to_kv_pool_allocator=object.__new__(OffloadPagedAllocator), chunked_req=None)
+    seen = []
+    offload._prefill_round(lambda self: seen.append(self.asynctls_round_chunked), sched)
+    assert seen == [None] and sched.asynctls_round_chunked is None
+    sched.chunked_req = SimpleNamespace(req_pool_idx=5)
+    # during the round the chunked request is remembered, even once the round clears chunked_req
+    offload._prefill_round(lambda self: seen.append(offload._allocatable_reqs(original, self, 4)), sched)
+    assert seen[-1] == 2 and sched.asynctls_round_chunked is None
+    sched.asynctls_round_chunked = sched.chunked_req
+    assert offload._allocatable_reqs(original, sched, 5) == 1  # max running 6: one more at most
+    sched.asynctls_round_chunked = SimpleNamespace(req_pool_idx=None)  # holds no row
+    assert offload._allocatable_reqs(original, sched, 4) == 1
+    stock = SimpleNamespace(token_to_kv_pool_allocator=object(), asynctls_round_chunked=sched.chunked_req)
+    assert offload._allocatable_reqs(original, stock, 4) == 1
