@@ -202,8 +202,7 @@ class AsyncTLSConfig:
         mla_base: an MLA model's dense base (dense_base_name), None for GQA/MHA models."""
         per_request = self.dense_batch_tokens
         if per_request is None:
-            default = DENSE_BATCH_PER_REQUEST_MLA.get(mla_base, DENSE_BATCH_PER_REQUEST) if mla_base \
-                else DENSE_BATCH_PER_REQUEST
+            default = DENSE_BATCH_PER_REQUEST_MLA.get(mla_base, DENSE_BATCH_PER_REQUEST)  # None: GQA/MHA
             per_request = default if self.dense_threshold is None and not self.offload else 0
         return per_request * (bs + 2)
 

@@ -232,10 +232,10 @@ class OffloadRuntime:
                                    self.late)
         bs, hk, n = scores.shape
         table = self.cache.blk2slot[layer, step.rows]
-        blk = torch.arange(n, device=scores.device).clamp(max=table.shape[2] - 1)
-        resident = table[:, :, blk] >= 0
+        blk = torch.arange(n, device=scores.device)
+        resident = table[:, :, blk.clamp(max=table.shape[2] - 1)] >= 0
         window = step.window.view(bs, 1, 1, -1)
-        in_window = ((torch.arange(n, device=scores.device).view(1, 1, n, 1) == window) & (window >= 0)).any(-1)
+        in_window = ((blk.view(1, 1, n, 1) == window) & (window >= 0)).any(-1)
         ok = resident | in_window
         wanted_ok = torch.gather(ok, 2, wanted.clamp(min=0))
         self.late += ((wanted >= 0) & ~wanted_ok & ~step.dense.view(-1, 1, 1)).sum()

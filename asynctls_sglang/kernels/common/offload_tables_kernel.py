@@ -7,6 +7,12 @@ import triton.language as tl
 
 
 @triton.jit
+def _in_window(b_blk, b_win):
+    """[N] block ids, [W] the row's window blocks (-1 absent) -> [N] bool: the block is one of them."""
+    return tl.sum(((b_blk[:, None] == b_win[None, :]) & (b_win[None, :] >= 0)).to(tl.int32), axis=1) > 0
+
+
+@triton.jit
 def readable_scores_kernel(scores, wanted, out, blk2slot, rows, window, dense, late,
                            N, WN, KB, MB, s_sb, s_sh, s_qb, s_qh, s_ob, s_oh, s_tr, s_th, s_wb,
                            BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_KB: tl.constexpr):
@@ -24,15 +30,15 @@ def readable_scores_kernel(scores, wanted, out, blk2slot, rows, window, dense, l
     # [BLOCK_N]
     b_x = tl.load(scores + i_b * s_sb + i_h * s_sh + o_n, mask=m_n, other=float("-inf"))
     b_res = tl.load(p_t + tl.minimum(o_n, MB), mask=m_n, other=-1) >= 0
-    b_inw = tl.sum(((o_n[:, None] == b_win[None, :]) & (b_win[None, :] >= 0)).to(tl.int32), axis=1) > 0
-    tl.store(out + i_b * s_ob + i_h * s_oh + o_n, tl.where(b_res | b_inw, b_x, float("-inf")), mask=m_n)
+    tl.store(out + i_b * s_ob + i_h * s_oh + o_n, tl.where(b_res | _in_window(o_n, b_win), b_x, float("-inf")),
+             mask=m_n)
     if i_n == 0:
         o_k = tl.arange(0, BLOCK_KB)
         # [BLOCK_KB]
         b_blk = tl.load(wanted + i_b * s_qb + i_h * s_qh + o_k, mask=o_k < KB, other=-1).to(tl.int64)
         m_b = b_blk >= 0
         b_ok = tl.load(p_t + tl.minimum(b_blk, MB), mask=m_b, other=-1) >= 0
-        b_ok = b_ok | (tl.sum(((b_blk[:, None] == b_win[None, :]) & (b_win[None, :] >= 0)).to(tl.int32), axis=1) > 0)
+        b_ok = b_ok | _in_window(b_blk, b_win)
         b_late = tl.sum((m_b & ~b_ok).to(tl.int64), axis=0)
         b_dense = tl.load(dense + i_b) != 0
         tl.atomic_add(late, tl.where(b_dense, 0, b_late))
