@@ -36,24 +36,33 @@ async def _request(engine, ids, params, marks: list | None = None):
     return t0, marks
 
 
-async def _profile_decode(engine, tasks, steps: int, out_dir: str) -> None:
-    """Once every request of the point has streamed a few tokens (all of them decoding), record
-    `steps` forward steps with SGLang's profiler (GPU kernels only; it stops by itself)."""
+async def _profile_decode(engine, tasks, marks: list[list], steps: int, out_dir: str) -> bool:
+    """Once every request of `tasks` decodes at the same time (each has streamed a few tokens and
+    none has ended), record `steps` forward steps with SGLang's profiler (GPU kernels only; it
+    stops by itself) -> whether it started (a batch never reached, e.g. at fixed memory: False)."""
     from sglang.srt.managers.io_struct import ProfileReq
 
-    while not all(t.done() for t in tasks):
+    while not any(t.done() for t in tasks):
         await asyncio.sleep(0.05)
-        if all(len(m) >= 4 for m in _PROGRESS.values()) and len(_PROGRESS) == len(tasks):
+        if all(len(m) >= 4 for m in marks):
             await engine.tokenizer_manager.start_profile(ProfileReq(
                 output_dir=out_dir, num_steps=steps, activities=["GPU"], with_stack=False, record_shapes=False))
-            return
+            return True
+    return False
 
 
-_PROGRESS: dict[int, list] = {}  # request index -> its token marks, while a profiled point runs
+def profile_summary(out_dir: str, steps: int, started: bool) -> dict:
+    """The summary of the newest trace under out_dir (summarize_trace), or why there is none."""
+    if not started:
+        return {"steps": steps, "error": "the requests never decoded all together: nothing recorded"}
+    time.sleep(2)  # the trace is written by the scheduler process after its last step
+    traces = sorted(glob.glob(os.path.join(out_dir, "*.trace.json*")))
+    return summarize_trace(traces[-1], steps) if traces else {"steps": steps, "error": "no trace"}
 
 
 _GROUPS = (  # (group, substrings of kernel names), first match wins; the rest is "other"
     ("other", ("RMSNorm", "norm::")),  # FlashInfer's norm kernels, before its attention's names
+    ("MoE", ("fused_moe", "moe_", "grouped_topk", "topk_sigmoid", "topk_softmax")),  # before "topk" below
     ("asynctls selection", ("block_score", "topk", "select_", "candidate", "token_score", "compact", "truncate")),
     ("asynctls attention", ("gqa_decode", "mla_decode", "merge_splits")),
     ("asynctls index upkeep", ("summary", "index_key", "write_index")),
@@ -115,12 +124,13 @@ async def run_point(engine, bs: int, ctx: int, out_len: int, vocab: int, seed: i
         prompts = [[rng.randrange(1000, vocab - 1000) for _ in range(ctx)] for _ in range(bs)]
     params = {"max_new_tokens": out_len, "ignore_eos": True, "temperature": 0.0}
     t_submit = time.perf_counter()
+    profile = None
     if profile_steps:
-        _PROGRESS.clear()
-        tasks = [asyncio.ensure_future(_request(engine, p, params, _PROGRESS.setdefault(i, [])))
-                 for i, p in enumerate(prompts)]
-        await _profile_decode(engine, tasks, profile_steps, profile_dir)
+        marks: list[list] = [[] for _ in prompts]
+        tasks = [asyncio.ensure_future(_request(engine, p, params, m)) for p, m in zip(prompts, marks)]
+        started = await _profile_decode(engine, tasks, marks, profile_steps, profile_dir)
         results = await asyncio.gather(*tasks)
+        profile = profile_summary(profile_dir, profile_steps, started)
     else:
         results = await asyncio.gather(*[_request(engine, p, params) for p in prompts])
     firsts = [m[0][0] for _, m in results]
@@ -130,9 +140,12 @@ async def run_point(engine, bs: int, ctx: int, out_len: int, vocab: int, seed: i
     for _, marks in results:
         tokens += max([n for t, n in marks if t <= t_b] or [0]) - max([n for t, n in marks if t <= t_a] or [0])
     window = t_b - t_a
-    return {"bs": bs, "ctx": ctx, "ttft_s": round(max(firsts) - t_submit, 3),
-            "ttft_s_each": sorted(round(t - t_submit, 3) for t in firsts),  # queueing shows as a spread
-            "decode_tok_s": round(tokens / window, 1) if window > 0.05 else None, **_itl(results)}
+    out = {"bs": bs, "ctx": ctx, "ttft_s": round(max(firsts) - t_submit, 3),
+           "ttft_s_each": sorted(round(t - t_submit, 3) for t in firsts),  # queueing shows as a spread
+           "decode_tok_s": round(tokens / window, 1) if window > 0.05 else None, **_itl(results)}
+    if profile is not None:
+        out["profile"] = profile
+    return out
 
 
 def _itl(results) -> dict:
@@ -176,9 +189,10 @@ async def _report_progress(engine, marks: list[list], t_submit: float, every: fl
 
 
 async def run_fixed_memory(engine, n_req: int, ctx: int, out_len: int, vocab: int, seed: int,
-                           progress_s: float = 20.0) -> dict:
+                           progress_s: float = 20.0, profile_steps: int = 0, profile_dir: str = "") -> dict:
     """n_req distinct contexts submitted at once to a KV pool capped by --fixed-kv-tokens: how many
-    decode together (the batch the backend reaches) and the output throughput of the whole run."""
+    decode together (the batch the backend reaches) and the output throughput of the whole run.
+    profile_steps: that many steps profiled once all n_req decode together (if they ever do)."""
     rng = random.Random(seed)
     prompts = [[rng.randrange(1000, vocab - 1000) for _ in range(ctx)] for _ in range(n_req)]
     params = {"max_new_tokens": out_len, "ignore_eos": True, "temperature": 0.0}
@@ -194,8 +208,10 @@ async def run_fixed_memory(engine, n_req: int, ctx: int, out_len: int, vocab: in
         return result
 
     ticker = asyncio.ensure_future(_report_progress(engine, all_marks, t_submit, progress_s)) if progress_s > 0 else None
+    tasks = [asyncio.ensure_future(one(i, p)) for i, p in enumerate(prompts)]
     try:
-        results = await asyncio.gather(*[one(i, p) for i, p in enumerate(prompts)])
+        started = profile_steps and await _profile_decode(engine, tasks, all_marks, profile_steps, profile_dir)
+        results = await asyncio.gather(*tasks)
     finally:
         if ticker is not None:
             ticker.cancel()
@@ -208,10 +224,13 @@ async def run_fixed_memory(engine, n_req: int, ctx: int, out_len: int, vocab: in
     # the decode rate at the batch reached, prefill stalls left out (the median step is a decode
     # step: a step that waited on another request's prefill chunk is in the tail)
     at_batch = round(1000 * batch / itl["itl_ms_median"], 1) if itl["itl_ms_median"] else None
-    return {"bs": n_req, "ctx": ctx, "batch_reached": batch, "ttft_s": round(min(a for a, _ in spans) - t_submit, 3),
-            "wall_s": round(t_end - t_submit, 2), "output_tok_s": round(tokens / (t_end - t_submit), 1),
-            "decode_tok_s": round(tokens / decode_window, 1) if decode_window > 0.05 else None,
-            "decode_tok_s_at_batch": at_batch, **itl}
+    out = {"bs": n_req, "ctx": ctx, "batch_reached": batch, "ttft_s": round(min(a for a, _ in spans) - t_submit, 3),
+           "wall_s": round(t_end - t_submit, 2), "output_tok_s": round(tokens / (t_end - t_submit), 1),
+           "decode_tok_s": round(tokens / decode_window, 1) if decode_window > 0.05 else None,
+           "decode_tok_s_at_batch": at_batch, **itl}
+    if profile_steps:
+        out["profile"] = profile_summary(profile_dir, profile_steps, bool(started))
+    return out
 
 
 def fit_requests(capacity_tokens: int, bs: int, ctx: int, out_len: int) -> tuple[int, int]:
@@ -322,6 +341,7 @@ def run_backend(args, backend: str, asynctls: dict, eager: bool = False, label: 
         engine.loop.run_until_complete(run_point(engine, 1, 4096, 8, vocab, 1))  # warm-up
         for i, (bs, ctx) in enumerate(points):
             before = asynctls_info(engine) if backend == "asynctls" else {}
+            pdir = os.path.join(os.path.dirname(os.path.abspath(args.out)), f"profile_{label or backend}_{bs}x{ctx}")
             if args.fixed_kv_tokens or args.fit:
                 if args.fit:  # the pool as SGLang sized it (capped by --fixed-kv-tokens; offload: logical)
                     capacity = int(engine.get_server_info()["max_total_num_tokens"])
@@ -329,19 +349,15 @@ def run_backend(args, backend: str, asynctls: dict, eager: bool = False, label: 
                                                                100 + i, args.progress_s))
                 else:
                     r = engine.loop.run_until_complete(run_fixed_memory(engine, bs, ctx, args.out_len, vocab, 100 + i,
-                                                                       args.progress_s))
+                                                                       args.progress_s, args.profile_steps, pdir))
                 if args.fixed_kv_tokens:
                     r.update(fixed_kv_tokens=args.fixed_kv_tokens, device_kv_tokens=kw["max_total_tokens"],
                              resident_buffer_tokens=resident)
             else:
-                pdir = os.path.join(os.path.dirname(os.path.abspath(args.out)), f"profile_{backend}_{bs}x{ctx}")
                 r = engine.loop.run_until_complete(run_point(engine, bs, ctx, args.out_len, vocab, 100 + i,
                                                              args.shared_prefix, args.profile_steps, pdir))
-                if args.profile_steps:
-                    time.sleep(2)  # the trace is written by the scheduler process after its last step
-                    traces = sorted(glob.glob(os.path.join(pdir, "*.trace.json*")))
-                    r["profile"] = summarize_trace(traces[-1], args.profile_steps) if traces else {"error": "no trace"}
-                    print("[e2e] profile " + json.dumps(r["profile"]), flush=True)
+            if "profile" in r:
+                print("[e2e] profile " + json.dumps(r["profile"]), flush=True)
             r.update(shared_prefix=args.shared_prefix,
                      backend=(label or backend) + (f"(K={asynctls.get('token_budget', 2048)})" if backend == "asynctls" else ""))
             if backend == "asynctls":
@@ -541,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "batch it serves together there")
     ap.add_argument("--profile-steps", type=int, default=0,
                     help="record this many decode steps of each point with SGLang's profiler (GPU kernels) "
+                         "once all its requests decode together (with --fixed-kv-tokens: if they ever do) "
                          "and report per-step GPU time by kernel group; the point's throughput then "
                          "includes the profiler's overhead")
     ap.add_argument("--out", default="e2e.json")

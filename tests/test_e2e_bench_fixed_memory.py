@@ -97,6 +97,42 @@ def test_kernel_groups(e2e_bench):
     assert e2e_bench.kernel_group("void flashinfer::BatchPrefillWithPagedKVCacheKernel<>") == "dense attention"
     assert e2e_bench.kernel_group("topk_resident_kernel") == "asynctls selection"
     assert e2e_bench.kernel_group("summary_fold_kernel") == "asynctls index upkeep"
+    assert e2e_bench.kernel_group("fused_moe_kernel") == "MoE"
+    assert e2e_bench.kernel_group("void moe_fused_gate_kernel<float>") == "MoE"
+    assert e2e_bench.kernel_group("void topk_sigmoid<float, 4>") == "MoE"  # not asynctls' top-k
+
+
+class ProfilingEngine(QueueingEngine):
+    """A QueueingEngine whose tokenizer manager records when a profile was asked for."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.asked: list[int] = []
+        outer = self
+
+        class TokenizerManager:
+            async def start_profile(self, req):
+                outer.asked.append(req.num_steps)
+
+        self.tokenizer_manager = TokenizerManager()
+
+
+@pytest.mark.parametrize("slots,started", [(4, True), (2, False)])
+def test_fixed_memory_profiles_only_the_whole_batch(e2e_bench, tmp_path, monkeypatch, slots, started):
+    """--profile-steps at fixed memory: recorded once all requests decode together; a backend
+    that never serves them together records nothing and says so (no trace of a smaller batch)."""
+    pytest.importorskip("sglang")
+    monkeypatch.setattr(e2e_bench, "summarize_trace", lambda path, steps: {"steps": steps, "trace": path})
+    (tmp_path / "x-TP-0.trace.json.gz").write_bytes(b"")
+    engine = ProfilingEngine(slots, steps=8, dt=0.02)
+    r = asyncio.run(e2e_bench.run_fixed_memory(engine, 4, 64, 8, 5000, 0, 0, profile_steps=3,
+                                               profile_dir=str(tmp_path)))
+    assert r["batch_reached"] == slots
+    assert engine.asked == ([3] if started else [])
+    if started:
+        assert r["profile"] == {"steps": 3, "trace": str(tmp_path / "x-TP-0.trace.json.gz")}
+    else:
+        assert "never decoded all together" in r["profile"]["error"]
 
 
 class ReportingEngine(QueueingEngine):
