@@ -68,7 +68,7 @@ _GROUPS = (  # (group, substrings of kernel names), first match wins; the rest i
     ("asynctls index upkeep", ("summary", "index_key", "write_index")),
     ("dense attention", ("BatchDecode", "BatchPrefill", "flashinfer", "_fwd_kernel", "decode_att", "fmha", "flash")),
     ("GEMM", ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "Gemm")),
-    ("copies", ("Memcpy", "memcpy", "gather_host")),
+    ("copies", ("Memcpy", "memcpy", "gather_host", "copy_blocks")),
 )
 
 
@@ -104,7 +104,52 @@ def summarize_trace(path: str, steps: int) -> dict:
             "busy_ms_per_step": round(busy / steps / 1000, 3),
             "groups_ms_per_step": {g: round(d / steps / 1000, 3) for g, d in sorted(groups.items(), key=lambda kv: -kv[1])},
             "top_kernels": [{"name": n, "ms_per_step": round(d / steps / 1000, 4), "calls_per_step": c / steps}
-                            for n, (d, c) in top]}
+                            for n, (d, c) in top],
+            "streams": stream_overlap(kernels, steps)}
+
+
+def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[list[float]] = []
+    for a, b in sorted(intervals):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return [(a, b) for a, b in merged]
+
+
+def stream_overlap(kernels: list[dict], steps: int) -> list[dict]:
+    """Per GPU stream of a trace (its tid): busy ms per step, its busiest kernel, and for every
+    stream but the busiest (the forward's: the side streams, e.g. the offload copies) the fraction
+    of its kernel time that ran while the forward stream ran a kernel too: how much of the side
+    work was hidden behind compute, measured rather than bounded from step times."""
+    import bisect
+
+    by_stream: dict = {}
+    for e in kernels:
+        by_stream.setdefault(e.get("tid"), []).append(e)
+    busy = {tid: sum(e["dur"] for e in es) for tid, es in by_stream.items()}
+    main = max(busy, key=busy.get)
+    compute = _union([(e["ts"], e["ts"] + e["dur"]) for e in by_stream[main]])
+    starts = [a for a, _ in compute]
+    out = []
+    for tid, es in sorted(by_stream.items(), key=lambda kv: -busy[kv[0]]):
+        names: dict[str, float] = {}
+        for e in es:
+            names[e["name"][:60]] = names.get(e["name"][:60], 0.0) + e["dur"]
+        row = {"stream": tid, "busy_ms_per_step": round(busy[tid] / steps / 1000, 3),
+               "kernels": len(es), "top_kernel": max(names, key=names.get)}
+        if tid != main and busy[tid] > 0:
+            hidden = 0.0
+            for e in es:
+                a, b = e["ts"], e["ts"] + e["dur"]
+                i = max(bisect.bisect_right(starts, a) - 1, 0)
+                while i < len(compute) and compute[i][0] < b:
+                    hidden += max(0.0, min(b, compute[i][1]) - max(a, compute[i][0]))
+                    i += 1
+            row["overlapped_with_forward"] = round(hidden / busy[tid], 3)
+        out.append(row)
+    return out
 
 
 SHARED_TAIL = 32  # distinct tokens after the shared prefix (--shared-prefix)
