@@ -190,11 +190,15 @@ class OffloadDecodeMixin:
         # NOTE: two top-k_b: the wanted blocks (the prediction for the next step, fetched for it)
         # and the attended ones, over the scores masked to the blocks readable now. One top-2k_b in
         # rank order with the first k_b readable of it (session 14) took 35 us per layer at 8 x 4k
-        # on the H200 (the top-k_b: 7 us), more than the masking and the second top-k_b
-        wanted = ops.select_blocks(scores, kb)
-        if cfg.prefetch_depth == 0:
+        # on the H200 (the top-k_b: 7 us). At depth 1 both rank in one launch (the rows of the
+        # [scores, masked] pair): the two were ~11 us each, one after the other, at GLM-4.7-Flash
+        # 6 x 96k (six rows, one program each); late blocks are counted on the copy stream.
+        if cfg.prefetch_depth == 0:  # the masked scores read what this layer's fetch brought
+            wanted = ops.select_blocks(scores, kb)
             rt.prefetch(l, step, wanted)
-        blocks = ops.select_blocks(rt.readable_scores(l, step, scores, wanted), kb)
+            blocks = ops.select_blocks(rt.readable_pair(l, step, scores)[1], kb)
+        else:
+            wanted, blocks = ops.select_blocks(rt.readable_pair(l, step, scores), kb).unbind(0)
         chosen = chosen_in_blocks(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens, blocks, cfg, ops)
         table, req, columns = rt.buffer_table(l, step, sp.put(chosen))
         if l == 0:

@@ -128,7 +128,7 @@ class OffloadRuntime:
         self._recent_windows: dict[int, torch.Tensor] = {}
         #: logical page -> device page (None: SGLang's page ids are device pages, host blocks alike)
         self.device_page: torch.Tensor | None = None
-        #: the table reads (readable_scores, buffer_table) as Triton kernels: on a GPU, where their
+        #: the table reads (readable_pair, count_late, buffer_table) as Triton kernels: on a GPU, where their
         #: torch form is ~40 small launches per layer (tests set it under the interpreter)
         self.kernels = self.cache.device.type == "cuda"
         #: time of the eager prefill work (adapter.offload: load_back, seed, write_through, demote, and
@@ -218,28 +218,41 @@ class OffloadRuntime:
         copy_blocks(k_pool, self.engine.k[layer], step.win_src, step.win_dst, step.win_count, self.block_size,
                     pair=pair)
 
-    def readable_scores(self, layer: int, step: DecodeStep, scores: torch.Tensor,
-                        wanted: torch.Tensor) -> torch.Tensor:
-        """The block scores [bs, Hk, N] with -inf where attention cannot read the block now (not
-        resident in this layer and not in the row's window): their top-k_b is what attention reads,
-        the best readable blocks. Counts the wanted blocks [bs, Hk, k_b] (-1 unused) of sparse rows
-        that are not readable (late). One kernel on a GPU (self.kernels), the torch code below off
-        it."""
+    def readable_pair(self, layer: int, step: DecodeStep, scores: torch.Tensor) -> torch.Tensor:
+        """The block scores [bs, Hk, N] -> [2, bs, Hk, N]: [0] the scores, [1] the same with -inf
+        where attention cannot read the block now (not resident in this layer and not in the row's
+        window). The top-k_b of [0] is what the selection wants (prefetched for the next step), of
+        [1] what attention reads, the best readable blocks: one top-k launch ranks both. One kernel
+        on a GPU (self.kernels), the torch code below off it."""
         if self.kernels:
-            from asynctls_sglang.kernels.common.offload_tables import readable_scores
+            from asynctls_sglang.kernels.common.offload_tables import readable_pair
 
-            return readable_scores(scores, wanted, self.cache.blk2slot[layer], step.rows, step.window, step.dense,
-                                   self.late)
-        bs, hk, n = scores.shape
+            return readable_pair(scores, self.cache.blk2slot[layer], step.rows, step.window)
+        return torch.stack([scores, scores.masked_fill(~self._readable(layer, step, scores.shape[2]), float("-inf"))])
+
+    def count_late(self, layer: int, step: DecodeStep, wanted: torch.Tensor) -> None:
+        """Counts the wanted blocks [bs, Hk, k_b] (-1 unused) of sparse rows that attention could not
+        read at this layer (late). Runs where the tables are those attention read: after the fetch
+        at depth 0, before the plan (on the copy stream) at depth 1."""
+        if self.kernels:
+            from asynctls_sglang.kernels.common.offload_tables import count_late
+
+            count_late(wanted, self.cache.blk2slot[layer], step.rows, step.window, step.dense, self.late)
+            return
+        ok = self._readable(layer, step, self.cache.blk2slot.shape[3] - 1)
+        wanted_ok = torch.gather(ok, 2, wanted.clamp(min=0))
+        self.late += ((wanted >= 0) & ~wanted_ok & ~step.dense.view(-1, 1, 1)).sum()
+
+    def _readable(self, layer: int, step: DecodeStep, n: int) -> torch.Tensor:
+        """[bs, Hk, n] bool: block b of the row and head is resident in this layer or one of the
+        row's window blocks."""
+        bs = step.rows.shape[0]
         table = self.cache.blk2slot[layer, step.rows]
-        blk = torch.arange(n, device=scores.device)
+        blk = torch.arange(n, device=table.device)
         resident = table[:, :, blk.clamp(max=table.shape[2] - 1)] >= 0
         window = step.window.view(bs, 1, 1, -1)
         in_window = ((blk.view(1, 1, n, 1) == window) & (window >= 0)).any(-1)
-        ok = resident | in_window
-        wanted_ok = torch.gather(ok, 2, wanted.clamp(min=0))
-        self.late += ((wanted >= 0) & ~wanted_ok & ~step.dense.view(-1, 1, 1)).sum()
-        return scores.masked_fill(~ok, float("-inf"))
+        return resident | in_window
 
     def prefetch(self, layer: int, step: DecodeStep, wanted: torch.Tensor) -> None:
         """Plan `need` (local blocks, the dense rows' blocks, then the wanted blocks in rank order)
@@ -252,9 +265,17 @@ class OffloadRuntime:
 
         if self.cfg.prefetch_depth == 0:
             self.engine.fetch_now(layer, plan())
-        else:
-            self.engine.issue(layer, plan, reads=(wanted, step.need_fixed, step.dense, step.rows, step.pages,
-                                                  step.host_done))
+            self.count_late(layer, step, wanted)
+            return
+
+        def count_and_plan():
+            # NOTE: on the copy stream, before this layer's plan changes its tables: they are still
+            # the ones this layer's attention read (depth 1: this runs after the attention)
+            self.count_late(layer, step, wanted)
+            return plan()
+
+        self.engine.issue(layer, count_and_plan, reads=(wanted, step.need_fixed, step.dense, step.rows, step.pages,
+                                                        step.host_done, step.window))
 
     def buffer_table(self, layer: int, step: DecodeStep,
                      positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -256,14 +256,15 @@ def cases():
                             blocks.clone() if per_head else None)
             out.append((f"copy_blocks b{b} hk{hk} d{d} per_head={per_head} {dt}", f))
     # the offload engine's table reads (Qwen3-8B at 128k: 2048 blocks, 2048-token budget; MLA: 1 head)
-    from asynctls_sglang.kernels.common.offload_tables import buffer_table, readable_scores
+    from asynctls_sglang.kernels.common.offload_tables import buffer_table, count_late, readable_pair
 
     for hk, mb, k in ((8, 2048, 2048), (1, 2048, 2048), (2, 40, 37)):
         def tables(hk=hk, mb=mb, k=k):
             bs, blk2slot, rows = 8, torch.empty(17, hk, mb + 1, dtype=torch.int32), torch.empty(8, dtype=torch.int64)
             window, late = torch.empty(bs, 5, dtype=torch.int64), torch.zeros((), dtype=torch.int64)
-            readable_scores(torch.empty(bs, hk, mb), torch.empty(bs, hk, 128, dtype=torch.int64), blk2slot, rows,
-                            window, torch.empty(bs, dtype=torch.bool), late)
+            readable_pair(torch.empty(bs, hk, mb), blk2slot, rows, window)
+            count_late(torch.empty(bs, hk, 128, dtype=torch.int64), blk2slot, rows, window,
+                       torch.empty(bs, dtype=torch.bool), late)
             buffer_table(torch.empty(bs, hk, k, dtype=torch.int64), blk2slot, rows, window, late, block_size=64,
                          capacity=259, window_base=1 << 20)
         out.append((f"offload tables hk{hk} mb{mb} k{k}", tables))

@@ -1,4 +1,4 @@
-"""The offloading engine's table reads as kernels (readable_scores, buffer_table) against their
+"""The offloading engine's table reads as kernels (readable_pair, count_late, buffer_table) against their
 torch form in OffloadRuntime (the specification): bit-exact outputs and the same late/dropped
 counts, on random residency tables, windows with duplicates and absent blocks, unused positions,
 dense rows, the padding row."""
@@ -64,11 +64,14 @@ def test_readable_scores_and_buffer_table_match_the_torch_form(hk, max_blocks, b
         scores[torch.rand(bs, hk, nb, generator=g) < 0.1] = float("-inf")  # blocks past a row's length
         scores = scores.to(DEVICE)
         wanted = _wanted(bs, hk, nb, 9, g)
-        a = ref.readable_scores(layer, step, scores, wanted)
-        b = ker.readable_scores(layer, step, scores, wanted)
-        assert torch.equal(a, b) and b.shape == scores.shape
-        assert (b > float("-inf")).any() and ((b == float("-inf")) & (scores > float("-inf"))).any()
-        assert int(ref.late) == int(ker.late) and int(ref.late) > 0
+        a = ref.readable_pair(layer, step, scores)
+        b = ker.readable_pair(layer, step, scores)
+        assert torch.equal(a, b) and b.shape == (2, *scores.shape) and torch.equal(b[0], scores)
+        assert (b[1] > float("-inf")).any() and ((b[1] == float("-inf")) & (scores > float("-inf"))).any()
+        late = int(ref.late)
+        ref.count_late(layer, step, wanted)
+        ker.count_late(layer, step, wanted)
+        assert int(ref.late) == int(ker.late) and int(ref.late) > late
         positions = torch.randint(-1, max_blocks * 16, (bs, hk, 37), generator=g)
         positions[:, :, -5:] = -1
         positions = positions.to(DEVICE)
@@ -98,8 +101,9 @@ def test_attention_reads_the_top_k_of_the_readable_blocks(kernels):
     dense = torch.tensor([False, True, False])
     step = _step(rt, rows, torch.full((bs,), 900), dense, g)
     scores = torch.randn(bs, hk, nb, generator=g).to(DEVICE)
-    wanted = torch_ops.select_blocks(scores, kb)
-    got = torch_ops.select_blocks(rt.readable_scores(0, step, scores, wanted), kb)
+    wanted, got = torch_ops.select_blocks(rt.readable_pair(0, step, scores), kb).unbind(0)
+    assert torch.equal(wanted, torch_ops.select_blocks(scores, kb))
+    rt.count_late(0, step, wanted)
     readable = res[:, :, :nb].to(DEVICE) | (
         (torch.arange(nb, device=DEVICE).view(1, -1, 1) == step.window.view(bs, 1, -1))
         & (step.window.view(bs, 1, -1) >= 0)).any(-1).unsqueeze(1)

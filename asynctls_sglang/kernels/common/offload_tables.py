@@ -1,11 +1,12 @@
-"""readable_scores / buffer_table: the offloading engine's per-layer table reads as one kernel each
+"""readable_pair / count_late / buffer_table: the offloading engine's per-layer table reads as one kernel each
 (same contracts as OffloadRuntime's torch code, memory.offload_runtime, bit-exact)."""
 from __future__ import annotations
 
 import torch
 
 from asynctls_sglang.kernels.common.launch import cdiv, check, pow2
-from asynctls_sglang.kernels.common.offload_tables_kernel import buffer_table_kernel, readable_scores_kernel
+from asynctls_sglang.kernels.common.offload_tables_kernel import (buffer_table_kernel, count_late_kernel,
+                                                                    readable_pair_kernel)
 
 _BLOCK = 256
 
@@ -17,28 +18,41 @@ def _check_tables(blk2slot: torch.Tensor, rows: torch.Tensor, window: torch.Tens
     check(window.dim() == 2 and window.shape[0] == bs and window.stride(1) == 1, f"window must be [{bs}, Wn]")
 
 
-def readable_scores(scores: torch.Tensor, wanted: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Tensor,
-                    window: torch.Tensor, dense: torch.Tensor, late: torch.Tensor) -> torch.Tensor:
-    """scores [bs, Hk, N] fp32 block scores -> the same with -inf where the block is not readable
-    (resident: blk2slot[rows, h, block] >= 0, or a window block of the row); late[()] += wanted
-    [bs, Hk, k] blocks (-1 unused) of rows not dense that are not readable. Block ids and N <=
-    blk2slot.shape[2]."""
+def readable_pair(scores: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Tensor,
+                  window: torch.Tensor) -> torch.Tensor:
+    """scores [bs, Hk, N] fp32 block scores -> [2, bs, Hk, N]: [0] the scores, [1] the same with
+    -inf where the block is not readable (resident: blk2slot[rows, h, block] >= 0, or a window
+    block of the row). Block ids and N <= blk2slot.shape[2]. The pair lets one top-k launch rank
+    the wanted and the readable blocks together."""
     bs, hk, n = scores.shape
     _check_tables(blk2slot, rows, window, bs, hk)
     check(scores.stride(2) == 1 and scores.dtype == torch.float32, "scores must be fp32 with a unit last stride")
-    check(wanted.dim() == 3 and wanted.shape[:2] == (bs, hk) and wanted.stride(2) == 1 and wanted.dtype == torch.int64,
-          f"wanted must be int64 [{bs}, {hk}, k] with a unit last stride")
-    check(dense.shape == (bs,) and late.numel() == 1, "dense must be [bs], late one element")
-    out = torch.empty_like(scores)
+    out = torch.empty((2, bs, hk, n), dtype=scores.dtype, device=scores.device)
     if bs == 0 or n == 0:
         return out
     block = min(_BLOCK, pow2(n, 16))
-    readable_scores_kernel[(bs, hk, cdiv(n, block))](
-        scores, wanted, out, blk2slot, rows, window, dense, late, n, window.shape[1], wanted.shape[2],
-        blk2slot.shape[2] - 1, scores.stride(0), scores.stride(1), wanted.stride(0), wanted.stride(1),
-        out.stride(0), out.stride(1), blk2slot.stride(0), blk2slot.stride(1), window.stride(0),
-        BLOCK_N=block, BLOCK_W=pow2(window.shape[1], 2), BLOCK_KB=pow2(wanted.shape[2], 16))
+    readable_pair_kernel[(bs, hk, cdiv(n, block))](
+        scores, out, blk2slot, rows, window, n, window.shape[1], blk2slot.shape[2] - 1,
+        scores.stride(0), scores.stride(1), out.stride(0), out.stride(1), out.stride(2),
+        blk2slot.stride(0), blk2slot.stride(1), window.stride(0),
+        BLOCK_N=block, BLOCK_W=pow2(window.shape[1], 2))
     return out
+
+
+def count_late(wanted: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Tensor, window: torch.Tensor,
+               dense: torch.Tensor, late: torch.Tensor) -> None:
+    """late[()] += the wanted [bs, Hk, k] blocks (-1 unused) of rows not dense that are not
+    readable (see readable_pair)."""
+    bs, hk, kb = wanted.shape
+    _check_tables(blk2slot, rows, window, bs, hk)
+    check(wanted.stride(2) == 1 and wanted.dtype == torch.int64, "wanted must be int64 with a unit last stride")
+    check(dense.shape == (bs,) and late.numel() == 1, "dense must be [bs], late one element")
+    if bs == 0 or kb == 0:
+        return
+    count_late_kernel[(bs, hk)](
+        wanted, blk2slot, rows, window, dense, late, window.shape[1], kb, blk2slot.shape[2] - 1,
+        wanted.stride(0), wanted.stride(1), blk2slot.stride(0), blk2slot.stride(1), window.stride(0),
+        BLOCK_W=pow2(window.shape[1], 2), BLOCK_KB=pow2(kb, 16))
 
 
 def buffer_table(positions: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Tensor, window: torch.Tensor,

@@ -1,6 +1,7 @@
 """The offloading engine's per-layer reads of the residency tables, one kernel each: which blocks
-attention may read now (the block scores masked to the readable blocks) and where each attended token lies in the
-resident buffers (the attention's slot table). Each replaces some twenty small torch ops of
+attention may read now (the block scores beside a copy masked to the readable blocks), how many
+wanted blocks were not readable, and where each attended token lies in the resident buffers (the
+attention's slot table). Each replaces some twenty small torch ops of
 memory.offload_runtime (the specification), which under a CUDA graph cost more than the math."""
 import triton
 import triton.language as tl
@@ -13,15 +14,13 @@ def _in_window(b_blk, b_win):
 
 
 @triton.jit
-def readable_scores_kernel(scores, wanted, out, blk2slot, rows, window, dense, late,
-                           N, WN, KB, MB, s_sb, s_sh, s_qb, s_qh, s_ob, s_oh, s_tr, s_th, s_wb,
-                           BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_KB: tl.constexpr):
-    """Grid (bs, Hk, cdiv(N, BLOCK_N)). out = the row's block scores where the block is readable
-    (resident in this layer, or one of the row's window blocks), -inf elsewhere. Programs
-    (b, h, 0) also add to late[0] the wanted blocks (>= 0) that are not readable, rows not dense."""
+def readable_pair_kernel(scores, out, blk2slot, rows, window, N, WN, MB, s_sb, s_sh, s_op, s_ob, s_oh, s_tr, s_th,
+                         s_wb, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Grid (bs, Hk, cdiv(N, BLOCK_N)). out[0] = the row's block scores, out[1] = the same where the
+    block is readable (resident in this layer, or one of the row's window blocks), -inf elsewhere:
+    one [2, bs, Hk, N] tensor whose two halves one top-k launch ranks together."""
     i_b, i_h, i_n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b_row = tl.load(rows + i_b).to(tl.int64)
-    p_t = blk2slot + b_row * s_tr + i_h * s_th
     o_w = tl.arange(0, BLOCK_W)
     # [BLOCK_W] the row's window blocks (-1 absent)
     b_win = tl.load(window + i_b * s_wb + o_w, mask=o_w < WN, other=-1)
@@ -29,19 +28,30 @@ def readable_scores_kernel(scores, wanted, out, blk2slot, rows, window, dense, l
     m_n = o_n < N
     # [BLOCK_N]
     b_x = tl.load(scores + i_b * s_sb + i_h * s_sh + o_n, mask=m_n, other=float("-inf"))
-    b_res = tl.load(p_t + tl.minimum(o_n, MB), mask=m_n, other=-1) >= 0
-    tl.store(out + i_b * s_ob + i_h * s_oh + o_n, tl.where(b_res | _in_window(o_n, b_win), b_x, float("-inf")),
-             mask=m_n)
-    if i_n == 0:
-        o_k = tl.arange(0, BLOCK_KB)
-        # [BLOCK_KB]
-        b_blk = tl.load(wanted + i_b * s_qb + i_h * s_qh + o_k, mask=o_k < KB, other=-1).to(tl.int64)
-        m_b = b_blk >= 0
-        b_ok = tl.load(p_t + tl.minimum(b_blk, MB), mask=m_b, other=-1) >= 0
-        b_ok = b_ok | _in_window(b_blk, b_win)
-        b_late = tl.sum((m_b & ~b_ok).to(tl.int64), axis=0)
-        b_dense = tl.load(dense + i_b) != 0
-        tl.atomic_add(late, tl.where(b_dense, 0, b_late))
+    b_res = tl.load(blk2slot + b_row * s_tr + i_h * s_th + tl.minimum(o_n, MB), mask=m_n, other=-1) >= 0
+    p_o = out + i_b * s_ob + i_h * s_oh + o_n
+    tl.store(p_o, b_x, mask=m_n)
+    tl.store(p_o + s_op, tl.where(b_res | _in_window(o_n, b_win), b_x, float("-inf")), mask=m_n)
+
+
+@triton.jit
+def count_late_kernel(wanted, blk2slot, rows, window, dense, late, WN, KB, MB, s_qb, s_qh, s_tr, s_th, s_wb,
+                      BLOCK_W: tl.constexpr, BLOCK_KB: tl.constexpr):
+    """Grid (bs, Hk). late[0] += the wanted blocks (>= 0) of rows not dense that are not readable
+    (neither resident in this layer nor one of the row's window blocks)."""
+    i_b, i_h = tl.program_id(0), tl.program_id(1)
+    b_row = tl.load(rows + i_b).to(tl.int64)
+    o_w = tl.arange(0, BLOCK_W)
+    b_win = tl.load(window + i_b * s_wb + o_w, mask=o_w < WN, other=-1)
+    o_k = tl.arange(0, BLOCK_KB)
+    # [BLOCK_KB]
+    b_blk = tl.load(wanted + i_b * s_qb + i_h * s_qh + o_k, mask=o_k < KB, other=-1).to(tl.int64)
+    m_b = b_blk >= 0
+    b_ok = tl.load(blk2slot + b_row * s_tr + i_h * s_th + tl.minimum(b_blk, MB), mask=m_b, other=-1) >= 0
+    b_ok = b_ok | _in_window(b_blk, b_win)
+    b_late = tl.sum((m_b & ~b_ok).to(tl.int64), axis=0)
+    b_dense = tl.load(dense + i_b) != 0
+    tl.atomic_add(late, tl.where(b_dense, 0, b_late))
 
 
 @triton.jit
