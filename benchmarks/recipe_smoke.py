@@ -2,8 +2,8 @@
 
 For every recipe in launch/: `MODEL=benchmarks/models/<config> bash launch/<recipe>.sh
 --load-format dummy --skip-tokenizer-init --port P`, wait for /health, send one /generate of
-`--prompt-tokens` random ids (longer than the token budget and than the default batch rule's bound
-for one request, 48k: config.DENSE_BATCH_*, so decode is sparse), check the reply
+`--prompt-tokens` random ids, or more where the recipe's batch rule needs it (longer than the token
+budget and than the rule's bound for one request: sparse_prompt_tokens, so decode is sparse), check the reply
 has the asked number of tokens and that /get_server_info reports the budget as attended tokens
 per step, then stop the server. Prints a table, writes JSON.
 
@@ -34,6 +34,21 @@ def post(url: str, body: dict, timeout_s: float = 600.0) -> dict:
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         return json.loads(response.read())
+
+
+def sparse_prompt_tokens(recipe: str, config: str, at_least: int) -> int:
+    """A prompt long enough that one request decodes sparse under the recipe: past the batch rule's
+    bound for one request (config.dense_batch_len), which for an MLA model without offload is set
+    by its dense base (FlashInfer's MLA decode for the DeepSeek/GLM latent shape: 116736 tokens;
+    session 17's GLM recipe run sent 57344 and decoded densely), and never shorter than at_least."""
+    from asynctls_sglang.adapter.backend import dense_base_name
+    from asynctls_sglang.config import AsyncTLSConfig
+
+    model = json.load(open(os.path.join(ROOT, "benchmarks", "models", config, "config.json")))
+    cfg = AsyncTLSConfig(offload="offload" in recipe)
+    mla = bool(model.get("kv_lora_rank"))
+    base = dense_base_name(cfg, "cuda", True, (model["kv_lora_rank"], model["qk_rope_head_dim"])) if mla else None
+    return max(at_least, cfg.dense_batch_len(1, base) + 4096)
 
 
 def smoke(recipe: str, config: str, prompt_tokens: int, new_tokens: int, timeout_s: float,
@@ -104,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = os.path.dirname(os.path.abspath(args.out))
     rows = []
     for recipe in args.recipes.split(","):
-        rows.append(smoke(recipe, RECIPES[recipe], args.prompt_tokens, args.new_tokens, args.timeout, log_dir))
+        prompt = sparse_prompt_tokens(recipe, RECIPES[recipe], args.prompt_tokens)
+        rows.append(smoke(recipe, RECIPES[recipe], prompt, args.new_tokens, args.timeout, log_dir))
+        rows[-1]["prompt_tokens"] = prompt
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "log_tail"}), flush=True)
         json.dump(rows, open(args.out, "w"), indent=1)
     print("| recipe | ready s | request s | output tokens | attended/step | budget | ok |")

@@ -4,9 +4,11 @@ from __future__ import annotations
 import glob
 import os
 import shlex
+import sys
 
 import pytest
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "launch", "*.sh")))
 
 
@@ -122,3 +124,22 @@ def test_recipe_smoke_stops_its_server_when_terminated(tmp_path):
     else:
         os.killpg(server, signal.SIGKILL)
         pytest.fail("the recipe's server outlived recipe_smoke")
+
+
+def test_recipe_smoke_prompt_decodes_sparse_under_each_recipe(monkeypatch):
+    """The smoke's prompt must pass the recipe's batch rule for one request, or its decode is dense
+    and the attended-tokens check fails (session 17: the GLM recipe on FlashInfer's MLA base, whose
+    bound is 38912 x 3 tokens, got 57344). With offload the rule is off: the default length stays."""
+    import asynctls_sglang.adapter.backend as backend
+    from asynctls_sglang.config import DENSE_BATCH_PER_REQUEST, DENSE_BATCH_PER_REQUEST_MLA
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import recipe_smoke
+
+    monkeypatch.setattr(backend, "has_flashinfer", lambda: True)  # as on the H200
+    want = {"qwen3_8b_h200.sh": max(57344, DENSE_BATCH_PER_REQUEST * 3 + 4096),
+            "glm47_flash_h200.sh": DENSE_BATCH_PER_REQUEST_MLA["flashinfer"] * 3 + 4096,
+            "qwen3_8b_h200_offload.sh": 57344, "glm47_flash_h200_offload.sh": 57344}
+    for recipe, config in recipe_smoke.RECIPES.items():
+        assert recipe_smoke.sparse_prompt_tokens(recipe, config, 57344) == want[recipe], recipe
+    assert want["glm47_flash_h200.sh"] + 32 <= 131072  # within the recipe's --context-length
