@@ -92,18 +92,16 @@ def test_profile_summary_groups_kernels_per_step(e2e_bench, tmp_path):
     assert summary["top_kernels"][0] == {"name": "nvjet_tst_128x256", "ms_per_step": 0.04, "calls_per_step": 1.0}
 
 
-def test_stream_overlap_measures_side_work_under_the_forward(e2e_bench):
-    """The side stream's copies: 10 us under forward kernels, 10 us in a forward gap -> 0.5; the
-    forward stream (the busiest) has no overlap entry; kernels on one stream may abut."""
+def test_transfer_overlap_measures_the_copies_under_other_kernels(e2e_bench):
+    """The offload's fetches and plans (by name, on any stream): 10 us under other kernels, 10 us
+    alone -> half hidden; a plan wholly under a GEMM; copies within the GPU are not transfers."""
     k = lambda tid, name, ts, dur: {"ph": "X", "cat": "kernel", "tid": tid, "name": name, "ts": ts, "dur": dur}
-    kernels = [k(7, "gemm", 0, 30), k(7, "attn", 30, 20), k(7, "gemm", 70, 30),
-               k(9, "copy_blocks_kernel", 40, 20),  # 40-50 under attn, 50-60 in the gap 50-70
-               k(11, "copy_blocks_kernel", 75, 5)]  # wholly under the last gemm
-    rows = e2e_bench.stream_overlap(kernels, steps=1)
-    assert [r["stream"] for r in rows] == [7, 9, 11]
-    assert "overlapped_with_forward" not in rows[0] and rows[0]["busy_ms_per_step"] == 0.08
-    assert rows[1]["overlapped_with_forward"] == 0.5 and rows[1]["top_kernel"] == "copy_blocks_kernel"
-    assert rows[2]["overlapped_with_forward"] == 1.0
+    kernels = [k(7, "gemm", 0, 30), k(7, "attn", 30, 20), k(9, "copy_blocks_kernel", 50, 3), k(7, "gemm", 70, 30),
+               k(9, "copy_blocks_h2d_kernel", 40, 20),  # 40-50 under attn, 50-53 beside the window copy
+               k(11, "plan_residency_kernel", 75, 5)]  # wholly under the last gemm
+    got = e2e_bench.transfer_overlap(kernels, steps=1)
+    assert got == {"ms_per_step": 0.025, "hidden_fraction": round(18 / 25, 3), "exposed_ms_per_step_at_most": 0.007}
+    assert e2e_bench.transfer_overlap([k(7, "gemm", 0, 30)], steps=1) == {}
 
 
 def test_kernel_groups(e2e_bench):
@@ -113,6 +111,8 @@ def test_kernel_groups(e2e_bench):
     assert e2e_bench.kernel_group("summary_fold_kernel") == "asynctls index upkeep"
     assert e2e_bench.kernel_group("fused_moe_kernel") == "MoE"
     assert e2e_bench.kernel_group("copy_blocks_kernel") == "copies"
+    assert e2e_bench.kernel_group("copy_blocks_h2d_kernel") == "offload transfers"
+    assert e2e_bench.kernel_group("plan_residency_kernel") == "offload transfers"
     assert e2e_bench.kernel_group("void moe_fused_gate_kernel<float>") == "MoE"
     assert e2e_bench.kernel_group("void topk_sigmoid<float, 4>") == "MoE"  # not asynctls' top-k
 

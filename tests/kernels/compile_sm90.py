@@ -255,6 +255,22 @@ def cases():
                 copy_blocks(src, torch.empty_like(src), blocks, blocks.clone(), torch.zeros(1, dtype=torch.int64), b,
                             blocks.clone() if per_head else None)
             out.append((f"copy_blocks b{b} hk{hk} d{d} per_head={per_head} {dt}", f))
+
+    def directions():
+        """The host->GPU and GPU->host kernels (one body, their own names; here every tensor is on
+        the CPU, so the wrapper would pick the within-device one): launched through the wrapper."""
+        from asynctls_sglang.kernels.common import gather_host, gather_host_kernel
+
+        within = gather_host.copy_blocks_kernel
+        try:
+            for kernel in (gather_host_kernel.copy_blocks_h2d_kernel, gather_host_kernel.copy_blocks_d2h_kernel):
+                gather_host.copy_blocks_kernel = kernel
+                src, blocks = torch.empty(8 * 64, 8, 128, dtype=torch.bfloat16), torch.empty(33, dtype=torch.int64)
+                copy_blocks(src, torch.empty_like(src), blocks, blocks.clone(), torch.zeros(1, dtype=torch.int64), 64,
+                            pair=(src, torch.empty_like(src)))
+        finally:
+            gather_host.copy_blocks_kernel = within
+    out.append(("copy_blocks h2d / d2h names", directions))
     # the offload engine's table reads (Qwen3-8B at 128k: 2048 blocks, 2048-token budget; MLA: 1 head)
     from asynctls_sglang.kernels.common.offload_tables import buffer_table, count_late, readable_pair
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from asynctls_sglang.kernels.common.gather_host_kernel import copy_blocks_kernel
+from asynctls_sglang.kernels.common.gather_host_kernel import (copy_blocks_d2h_kernel, copy_blocks_h2d_kernel,
+                                                               copy_blocks_kernel)
 from asynctls_sglang.kernels.common.launch import check, pow2
 
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -70,6 +71,9 @@ def copy_blocks(src: torch.Tensor, dst: torch.Tensor, src_block: torch.Tensor, d
     # NOTE: the stride G is always PROGRAMS (a constexpr: a G that followed the plan size compiled
     # a variant per small count, during serving); a plan smaller than that launches fewer programs
     grid = (min(p, PROGRAMS), -(-w // block_w) if spread else 1)
-    copy_blocks_kernel[grid](s2, d2, s3, d3, src_block, dst_block, head if head is not None else src_block, count, p,
-                             s2.stride(0), d2.stride(0), s3.stride(0), d3.stride(0), B=block_size, W=w,
-                             BLOCK_W=block_w, G=PROGRAMS, PER_HEAD=head is not None, PAIR=pair is not None)
+    # NOTE: the direction names the kernel (one body): profiles tell the offload's transfers apart
+    kernel = copy_blocks_h2d_kernel if dst.is_cuda and not src.is_cuda else \
+        copy_blocks_d2h_kernel if src.is_cuda and not dst.is_cuda else copy_blocks_kernel
+    kernel[grid](s2, d2, s3, d3, src_block, dst_block, head if head is not None else src_block, count, p,
+                 s2.stride(0), d2.stride(0), s3.stride(0), d3.stride(0), B=block_size, W=w,
+                 BLOCK_W=block_w, G=PROGRAMS, PER_HEAD=head is not None, PAIR=pair is not None)

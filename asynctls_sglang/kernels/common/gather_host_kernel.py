@@ -8,6 +8,36 @@ def copy_blocks_kernel(src, dst, src2, dst2, src_block, dst_block, head, count, 
                        s_src, s_dst, s_src2, s_dst2,
                        B: tl.constexpr, W: tl.constexpr, BLOCK_W: tl.constexpr, G: tl.constexpr,
                        PER_HEAD: tl.constexpr, PAIR: tl.constexpr):
+    """_copy_blocks within one device (the window copy, seeds, load-back)."""
+    _copy_blocks(src, dst, src2, dst2, src_block, dst_block, head, count, P, s_src, s_dst, s_src2, s_dst2,
+                 B, W, BLOCK_W, G, PER_HEAD, PAIR)
+
+
+@triton.jit(do_not_specialize=["P"])
+def copy_blocks_h2d_kernel(src, dst, src2, dst2, src_block, dst_block, head, count, P,
+                           s_src, s_dst, s_src2, s_dst2,
+                           B: tl.constexpr, W: tl.constexpr, BLOCK_W: tl.constexpr, G: tl.constexpr,
+                           PER_HEAD: tl.constexpr, PAIR: tl.constexpr):
+    """_copy_blocks from pinned host memory to the GPU (the offload's fetches): its own name, so
+    that a profile tells the transfers from the copies within the GPU."""
+    _copy_blocks(src, dst, src2, dst2, src_block, dst_block, head, count, P, s_src, s_dst, s_src2, s_dst2,
+                 B, W, BLOCK_W, G, PER_HEAD, PAIR)
+
+
+@triton.jit(do_not_specialize=["P"])
+def copy_blocks_d2h_kernel(src, dst, src2, dst2, src_block, dst_block, head, count, P,
+                           s_src, s_dst, s_src2, s_dst2,
+                           B: tl.constexpr, W: tl.constexpr, BLOCK_W: tl.constexpr, G: tl.constexpr,
+                           PER_HEAD: tl.constexpr, PAIR: tl.constexpr):
+    """_copy_blocks from the GPU to pinned host memory (the write-through)."""
+    _copy_blocks(src, dst, src2, dst2, src_block, dst_block, head, count, P, s_src, s_dst, s_src2, s_dst2,
+                 B, W, BLOCK_W, G, PER_HEAD, PAIR)
+
+
+@triton.jit
+def _copy_blocks(src, dst, src2, dst2, src_block, dst_block, head, count, P, s_src, s_dst, s_src2, s_dst2,
+                 B: tl.constexpr, W: tl.constexpr, BLOCK_W: tl.constexpr, G: tl.constexpr,
+                 PER_HEAD: tl.constexpr, PAIR: tl.constexpr):
     """Grid (G, S): a few programs that walk the plan (program g takes entries g, g + G, ...), so
     the copy, bound by PCIe, holds a few SMs instead of one per entry while the model's kernels
     run beside it (H200: a grid of one program per entry slowed a concurrent GEMM by 37%, G = 32
