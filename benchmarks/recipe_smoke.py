@@ -44,7 +44,7 @@ def sparse_prompt_tokens(recipe: str, config: str, at_least: int) -> int:
     from asynctls_sglang.adapter.backend import dense_base_name
     from asynctls_sglang.config import AsyncTLSConfig
 
-    model = json.load(open(os.path.join(ROOT, "benchmarks", "models", config, "config.json")))
+    model = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", config, "config.json")))
     cfg = AsyncTLSConfig(offload="offload" in recipe)
     mla = bool(model.get("kv_lora_rank"))
     base = dense_base_name(cfg, "cuda", True, (model["kv_lora_rank"], model["qk_rope_head_dim"])) if mla else None
