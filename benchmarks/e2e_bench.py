@@ -343,7 +343,8 @@ def asynctls_info(engine) -> dict:
     return engine.get_server_info()["internal_states"][0].get("asynctls", {})
 
 
-def run_backend(args, backend: str, asynctls: dict, eager: bool = False, label: str | None = None) -> list[dict]:
+def run_backend(args, backend: str, asynctls: dict, eager: bool = False, label: str | None = None,
+                profile_steps: int = 0) -> list[dict]:
     # 128k points plus their output pass the configs' 131072 positions (random weights: harmless).
     os.environ.setdefault("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN", "1")
     import sglang as sgl
@@ -390,13 +391,13 @@ def run_backend(args, backend: str, asynctls: dict, eager: bool = False, label: 
                                                                100 + i, args.progress_s))
                 else:
                     r = engine.loop.run_until_complete(run_fixed_memory(engine, bs, ctx, args.out_len, vocab, 100 + i,
-                                                                       args.progress_s, args.profile_steps, pdir))
+                                                                       args.progress_s, profile_steps, pdir))
                 if args.fixed_kv_tokens:
                     r.update(fixed_kv_tokens=args.fixed_kv_tokens, device_kv_tokens=kw["max_total_tokens"],
                              resident_buffer_tokens=resident)
             else:
                 r = engine.loop.run_until_complete(run_point(engine, bs, ctx, args.out_len, vocab, 100 + i,
-                                                             args.shared_prefix, args.profile_steps, pdir))
+                                                             args.shared_prefix, profile_steps, pdir))
             if "profile" in r:
                 print("[e2e] profile " + json.dumps(r["profile"]), flush=True)
             r.update(shared_prefix=args.shared_prefix,
@@ -601,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "once all its requests decode together (with --fixed-kv-tokens: if they ever do) "
                          "and report per-step GPU time by kernel group; the point's throughput then "
                          "includes the profiler's overhead")
+    ap.add_argument("--profile-only", default="", metavar="NAMES",
+                    help="with --profile-steps: profile only these backends (names or --variant labels, "
+                         "comma-separated); the others' throughput stays free of the profiler's stalls")
     ap.add_argument("--out", default="e2e.json")
     return ap
 
@@ -633,7 +637,9 @@ def main(argv=None) -> int:
         for k in budgets:
             cfg = {**json.loads(args.asynctls), **variants.get(name, {}), **({"token_budget": k} if k else {}),
                    **({"offload": True, **json.loads(args.offload)} if name.startswith("asynctls_offload") else {})}
-            rows += run_backend(args, backend, cfg, eager=timed, label=name if name in variants else None)
+            steps = args.profile_steps if not args.profile_only or name in args.profile_only.split(",") else 0
+            rows += run_backend(args, backend, cfg, eager=timed, label=name if name in variants else None,
+                                profile_steps=steps)
             json.dump({"model": args.model, "args": vars(args), "rows": rows}, open(args.out, "w"), indent=1)
     print(table(rows, args.backends.split(",")[0]))
     cost = offload_cost(rows, args.copy_gbps, args.offload_base)
