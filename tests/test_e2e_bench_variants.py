@@ -23,17 +23,20 @@ def test_variants_parse_and_bad_ones_stop_before_any_engine(e2e_bench):
 
 
 def test_a_variant_runs_the_asynctls_backend_with_its_fields_under_its_name(e2e_bench, monkeypatch, tmp_path):
-    calls = []
+    calls, profiled = [], []
 
-    def fake_run_backend(args, backend, cfg, eager=False, label=None):
+    def fake_run_backend(args, backend, cfg, eager=False, label=None, profile_steps=0):
         calls.append((backend, cfg, label))
+        profiled.append(profile_steps)
         return [{"backend": (label or backend), "bs": 1, "ctx": 4096, "ttft_s": 0.1, "decode_tok_s": 100.0,
                  "itl_ms_median": 10.0, "itl_ms_p99": 11.0}]
 
     monkeypatch.setattr(e2e_bench, "run_backend", fake_run_backend)
     monkeypatch.setattr(e2e_bench, "plot", lambda rows, path: None)
     e2e_bench.main(["--backends", "flashinfer,asynctls,norule", "--points", "1x4096", "--asynctls", '{"block_budget":64}',
-                    "--variant", 'norule={"dense_batch_tokens":0}', "--out", str(tmp_path / "e2e.json")])
+                    "--variant", 'norule={"dense_batch_tokens":0}', "--out", str(tmp_path / "e2e.json"),
+                    "--profile-steps", "3", "--profile-only", "flashinfer,norule"])
+    assert profiled == [3, 0, 3]  # --profile-only: by the --backends name
     assert calls == [("flashinfer", {"block_budget": 64}, None),
                      ("asynctls", {"block_budget": 64, "token_budget": 2048}, None),
                      ("asynctls", {"block_budget": 64, "dense_batch_tokens": 0, "token_budget": 2048}, "norule")]
