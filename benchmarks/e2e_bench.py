@@ -605,12 +605,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--profile-only", default="", metavar="NAMES",
                     help="with --profile-steps: profile only these backends (names or --variant labels, "
                          "comma-separated); the others' throughput stays free of the profiler's stalls")
+    ap.add_argument("--summarize-trace", default="", metavar="TRACE",
+                    help="no engine: print the summary of a saved profiler trace (its --profile-steps steps) "
+                         "and write it to --out")
     ap.add_argument("--out", default="e2e.json")
     return ap
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.summarize_trace:  # no engine: a trace kept from an earlier run
+        summary = summarize_trace(args.summarize_trace, args.profile_steps or 1)
+        print(json.dumps(summary, indent=1))
+        json.dump({"trace": os.path.basename(args.summarize_trace), **summary}, open(args.out, "w"), indent=1)
+        return 0
     if args.merge:  # no engine: one table, JSON and plot of earlier runs' rows
         rows = merge(args.merge)
         print(table(rows, rows[0]["backend"]))
