@@ -15,17 +15,15 @@ Summarise: python benchmarks/selection_study/summarize.py benchmarks/selection_s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
-from dataclasses import dataclass
 
 import torch
 
 import common
-from common import (accumulate, selected_mask, CTRL, Calib, SINK, LOCAL, Variant, cfg_for, forced_positions, load_model,
-                    load_samples, needle_positions, quantize, _topk)
-from run_study import EOS, dense_sample, e2e_and_save, generate, other_calib
+from common import (accumulate, selected_mask, SINK, LOCAL, Variant, cfg_for, forced_positions, load_model,
+                    load_samples, quantize, _topk)
+from run_study import dense_sample, e2e_and_save
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), "results", "selection_study")  # git-ignored
