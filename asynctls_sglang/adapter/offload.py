@@ -200,7 +200,8 @@ class OffloadDecodeMixin:
         else:
             wanted, blocks = ops.select_blocks(rt.readable_pair(l, step, scores), kb).unbind(0)
         chosen = chosen_in_blocks(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens, blocks, cfg, ops)
-        table, req, columns = rt.buffer_table(l, step, sp.put(chosen))
+        # NOTE: the chosen columns are read in place (no put into sp.positions: one launch fewer)
+        table, req, columns = rt.buffer_table(l, step, sp.positions, chosen, sp.start)
         if l == 0:
             self.asynctls_stats.record(columns, rows=~step.dense)
         cap = float(getattr(layer, "logit_cap", 0.0) or 0.0)

@@ -277,12 +277,16 @@ class OffloadRuntime:
         self.engine.issue(layer, count_and_plan, reads=(wanted, step.need_fixed, step.dense, step.rows, step.pages,
                                                         step.host_done, step.window))
 
-    def buffer_table(self, layer: int, step: DecodeStep,
-                     positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def buffer_table(self, layer: int, step: DecodeStep, positions: torch.Tensor, chosen: torch.Tensor | None = None,
+                     start: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """positions [bs, Hk, K] (-1 unused) -> (table [bs, Hk*K] int32, req rows [bs], positions
         [bs, Hk, K]) in the contract of sparse_decode_attention over the resident buffers: head h's
         k-th position becomes column h*K + k of row i, whose entry is its buffer row. Positions
-        that are neither in the window nor resident become -1 (left out) and are counted."""
+        that are neither in the window nor resident become -1 (left out) and are counted.
+
+        chosen [bs, Hk, Kc]: the layer's chosen positions, read in place of columns [start, start +
+        Kc) of the rows that are not dense (select.StepPositions.put's rule, without writing them
+        into positions first: one launch fewer per layer)."""
         bs, hk, k = positions.shape
         req = step.req
         if self.kernels:
@@ -290,8 +294,12 @@ class OffloadRuntime:
 
             table, columns = buffer_table(positions, self.cache.blk2slot[layer], step.rows, step.window, self.dropped,
                                           block_size=self.block_size, capacity=self.cache.capacity,
-                                          window_base=self.window_base)
+                                          window_base=self.window_base, chosen=chosen, start=start, dense=step.dense)
             return table, req, columns
+        if chosen is not None:
+            cols = slice(start, start + chosen.shape[2])
+            positions = positions.clone()
+            positions[:, :, cols] = torch.where(step.dense.view(-1, 1, 1), positions[:, :, cols], chosen)
         b, wn = self.block_size, step.window.shape[1]
         win = step.window.view(bs, 1, 1, wn)
         match = (positions.div(b, rounding_mode="floor").unsqueeze(-1) == win) & (win >= 0)

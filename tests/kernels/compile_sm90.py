@@ -283,6 +283,9 @@ def cases():
                        torch.empty(bs, dtype=torch.bool), late)
             buffer_table(torch.empty(bs, hk, k, dtype=torch.int64), blk2slot, rows, window, late, block_size=64,
                          capacity=259, window_base=1 << 20)
+            buffer_table(torch.empty(bs, hk, k, dtype=torch.int64), blk2slot, rows, window, late, block_size=64,
+                         capacity=259, window_base=1 << 20, chosen=torch.empty(bs, hk, k // 2, dtype=torch.int64),
+                         start=k // 4, dense=torch.empty(bs, dtype=torch.bool))
         out.append((f"offload tables hk{hk} mb{mb} k{k}", tables))
     # the resident cache's plan (Qwen3-8B at 128k: C 259, N 163; MLA: 1 head; a small one)
     from asynctls_sglang.kernels.common.residency_plan import plan_residency

@@ -81,6 +81,20 @@ def test_readable_scores_and_buffer_table_match_the_torch_form(hk, max_blocks, b
         assert torch.equal(c_ref, c_ker) and torch.equal(req_ref, req_ker)
         assert int(ref.dropped) == int(ker.dropped) and int(ref.dropped) > 0
         assert (c_ker >= 0).any()  # some positions are readable, so the table is exercised
+        # the layer's chosen positions read in place of columns [start, start + Kc) of sparse rows
+        chosen = torch.randint(-1, max_blocks * 16, (bs, hk, 20), generator=g).to(DEVICE)
+        put = positions.clone()
+        put[:, :, 11:31] = torch.where(step.dense.view(-1, 1, 1), positions[:, :, 11:31], chosen)
+        spec = _runtime(hk, max_blocks, bs + 2, 7)  # same tables; its counters are its own
+        spec.kernels = False
+        t_put, _, c_put = spec.buffer_table(layer, step, put)
+        left_out = int(spec.dropped)
+        for rt in (ref, ker):
+            before = int(rt.dropped)
+            t_cho, _, c_cho = rt.buffer_table(layer, step, positions, chosen, 11)
+            assert torch.equal(t_cho, t_put) and torch.equal(c_cho, c_put), rt.kernels
+            assert int(rt.dropped) - before == left_out
+        assert bool(step.dense.any()) and not bool(step.dense.all())  # both kinds of rows are exercised
 
 
 @pytest.mark.parametrize("kernels", [False, True], ids=["torch", "kernel"])

@@ -56,23 +56,32 @@ def count_late(wanted: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Tensor,
 
 
 def buffer_table(positions: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Tensor, window: torch.Tensor,
-                 dropped: torch.Tensor, *, block_size: int, capacity: int,
-                 window_base: int) -> tuple[torch.Tensor, torch.Tensor]:
+                 dropped: torch.Tensor, *, block_size: int, capacity: int, window_base: int,
+                 chosen: torch.Tensor | None = None, start: int = 0,
+                 dense: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """positions [bs, Hk, K] (-1 unused) -> (table [bs, Hk*K] int32, columns [bs, Hk, K] int64):
-    see OffloadRuntime.buffer_table; dropped[()] += positions left out."""
+    see OffloadRuntime.buffer_table; dropped[()] += positions left out. chosen [bs, Hk, Kc] with
+    dense [bs] bool: columns [start, start + Kc) of the rows not dense read chosen instead."""
     bs, hk, k = positions.shape
     _check_tables(blk2slot, rows, window, bs, hk)
     check(positions.stride(2) == 1, "positions need a unit last stride")
     check(block_size & (block_size - 1) == 0, "block_size must be a power of two")
+    if chosen is not None:
+        check(chosen.dim() == 3 and chosen.shape[:2] == (bs, hk) and chosen.stride(2) == 1
+              and 0 <= start and start + chosen.shape[2] <= k, f"chosen must be [{bs}, {hk}, Kc] within K = {k}")
+        check(dense is not None and dense.shape == (bs,), "chosen needs dense [bs]")
     table = torch.empty(bs, hk * k, dtype=torch.int32, device=positions.device)
     columns = torch.empty(bs, hk, k, dtype=torch.int64, device=positions.device)
     if bs == 0 or k == 0:
         return table, columns
     block = min(_BLOCK, pow2(k, 16))
+    has_chosen = chosen is not None
+    if not has_chosen:
+        chosen, dense = positions, rows  # unused (HAS_CHOSEN=False)
     buffer_table_kernel[(bs, hk, cdiv(k, block))](
-        positions, table, columns, blk2slot, rows, window, dropped,
-        k, window.shape[1], blk2slot.shape[2] - 1, capacity, window_base,
+        positions, table, columns, blk2slot, rows, window, dropped, chosen, dense,
+        k, window.shape[1], blk2slot.shape[2] - 1, capacity, window_base, start, chosen.shape[2],
         positions.stride(0), positions.stride(1), table.stride(0), columns.stride(0), columns.stride(1),
-        blk2slot.stride(0), blk2slot.stride(1), window.stride(0),
-        B=block_size, BLOCK_K=block, BLOCK_W=pow2(window.shape[1], 2))
+        blk2slot.stride(0), blk2slot.stride(1), window.stride(0), chosen.stride(0), chosen.stride(1),
+        B=block_size, BLOCK_K=block, BLOCK_W=pow2(window.shape[1], 2), HAS_CHOSEN=has_chosen)
     return table, columns

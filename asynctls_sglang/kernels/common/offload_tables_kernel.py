@@ -55,20 +55,29 @@ def count_late_kernel(wanted, blk2slot, rows, window, dense, late, WN, KB, MB, s
 
 
 @triton.jit
-def buffer_table_kernel(positions, table, columns, blk2slot, rows, window, dropped,
-                        K, WN, MB, C, WINDOW_BASE, s_pb, s_ph, s_tb, s_cb, s_ch, s_tr, s_th, s_wb,
-                        B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr):
+def buffer_table_kernel(positions, table, columns, blk2slot, rows, window, dropped, chosen, dense,
+                        K, WN, MB, C, WINDOW_BASE, START, KC, s_pb, s_ph, s_tb, s_cb, s_ch, s_tr, s_th, s_wb, s_xb,
+                        s_xh, B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr,
+                        HAS_CHOSEN: tl.constexpr):
     """Grid (bs, Hk, cdiv(K, BLOCK_K)). Position p (>= 0) of head h, column k becomes buffer row
     WINDOW_BASE + (row * WN + w) * B + p % B when its block is window block w (the first match),
     else (row * C + slot) * B + p % B when its block is resident in slot `slot`, else it is left
-    out: table entry 0, column -1, counted in dropped[0]. Unused positions (-1): entry 0, column -1."""
+    out: table entry 0, column -1, counted in dropped[0]. Unused positions (-1): entry 0, column -1.
+    HAS_CHOSEN: p of columns START .. START + KC of a row not dense is chosen[row, h, k - START],
+    else positions[row, h, k]."""
     i_b, i_h, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b_row = tl.load(rows + i_b).to(tl.int64)
     o_w = tl.arange(0, BLOCK_W)
     b_win = tl.load(window + i_b * s_wb + o_w, mask=o_w < WN, other=-1)
     o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
     m_k = o_k < K
-    b_pos = tl.load(positions + i_b * s_pb + i_h * s_ph + o_k, mask=m_k, other=-1).to(tl.int64)
+    if HAS_CHOSEN:
+        m_c = m_k & (o_k >= START) & (o_k < START + KC) & (tl.load(dense + i_b) == 0)
+        b_pos = tl.load(positions + i_b * s_pb + i_h * s_ph + o_k, mask=m_k & ~m_c, other=-1).to(tl.int64)
+        b_cho = tl.load(chosen + i_b * s_xb + i_h * s_xh + (o_k - START), mask=m_c, other=-1).to(tl.int64)
+        b_pos = tl.where(m_c, b_cho, b_pos)
+    else:
+        b_pos = tl.load(positions + i_b * s_pb + i_h * s_ph + o_k, mask=m_k, other=-1).to(tl.int64)
     m_p = b_pos >= 0
     b_blk = tl.where(m_p, tl.minimum(b_pos // B, MB), MB)
     b_off = tl.where(m_p, b_pos % B, 0)
