@@ -629,6 +629,10 @@ def main(argv=None) -> int:
         json.dump({"merged_from": args.merge, "rows": rows, "note": note}, open(args.out, "w"), indent=1)
         plot(rows, os.path.splitext(args.out)[0] + ".png", same_run=False)
         return 0
+    unknown = [n for n in args.profile_only.split(",") if n and n not in args.backends.split(",")]
+    if unknown or (args.profile_only and not args.profile_steps):
+        raise SystemExit(f"--profile-only {args.profile_only!r}: " + (f"{unknown} not in --backends ({args.backends})"
+                                                                     if unknown else "needs --profile-steps"))
     if args.offload_base is not None and args.offload_base not in args.backends.split(","):
         raise SystemExit(f"--offload-base {args.offload_base!r} is not one of --backends ({args.backends})")
     from asynctls_sglang import env

@@ -40,3 +40,11 @@ def test_a_variant_runs_the_asynctls_backend_with_its_fields_under_its_name(e2e_
     assert calls == [("flashinfer", {"block_budget": 64}, None),
                      ("asynctls", {"block_budget": 64, "token_budget": 2048}, None),
                      ("asynctls", {"block_budget": 64, "dense_batch_tokens": 0, "token_budget": 2048}, "norule")]
+
+
+@pytest.mark.parametrize("extra,message", [(["--profile-steps", "2", "--profile-only", "sparse"], "not in --backends"),
+                                           (["--profile-only", "asynctls"], "needs --profile-steps")])
+def test_profile_only_names_a_profiled_backend(e2e_bench, tmp_path, extra, message):
+    with pytest.raises(SystemExit, match=message):
+        e2e_bench.main(["--backends", "flashinfer,asynctls", "--points", "1x4096", "--out", str(tmp_path / "e.json"),
+                        *extra])
