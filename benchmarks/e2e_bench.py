@@ -433,6 +433,9 @@ def table(rows: list[dict], baseline: str) -> str:
         key = "decode_tok_s_at_batch"
         if b and b.get(key) and r.get(key):  # fixed memory: also the decode rate at the batch reached
             ratio += f" (decode at batch: {r[key] / b[key]:.2f})"
+        elif "profile" in r and "batch_reached" not in r and b and b.get("itl_ms_median") and r.get("itl_ms_median"):
+            # a profiled point's decode rate carries the profiler's stalls; its median ITL does not
+            ratio += f" (profiled; by median ITL: {b['itl_ms_median'] / r['itl_ms_median']:.2f})"
         bs = f"{r['batch_reached']} of {r['bs']}" if "batch_reached" in r else r["bs"]
         if "fits" in r:  # --fit: the batch served together, and what the pool holds at that context
             bs = f"{r['batch_reached']} (pool holds {r['fits']})"

@@ -227,3 +227,14 @@ def test_merge_labels_each_run_and_compares_with_the_first(e2e_bench, tmp_path, 
     assert (tmp_path / "m.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="not an e2e_bench JSON"):
         e2e_bench.main(["--merge", str(tmp_path / "missing.json"), "--out", str(out)])
+
+
+def test_table_compares_a_profiled_point_by_its_median_itl(e2e_bench):
+    """A profiled point's decode tok/s includes the profiler's stalls (session 17: an offload row
+    at 0.96x by tok/s ran at 1.26x by ITL): the table adds the ratio of median ITLs."""
+    rows = [{"backend": "flashinfer", "bs": 8, "ctx": 131072, "ttft_s": 0.1, "decode_tok_s": 352.2,
+             "itl_ms_median": 22.331, "itl_ms_p99": 35.6},
+            {"backend": "x+offload", "bs": 8, "ctx": 131072, "ttft_s": 1.5, "decode_tok_s": 339.8,
+             "itl_ms_median": 17.686, "itl_ms_p99": 243.1, "profile": {"steps": 4}}]
+    line = e2e_bench.table(rows, "flashinfer").splitlines()[-1]
+    assert line.endswith("| 0.96 (profiled; by median ITL: 1.26) |")
