@@ -61,15 +61,15 @@ def greedy(eng, prompts, max_new_tokens: int = 12, batched: bool = False) -> lis
     return [eng.generate(input_ids=p, sampling_params=params)["output_ids"] for p in prompts]
 
 
-def greedy_with_margins(eng, prompts, max_new_tokens: int = 12) -> list[tuple[list[int], list[tuple]]]:
-    """Greedy continuations, one request at a time, each with its per-step top-2 (logprob, id)."""
+def greedy_with_margins(eng, prompts, max_new_tokens: int = 12,
+                        batched: bool = False) -> list[tuple[list[int], list[tuple]]]:
+    """Greedy continuations, each with its per-step top-2 (logprob, id); one request at a time
+    unless ``batched``."""
     params = {"temperature": 0, "max_new_tokens": max_new_tokens, "ignore_eos": True}
-    out = []
-    for p in prompts:
-        o = eng.generate(input_ids=p, sampling_params=params, return_logprob=True, top_logprobs_num=2)
-        out.append((o["output_ids"], [tuple((lp, tok) for lp, tok, *_ in step[:2])
-                                      for step in o["meta_info"]["output_top_logprobs"]]))
-    return out
+    kw = dict(sampling_params=params, return_logprob=True, top_logprobs_num=2)
+    outs = eng.generate(input_ids=prompts, **kw) if batched else [eng.generate(input_ids=p, **kw) for p in prompts]
+    return [(o["output_ids"], [tuple((lp, tok) for lp, tok, *_ in step[:2])
+                               for step in o["meta_info"]["output_top_logprobs"]]) for o in outs]
 
 
 def assert_same_up_to_near_ties(ours: list[list[int]], stock: list[tuple[list[int], list[tuple]]],

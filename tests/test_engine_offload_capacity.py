@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine_helpers import asynctls_stats, engine, random_prompts
+from engine_helpers import asynctls_stats, assert_same_up_to_near_ties, engine, greedy_with_margins, random_prompts
 
 pytestmark = pytest.mark.engine
 
@@ -17,21 +17,27 @@ CFG = dict(block_size=16, block_budget=16, token_budget=256, sink_tokens=4, loca
 ENGINE = dict(max_total_tokens=N, max_running_requests=16, chunked_prefill_size=544)
 
 
-def serve_all(model, cfg) -> tuple[list[list[int]], dict]:
+# Offload off decodes these 2 at a time, offload on 12 at a time: the batch shape changes the fp32
+# rounding of the dense layers (which GEMM kernel the CPU picks), so a near-tied argmax of the
+# random model may flip on another CPU; a flip anywhere else is a wrong answer.
+TOL = 5e-3
+
+
+def serve_all(model, cfg, margins: bool = False) -> tuple[list, dict]:
     with engine(model, "asynctls", cfg, **ENGINE) as eng:
-        outs = eng.generate(input_ids=PROMPTS, sampling_params={"temperature": 0, "max_new_tokens": NEW,
-                                                                "ignore_eos": True})
-        return [o["output_ids"] for o in outs], asynctls_stats(eng)
+        outs = greedy_with_margins(eng, PROMPTS, NEW, batched=True)
+        return (outs if margins else [seq for seq, _ in outs]), asynctls_stats(eng)
 
 
 def test_offload_serves_more_than_4x_the_device_pool(tiny_model_dir):
     model = tiny_model_dir("qwen3")
     assert sum(map(len, PROMPTS)) >= 4 * N
-    off_out, off = serve_all(model, CFG)
+    off_out, off = serve_all(model, CFG, margins=True)
     # misses fetched before the attention, cache large enough: the same selection as offload off
     on_out, on = serve_all(model, dict(CFG, offload=True, host_pool_tokens=8192, prefetch_depth=0,
                                        resident_blocks=64, max_miss_blocks_per_step=64))
-    assert on_out == off_out
+    equal = assert_same_up_to_near_ties(on_out, off_out, TOL)
+    assert equal >= 0.75 * len(PROMPTS) * NEW, equal
     # offload off: the device pool holds 2 of these requests at a time; the rest wait
     assert off["max_decode_batch"] <= 2
     # offload on: all 12 (> 4N tokens of context) decode together from the host pool
