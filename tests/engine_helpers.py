@@ -66,10 +66,19 @@ def greedy_with_margins(eng, prompts, max_new_tokens: int = 12,
     """Greedy continuations, each with its per-step top-2 (logprob, id); one request at a time
     unless ``batched``."""
     params = {"temperature": 0, "max_new_tokens": max_new_tokens, "ignore_eos": True}
-    kw = dict(sampling_params=params, return_logprob=True, top_logprobs_num=2)
+    kw = dict(sampling_params=params, **MARGINS)
     outs = eng.generate(input_ids=prompts, **kw) if batched else [eng.generate(input_ids=p, **kw) for p in prompts]
-    return [(o["output_ids"], [tuple((lp, tok) for lp, tok, *_ in step[:2])
-                               for step in o["meta_info"]["output_top_logprobs"]]) for o in outs]
+    return [with_margins(o) for o in outs]
+
+
+#: generate() arguments that return what with_margins reads
+MARGINS = dict(return_logprob=True, top_logprobs_num=2)
+
+
+def with_margins(out: dict) -> tuple[list[int], list[tuple]]:
+    """One generate() output (asked with MARGINS) -> (its tokens, per step its top-2 (logprob, id))."""
+    return out["output_ids"], [tuple((lp, tok) for lp, tok, *_ in step[:2])
+                               for step in out["meta_info"]["output_top_logprobs"]]
 
 
 def assert_same_up_to_near_ties(ours: list[list[int]], stock: list[tuple[list[int], list[tuple]]],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine_helpers import asynctls_stats, engine, random_prompts
+from engine_helpers import MARGINS, asynctls_stats, assert_same_up_to_near_ties, engine, random_prompts, with_margins
 
 pytestmark = pytest.mark.engine
 
@@ -25,7 +25,7 @@ def test_prefills_are_admitted_by_device_room_and_too_long_requests_are_refused(
     params = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
     with engine(model, "asynctls", CFG, max_total_tokens=N, max_running_requests=16,
                 chunked_prefill_size=2048) as eng:
-        outs = eng.generate(input_ids=prompts, sampling_params=params)
+        outs = eng.generate(input_ids=prompts, sampling_params=params, **MARGINS)
         assert [o["meta_info"]["finish_reason"]["type"] for o in outs] == ["length"] * len(prompts)
         assert all(len(o["output_ids"]) == 8 for o in outs)
         stats = asynctls_stats(eng)
@@ -35,7 +35,8 @@ def test_prefills_are_admitted_by_device_room_and_too_long_requests_are_refused(
             eng.generate(input_ids=random_prompts([N + 200], seed=4)[0], sampling_params=params)
         # and the server goes on
         again = eng.generate(input_ids=prompts[0], sampling_params=params)
-        assert again["output_ids"] == outs[0]["output_ids"]
+        # alone now, in a batch of six before: the same tokens up to a near tie (fp32 rounding)
+        assert_same_up_to_near_ties([again["output_ids"]], [with_margins(outs[0])], tol=5e-3)
 
 
 def test_every_request_row_decodes_when_long_prompts_arrive_together(tiny_model_dir):
