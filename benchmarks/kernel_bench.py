@@ -181,7 +181,7 @@ def stage_bytes(m: Model, cfg: AsyncTLSConfig, bs: int, ctx: int, budget: int) -
         "token_score": rows * n_cand * (r // 2 + 8 + 4 + 8 + 1 + 4),
         "candidates": rows * (cfg.block_budget * 8 + n_cand * 9),
         "token_topk": rows * (n_cand * 12 + k_sel * 8),
-        "attention": rows * budget * (kv_row + 12) + bs * m.hq * (m.d * e + m.dv * 4),
+        "attention": rows * budget * (kv_row + 12) + bs * m.hq * (m.d + m.dv) * e,
     }
     out["step"] = sum(out.values())
     out["summary_index"] = out["summary"] + out["index_write"]
@@ -296,7 +296,7 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
     tscores = ops.score_tokens(q, idx.codes, idx.scale_zero, idx.channels, req_to_token, rows, pos, ok)
     chosen = ops.select_tokens(tscores, pos, k_sel)
     positions = select_positions(q, idx, req_to_token, rows, seq_lens, mb, cfg, ops=ops)
-    att_out = torch.empty(bs, m.hq, m.dv, device="cuda")
+    att_out = torch.empty(bs, m.hq, m.dv, device="cuda", dtype=q.dtype)  # the layer's output, as the backend's
     blocks_out, chosen_out = torch.empty_like(blocks), torch.empty_like(chosen)
     cand_out = (torch.empty_like(pos), torch.empty_like(ok))
     cand_score_out = (torch.empty_like(tscores), torch.empty_like(pos))
@@ -315,7 +315,8 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
     legacy.score_select_block_tokens = None  # select.chosen_in_blocks: the two legacy ops above
 
     def attention():
-        ops.sparse_decode_attention(q, layer.k, layer.v, req_to_token, rows, positions, sm_scale, out=att_out)
+        ops.sparse_decode_attention(q, layer.k, layer.v, req_to_token, rows, positions, sm_scale, out=att_out,
+                                    out_dtype=att_out.dtype)
 
     # the backend's per-step tensors (adapter.backend._graph_positions) at its default dense width
     # (config.dense_len: max(K, DENSE_FLOOR)); no row is dense at these lengths
@@ -330,13 +331,14 @@ def run_point(m: Model, layer: Layer, bs: int, ctx: int, budget: int, timer: Tim
                                    index=(idx.codes, idx.scale_zero, idx.channels))
         p = sp.put(select_chosen(q, idx, req_to_token, rows, seq_lens, mb, cfg, ops=ops, pages=pages))
         ops.sparse_decode_attention(q, layer.k, layer.v, req_to_token, rows, p, sm_scale, out=att_out,
-                                    counts=sp.counts, active=cfg.token_budget)
+                                    counts=sp.counts, active=cfg.token_budget, out_dtype=att_out.dtype)
 
     def step_legacy():  # the path before sessions 6-8 (select_positions builds the block table per layer)
         ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b, method="flags")
         ops.write_index_keys(idx.codes, idx.scale_zero, new_loc, k_new, idx.channels)
         p = select_positions(q, idx, req_to_token, rows, seq_lens, mb, cfg, ops=legacy)
-        ops.sparse_decode_attention(q, layer.k, layer.v, req_to_token, rows, p, sm_scale, out=att_out)
+        ops.sparse_decode_attention(q, layer.k, layer.v, req_to_token, rows, p, sm_scale, out=att_out,
+                                    out_dtype=att_out.dtype)
 
     fns = {
         "summary": lambda: ops.update_block_summaries(idx.kmin, idx.kmax, layer.flag, new_loc, k_new, b),

@@ -21,11 +21,11 @@ CFG = dict(block_size=16, block_budget=12, token_budget=96, sink_tokens=4, local
 PROMPTS = random_prompts([420], seed=7)
 
 
-def _run(model: str, ops: str) -> tuple[list[list[int]], dict]:
+def _run(model: str, ops: str, cfg: dict = CFG, **engine_args) -> tuple[list[list[int]], dict]:
     saved = {k: os.environ.get(k) for k in ("ASYNCTLS_OPS", "ASYNCTLS_FIXED_SHAPES", "TRITON_INTERPRET")}
     os.environ.update(ASYNCTLS_OPS=ops, ASYNCTLS_FIXED_SHAPES="1", TRITON_INTERPRET="1")
     try:
-        with engine(model, "asynctls", CFG) as eng:
+        with engine(model, "asynctls", cfg, **engine_args) as eng:
             return greedy(eng, PROMPTS, 6), asynctls_stats(eng)
     finally:
         for key, value in saved.items():
@@ -42,4 +42,19 @@ def test_triton_kernels_in_the_engine_match_the_torch_ops(tiny_model_dir):
     assert want_stats["ops"] == "torch_ops" and got_stats["ops"] == "triton_ops"
     assert got_stats["attended_tokens_last"] == want_stats["attended_tokens_last"] == CFG["token_budget"]
     # Same selections up to fp32 summation order in the scores: identical greedy tokens here.
+    assert got == want
+
+
+def test_mla_offload_decode_on_the_kernels_matches_the_torch_ops(tiny_model_dir):
+    """The same for an MLA model with offload at depth 1 (the paper's pipeline): the block scores
+    reach readable_pair as their channel slices (five for the 576-wide latent keys) and the
+    attention writes in the model's dtype; the CPU engine's offload tables are the torch form."""
+    model = tiny_model_dir("deepseek_v2")
+    # small pools: the calibration's re-quantisation interprets a kernel over every host slot
+    cfg = dict(CFG, offload=True, prefetch_depth=1, resident_blocks=64, max_miss_blocks_per_step=64,
+               host_pool_tokens=2048)
+    want, want_stats = _run(model, "torch", cfg, max_total_tokens=1024)
+    got, got_stats = _run(model, "triton", cfg, max_total_tokens=1024)
+    assert got_stats["ops"] == "triton_ops" and got_stats["offload"]["blocks_moved"] > 0
+    assert got_stats["attended_tokens_last"] == want_stats["attended_tokens_last"]
     assert got == want

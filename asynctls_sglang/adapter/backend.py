@@ -303,9 +303,11 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         cap = float(getattr(layer, "logit_cap", 0.0) or 0.0)
         if plan.graph:
             positions, counts, active = self._graph_positions(q3, layer, forward_batch, plan)
+            # NOTE: written in q's dtype by the attention's last launch (no conversion launch)
             o = ops.sparse_decode_attention(q3, k_buf, v_buf, req_to_token, forward_batch.req_pool_indices,
-                                            positions, layer.scaling, cap, counts=counts, active=active)
-            return o.to(q.dtype).reshape(bs, hq * layer.v_head_dim)
+                                            positions, layer.scaling, cap, counts=counts, active=active,
+                                            out_dtype=q.dtype)
+            return o.reshape(bs, hq * layer.v_head_dim)
         for rows, sparse in ((plan.sparse_rows, True), (plan.dense_rows, False)):
             if rows is None:
                 continue
@@ -326,8 +328,8 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
             else:
                 positions = ops.dense_positions(lens, hk, plan.max_dense_len)
             o = ops.sparse_decode_attention(q_rows, k_buf, v_buf, req_to_token, req_rows, positions,
-                                            layer.scaling, cap)
-            out.index_copy_(0, rows, o.to(out.dtype))
+                                            layer.scaling, cap, out_dtype=out.dtype)
+            out.index_copy_(0, rows, o)
         return out.view(bs, hq * layer.v_head_dim)
 
     def _graph_positions(self, q3, layer, fb, plan: DecodePlan) -> tuple[torch.Tensor, torch.Tensor, int]:

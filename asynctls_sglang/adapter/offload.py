@@ -185,7 +185,9 @@ class OffloadDecodeMixin:
         rt.copy_window(l, step, k_pool, v_pool)
         q3 = q.reshape(bs, hq, layer.qk_head_dim)
         index = self.asynctls_index.layer_index(l)
-        scores = block_scores(q3, index, fb.seq_lens, cfg, ops, step.pages)
+        # NOTE: at depth 1 the scores stay partial (MLA's channel slices): readable_pair adds them
+        # (one launch fewer per layer than a separate sum)
+        scores = block_scores(q3, index, fb.seq_lens, cfg, ops, step.pages, partials=cfg.prefetch_depth == 1)
         kb = cfg.selected_blocks
         # NOTE: two top-k_b: the wanted blocks (the prediction for the next step, fetched for it)
         # and the attended ones, over the scores masked to the blocks readable now. One top-2k_b in
@@ -206,7 +208,8 @@ class OffloadDecodeMixin:
             self.asynctls_stats.record(columns, rows=~step.dense)
         cap = float(getattr(layer, "logit_cap", 0.0) or 0.0)
         o = ops.sparse_decode_attention(q3, rt.engine.k[l], rt.value_buffer(l, layer.v_head_dim), table, req,
-                                        columns, layer.scaling, cap, counts=sp.counts, active=cfg.token_budget)
+                                        columns, layer.scaling, cap, counts=sp.counts, active=cfg.token_budget,
+                                        out_dtype=q.dtype)
         if cfg.prefetch_depth == 1:
             # NOTE: after the attention that read the victims' old contents (the copy stream forks here)
             rt.prefetch(l, step, wanted)
@@ -215,4 +218,4 @@ class OffloadDecodeMixin:
             rt.write_through_decode(step, req_to_token, k_list, v_list)
             if capturing():  # NOTE: every forked side stream joins the capture stream before it ends
                 rt.engine.end_capture()
-        return o.to(q.dtype).reshape(bs, hq * layer.v_head_dim)
+        return o.reshape(bs, hq * layer.v_head_dim)

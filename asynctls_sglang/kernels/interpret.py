@@ -4,7 +4,8 @@ kernel path on machines without a GPU: ASYNCTLS_OPS=triton).
 TRITON_INTERPRET must be in the environment before any @triton.jit function is defined, i.e.
 before the kernel modules are imported. ``patch_interpreter()`` then fixes two things in Triton
 3.6's interpreter (not in any kernel): its host-side scalar conversion, which NumPy >= 2.3
-refuses, and its bf16 dot, which multiplies raw bits. Idempotent.
+refuses, its bf16 dot, which multiplies raw bits, and its fp32 -> bf16 conversion, which
+truncates where a GPU rounds to nearest even. Idempotent.
 """
 from __future__ import annotations
 
@@ -60,4 +61,19 @@ def patch_interpreter() -> None:
         return create_dot(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
 
     interpreter.InterpreterBuilder.create_dot = create_dot_bf16
+
+    # fp32 -> bf16 (x.to(tl.bfloat16), or a store of fp32 values to a bf16 pointer) drops the low
+    # mantissa bits; the GPU's conversion (cvt.rn) rounds to nearest even, as torch does.
+    cast_impl = interpreter.InterpreterBuilder.cast_impl
+
+    def cast_rounding(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            import torch
+
+            bits = torch.from_numpy(np.ascontiguousarray(src.data)).to(torch.bfloat16).view(torch.int16)
+            return interpreter.TensorHandle(bits.numpy().view(np.uint16), tl.bfloat16)
+        return cast_impl(self, src, dst_type)
+
+    interpreter.InterpreterBuilder.cast_impl = cast_rounding
+    interpreter.InterpreterBuilder.create_fp_trunc = cast_rounding
     _PATCHED = True

@@ -41,9 +41,11 @@ def sparse_decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: t
                             positions: torch.Tensor, sm_scale: float, logit_cap: float = 0.0, *,
                             out: torch.Tensor | None = None,
                             workspace: SplitWorkspace | None = None,
-                            counts: torch.Tensor | None = None, active: int | None = None) -> torch.Tensor:
-    """Same contract as torch_ops.sparse_decode_attention -> [bs, Hq, Dv] fp32 (``active``: the
-    column count the token-axis splits are sized for, see kernels.common.merge.plan_splits).
+                            counts: torch.Tensor | None = None, active: int | None = None,
+                            out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Same contract as torch_ops.sparse_decode_attention -> [bs, Hq, Dv] in out_dtype (``active``:
+    the column count the token-axis splits are sized for, see kernels.common.merge.plan_splits;
+    a narrower out_dtype is rounded by the merge launch, no conversion launch after it).
 
     MLA (Hk = 1 and v_buffer a view of the first Dv channels of k_buffer) runs the MLA kernel,
     which reads each latent row once; everything else runs the GQA kernel.
@@ -51,7 +53,7 @@ def sparse_decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: t
     if is_latent_view(k_buffer, v_buffer):
         return mla_sparse_decode(q, k_buffer, v_buffer.shape[2], req_to_token, req_pool_indices,
                                  positions, sm_scale, logit_cap, out=out, workspace=workspace,
-                                 counts=counts, active=active)
+                                 counts=counts, active=active, out_dtype=out_dtype)
     return gqa_sparse_decode(q, k_buffer, v_buffer, req_to_token, req_pool_indices, positions,
                              sm_scale, logit_cap, out=out, workspace=workspace, counts=counts,
-                             active=active)
+                             active=active, out_dtype=out_dtype)

@@ -223,11 +223,16 @@ class OffloadRuntime:
         where attention cannot read the block now (not resident in this layer and not in the row's
         window). The top-k_b of [0] is what the selection wants (prefetched for the next step), of
         [1] what attention reads, the best readable blocks: one top-k launch ranks both. One kernel
-        on a GPU (self.kernels), the torch code below off it."""
+        on a GPU (self.kernels), the torch code below off it. scores may be [S, bs, Hk, N] partial
+        rows that add up to the scores (ops.score_blocks(partials=True)): added here, in order."""
         if self.kernels:
             from asynctls_sglang.kernels.common.offload_tables import readable_pair
 
             return readable_pair(scores, self.cache.blk2slot[layer], step.rows, step.window)
+        if scores.dim() == 4:
+            parts, scores = scores, scores[0]
+            for part in parts[1:]:
+                scores = scores + part
         return torch.stack([scores, scores.masked_fill(~self._readable(layer, step, scores.shape[2]), float("-inf"))])
 
     def count_late(self, layer: int, step: DecodeStep, wanted: torch.Tensor) -> None:

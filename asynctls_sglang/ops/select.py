@@ -48,10 +48,11 @@ def select_chosen(q: torch.Tensor, index: LayerIndex, req_to_token: torch.Tensor
 
 
 def block_scores(q: torch.Tensor, index: LayerIndex, seq_lens: torch.Tensor, cfg: AsyncTLSConfig,
-                 ops, pages: torch.Tensor) -> torch.Tensor:
-    """Level 1 scores [bs, Hk, MB] (-inf past the length and inside the sink/local ranges)."""
+                 ops, pages: torch.Tensor, partials: bool = False) -> torch.Tensor:
+    """Level 1 scores [bs, Hk, MB] (-inf past the length and inside the sink/local ranges);
+    ``partials``: [S, bs, Hk, MB] slices that add up to them (ops.score_blocks)."""
     return ops.score_blocks(q, index.kmin, index.kmax, pages, seq_lens, cfg.block_size, cfg.sink_tokens,
-                            cfg.local_window)
+                            cfg.local_window, partials=partials)
 
 
 def positions_in_blocks(q: torch.Tensor, index: LayerIndex, req_to_token: torch.Tensor,

@@ -60,11 +60,13 @@ def block_table(req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, max_
 
 def score_blocks(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, pages: torch.Tensor,
                  seq_lens: torch.Tensor, block_size: int, sink_tokens: int,
-                 local_window: int) -> torch.Tensor:
+                 local_window: int, *, partials: bool = False) -> torch.Tensor:
     """Block upper bounds as a product of [sum_g q+ | sum_g q-] with [max | min].
 
     q: [bs, Hq, D]; kmin, kmax: [pages, Hk, D]; pages: [bs, MB]; seq_lens: [bs].
     -> [bs, Hk, MB] fp32; -inf for blocks past the length or wholly inside sink/local ranges.
+    ``partials``: [S, bs, Hk, MB] slices whose sum over S (in order) is the scores, for a consumer
+    that adds them itself (the Triton op splits wide keys into S channel slices; here S = 1).
     """
     bs, hq, d = q.shape
     hk = kmin.shape[1]
@@ -77,7 +79,8 @@ def score_blocks(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, pages:
     lens = seq_lens.long().unsqueeze(1)  # [bs, 1]
     last = torch.minimum(first + block_size, lens) - 1
     dead = (first >= lens) | (last < sink_tokens) | (first >= lens - local_window)
-    return scores.masked_fill(dead.unsqueeze(1), NEG_INF)
+    scores = scores.masked_fill(dead.unsqueeze(1), NEG_INF)
+    return scores.unsqueeze(0) if partials else scores
 
 
 def select_blocks(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -172,12 +175,13 @@ def sparse_decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: t
                             req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
                             positions: torch.Tensor, sm_scale: float,
                             logit_cap: float = 0.0, *, counts: torch.Tensor | None = None,
-                            active: int | None = None) -> torch.Tensor:
+                            active: int | None = None, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Exact attention of each group over its KV head's positions, read in place from the pool.
 
     q: [bs, Hq, D]; k_buffer [slots, Hk, D]; v_buffer [slots, Hk, Dv] (MLA: a view of the
     latent buffer); positions [bs, Hk, K] int64 (-1 unused); counts [bs] (optional): row b reads
-    only its first counts[b] columns. ``active`` only sizes the GPU kernel's splits. -> [bs, Hq, Dv] fp32.
+    only its first counts[b] columns. ``active`` only sizes the GPU kernel's splits. -> [bs, Hq, Dv]
+    in out_dtype (fp32 accumulation; a narrower out_dtype is the fp32 result rounded).
     """
     bs, hq, d = q.shape
     hk = positions.shape[1]
@@ -196,7 +200,7 @@ def sparse_decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: t
         logits = logit_cap * torch.tanh(logits / logit_cap)
     logits = logits.masked_fill(~valid.unsqueeze(2), NEG_INF)
     probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
-    return torch.einsum("bhgk,bhkv->bhgv", probs, vs).reshape(bs, hq, -1)
+    return torch.einsum("bhgk,bhkv->bhgv", probs, vs).reshape(bs, hq, -1).to(out_dtype)
 
 
 def dense_positions(seq_lens: torch.Tensor, hk: int, max_len: int) -> torch.Tensor:

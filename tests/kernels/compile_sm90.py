@@ -147,6 +147,8 @@ def cases():
                 km = torch.empty(n_pages, hk, d, dtype=dt)
                 triton_ops.score_blocks(torch.empty(len(lens), hq, d, dtype=dt), km, torch.empty_like(km), pages, sl,
                                         b, 4, 64)
+                triton_ops.score_blocks(torch.empty(len(lens), hq, d, dtype=dt), km, torch.empty_like(km), pages, sl,
+                                        b, 4, 64, partials=True)
             out.append((f"score_blocks {lens[0]}x{len(lens)} hq{hq} hk{hk} d{d} {dt}", f))
     # score_tokens: heads max by the tl.dot of all heads and by the per-head loop, heads mean
     for dt in dtypes:
@@ -234,18 +236,18 @@ def cases():
                                                    torch.empty(bs, 1, kk, dtype=torch.int64), 0.1, cap)
             out.append((f"mla_decode {lens[0]}x{len(lens)} hq{hq} k{kk} cap{cap} {dt}", f))
 
-        def counted(dt=dt):  # per-row column counts (the CUDA-graph path: dense rows padded past K)
+        def counted(dt=dt):  # per-row column counts (the CUDA-graph path: dense rows padded past K), out in q's dtype
             r2t, rows, _, _ = _pool([131072] * 8, 64)
             slots, counts = r2t.numel(), torch.empty(8, dtype=torch.int64)
             triton_ops.sparse_decode_attention(
                 torch.empty(8, 32, 128, dtype=dt), torch.empty(slots, 8, 128, dtype=dt),
                 torch.empty(slots, 8, 128, dtype=dt), r2t, rows, torch.empty(8, 8, 8192, dtype=torch.int64),
-                0.1, counts=counts, active=2048)
+                0.1, counts=counts, active=2048, out_dtype=dt)
             kv = torch.empty(slots, 1, 576, dtype=dt)
             triton_ops.sparse_decode_attention(torch.empty(8, 20, 576, dtype=dt), kv, kv[..., :512], r2t, rows,
                                                torch.empty(8, 1, 8192, dtype=torch.int64), 0.1, counts=counts,
-                                               active=2048)
-        out.append((f"gqa+mla_decode with counts 131072x8 {dt}", counted))
+                                               active=2048, out_dtype=dt)
+        out.append((f"gqa+mla_decode with counts 131072x8, out {dt}", counted))
     # copy_blocks (offload gather / write-through), per head and whole blocks
     for dt in (torch.bfloat16, torch.float32, torch.float16):
         for b, hk, d, per_head in ((64, 8, 128, True), (64, 8, 128, False), (64, 1, 576, False), (16, 2, 64, True)):
@@ -279,6 +281,7 @@ def cases():
             bs, blk2slot, rows = 8, torch.empty(17, hk, mb + 1, dtype=torch.int32), torch.empty(8, dtype=torch.int64)
             window, late = torch.empty(bs, 5, dtype=torch.int64), torch.zeros((), dtype=torch.int64)
             readable_pair(torch.empty(bs, hk, mb), blk2slot, rows, window)
+            readable_pair(torch.empty(5, bs, hk, mb), blk2slot, rows, window)  # MLA's channel slices, added
             count_late(torch.empty(bs, hk, 128, dtype=torch.int64), blk2slot, rows, window,
                        torch.empty(bs, dtype=torch.bool), late)
             buffer_table(torch.empty(bs, hk, k, dtype=torch.int64), blk2slot, rows, window, late, block_size=64,

@@ -185,3 +185,27 @@ def test_launch_overrides_restore_and_refuse_unknown_names():
     with pytest.raises(ValueError, match="unknown launch parameters.*block_m"):
         with launch_overrides(gqa_decode.LAUNCH, {"block_m": 8}):
             pass
+
+
+@pytest.mark.parametrize("out_dtype", [BF16, FP16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("mla", [False, True], ids=["gqa-g4", "mla"])
+def test_output_in_the_callers_dtype_is_the_fp32_output_rounded(mla, out_dtype):
+    """out_dtype: the merge launch stores its fp32 result rounded to the caller's dtype (what the
+    backend's layer returns), bit for bit what converting the fp32 output gives; the torch op too."""
+    lens = [150, 90, 61]
+    hq, hk, d, dv = (8, 1, 576, 512) if mla else (8, 2, 64, 64)
+    pool = make_pool(lens, 16, seed=12)
+    q, k_buffer, v_buffer = _qkv(pool, len(lens), hq, hk, d, dv, mla, torch.Generator().manual_seed(12), out_dtype)
+    pos = _positions(lens, hk, 48, seed=12)
+    args = (q, k_buffer, v_buffer, pool.req_to_token, pool.req_pool_indices, pos, 0.1)
+    wide = triton_ops.sparse_decode_attention(*args)
+    out = poison(torch.empty(len(lens), hq, dv, dtype=out_dtype, device=DEVICE))
+    got = triton_ops.sparse_decode_attention(*args, out=out, out_dtype=out_dtype)
+    assert got.data_ptr() == out.data_ptr() and got.dtype == out_dtype
+    assert torch.equal(got, wide.to(out_dtype))
+    assert triton_ops.sparse_decode_attention(*args, out_dtype=out_dtype).dtype == out_dtype
+    narrow = torch_ops.sparse_decode_attention(*args, out_dtype=out_dtype)
+    assert narrow.dtype == out_dtype and torch.equal(narrow, torch_ops.sparse_decode_attention(*args).to(out_dtype))
+    with pytest.raises(ValueError, match="out must be"):
+        triton_ops.sparse_decode_attention(*args, out=poison(torch.empty(len(lens), hq, dv, device=DEVICE)),
+                                           out_dtype=out_dtype)

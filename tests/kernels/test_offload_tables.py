@@ -68,6 +68,13 @@ def test_readable_scores_and_buffer_table_match_the_torch_form(hk, max_blocks, b
         b = ker.readable_pair(layer, step, scores)
         assert torch.equal(a, b) and b.shape == (2, *scores.shape) and torch.equal(b[0], scores)
         assert (b[1] > float("-inf")).any() and ((b[1] == float("-inf")) & (scores > float("-inf"))).any()
+        # partial rows (MLA's channel slices, score_blocks(partials=True)) added in order by both forms
+        parts = torch.randn(5, bs, hk, nb, generator=g).to(DEVICE)
+        parts[:, scores == float("-inf")] = float("-inf")
+        added = parts[0] + parts[1] + parts[2] + parts[3] + parts[4]
+        a, b = ref.readable_pair(layer, step, parts), ker.readable_pair(layer, step, parts)
+        assert torch.equal(a, b) and torch.equal(b[0], added)
+        assert torch.equal(b, ker.readable_pair(layer, step, added))
         late = int(ref.late)
         ref.count_late(layer, step, wanted)
         ker.count_late(layer, step, wanted)

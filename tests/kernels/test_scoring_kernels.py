@@ -48,6 +48,37 @@ def test_score_blocks(lens, hq, hk, d, b, sink, local, extra, dtype):
     assert_close(got, want, FP32, "block scores", scale=(d * hq // hk) ** 0.5)
 
 
+@pytest.mark.parametrize("split_d", [True, False], ids=["split-d", "one-program"])
+@pytest.mark.parametrize("lens, hq, hk, d, b, sink, local, extra", [
+    case([130, 61], 9, 3, 96, 16, 16, 16, 0, id="g3-D96"),
+    case([150, 40], 5, 1, 576, 16, 8, 16, 1, id="mla-576-h5")])
+def test_score_blocks_partials_add_up_to_the_scores(lens, hq, hk, d, b, sink, local, extra, split_d):
+    """partials=True: the channel slices' rows, unsummed ([5, ...] for MLA's 576 channels split in
+    128-wide slices, else [1, ...]), added in order equal to the summed scores (the same -inf);
+    the torch op gives its scores as one slice."""
+    pool = make_pool(lens, b, seed=d + hq, ctx=max(lens) + extra * b + 3)
+    mb = -(-max(lens) // b) + extra
+    kmin, kmax = _summaries(pool.n_slots // b, hk, d, FP32, seed=hk)
+    q = torch.randn(len(lens), hq, d, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    pages = triton_ops.block_table(pool.req_to_token, pool.req_pool_indices, mb, b)
+    args = (q, kmin, kmax, pages, pool.seq_lens, b, sink, local)
+    with launch_overrides(block_score.LAUNCH, {"split_d_wide": split_d}):
+        whole = triton_ops.score_blocks(*args)
+        parts = triton_ops.score_blocks(*args, partials=True)
+        with pytest.raises(ValueError, match="partials=True writes no out"):
+            triton_ops.score_blocks(*args, partials=True, out=torch.empty_like(whole))
+    assert parts.shape == ((5 if d > 128 and split_d else 1), *whole.shape)
+    added = parts[0]
+    for part in parts[1:]:
+        added = added + part
+    assert torch.equal(torch.isinf(added), torch.isinf(whole)) and bool(torch.isinf(whole).any())
+    assert_close(added, whole, FP32, "partials added", scale=(d * hq // hk) ** 0.5)
+    if parts.shape[0] == 1:
+        assert torch.equal(parts[0], whole)
+    spec = torch_ops.score_blocks(*args, partials=True)
+    assert spec.shape == (1, *whole.shape) and torch.equal(spec[0], torch_ops.score_blocks(*args))
+
+
 @pytest.mark.parametrize("overrides", block_score.SWEEP, ids=launch_id)
 @pytest.mark.parametrize("lens, hq, hk, d, b, sink, local, extra", [
     case([130, 61], 9, 3, 96, 16, 16, 16, 0, id="g3-D96"),

@@ -29,8 +29,11 @@ SWEEP = ({"block_m_wide": 32}, {"block_m": 128, "block_m_wide": 128}, {"num_warp
 
 def score_blocks(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, pages: torch.Tensor,
                  seq_lens: torch.Tensor, block_size: int, sink_tokens: int, local_window: int,
-                 *, out: torch.Tensor | None = None) -> torch.Tensor:
+                 *, out: torch.Tensor | None = None, partials: bool = False) -> torch.Tensor:
     """Same contract as torch_ops.score_blocks (fp32 sums in a different order: close, not equal).
+    ``partials``: the channel slices' rows [S, bs, Hk, MB] unsummed (S = 5 for MLA's 576-wide keys,
+    else 1; ``out`` then is not used): a consumer that adds them (offload_tables.readable_pair)
+    saves the sum's launch.
 
     q: [bs, Hq, D] float (unit D stride); kmin, kmax: [pages, Hk, D] (same strides, unit D
     stride); pages: [bs, MB] int (unit last stride); seq_lens: [bs] -> [bs, Hk, MB] fp32,
@@ -46,9 +49,7 @@ def score_blocks(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, pages:
     check(q.stride(2) == 1 and kmin.stride() == kmax.stride() and kmin.stride(2) == 1,
           "q, kmin, kmax: unit D stride; kmin and kmax with the same strides")
     check(pages.shape[0] == bs and pages.stride(1) == 1 and seq_lens.shape == (bs,), "pages [bs, MB], seq_lens [bs]")
-    out = check_out(out, (bs, hk, mb), torch.float32, q.device, "score_blocks")
-    if bs == 0 or mb == 0:
-        return out
+    check(not (partials and out is not None), "score_blocks: partials=True writes no out")
     g = hq // hk
     cfg = LAUNCH
     wide = d > 128
@@ -56,14 +57,23 @@ def score_blocks(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, pages:
     block_d = min(pow2(d, 16), 128)
     heads = min(cfg["heads"], hk)
     n_dc = cdiv(d, block_d) if wide and cfg["split_d_wide"] else 1
-    # NOTE: the slices' partial rows are summed by torch (fixed order: deterministic), [slices, bs, Hk, MB]
-    dst = out if n_dc == 1 else torch.empty((n_dc, bs, hk, mb), dtype=torch.float32, device=q.device)
+    if partials:
+        out = torch.empty((n_dc, bs, hk, mb), dtype=torch.float32, device=q.device)
+        if bs == 0 or mb == 0:
+            return out
+        dst = out if n_dc > 1 else out[0]
+    else:
+        out = check_out(out, (bs, hk, mb), torch.float32, q.device, "score_blocks")
+        if bs == 0 or mb == 0:
+            return out
+        # NOTE: the slices' partial rows are summed by torch (fixed order: deterministic), [slices, bs, Hk, MB]
+        dst = out if n_dc == 1 else torch.empty((n_dc, bs, hk, mb), dtype=torch.float32, device=q.device)
     block_score_kernel[(cdiv(mb, block_m) * n_dc, cdiv(hk, heads), bs)](
         q, kmin, kmax, pages, seq_lens, dst, mb, sink_tokens, local_window,
         q.stride(0), q.stride(1), pages.stride(0), kmin.stride(0), kmin.stride(1),
         dst.stride(-3), dst.stride(-2), dst.stride(0) if n_dc > 1 else 0,
         G=g, D=d, B=block_size, BLOCK_G=pow2(g), BLOCK_M=block_m, BLOCK_D=block_d, HK=hk, HEADS=heads,
         SPLIT_D=n_dc > 1, num_warps=cfg["num_warps_wide" if wide else "num_warps"], num_stages=cfg["num_stages"])
-    if n_dc > 1:
+    if n_dc > 1 and not partials:
         torch.sum(dst, 0, out=out)
     return out

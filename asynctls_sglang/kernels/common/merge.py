@@ -50,7 +50,8 @@ def split_workspace(bs: int, hq: int, splits: int, dv: int, device: torch.device
 
 
 def merge_splits(ws: SplitWorkspace, splits: int, out: torch.Tensor) -> torch.Tensor:
-    """out [bs, Hq, Dv] fp32 = the log-sum-exp weighted average of the first `splits` partials."""
+    """out [bs, Hq, Dv] (any float dtype: the fp32 average rounded as it is stored) = the log-sum-exp
+    weighted average of the first `splits` partials."""
     bs, hq, dv = out.shape
     block_dv = min(pow2(dv, 16), 128)
     merge_splits_kernel[(bs, hq, cdiv(dv, block_dv))](

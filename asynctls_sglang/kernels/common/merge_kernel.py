@@ -26,7 +26,7 @@ def merge_splits_kernel(mid_o, mid_lse, out, S,
     b_o = tl.load(p_o, mask=m_s[:, None] & m_v[None, :], other=0.0)
     # [BLOCK_DV]
     b_out = tl.sum(b_o * b_w[:, None], axis=0) / tl.where(b_sum > 0, b_sum, 1.0)
-    tl.store(out + i_b * s_ob + i_q * s_oh + o_v, b_out, mask=m_v)
+    tl.store(out + i_b * s_ob + i_q * s_oh + o_v, b_out.to(out.dtype.element_ty), mask=m_v)
 
 
 @triton.jit

@@ -23,17 +23,20 @@ def readable_pair(scores: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Tens
     """scores [bs, Hk, N] fp32 block scores -> [2, bs, Hk, N]: [0] the scores, [1] the same with
     -inf where the block is not readable (resident: blk2slot[rows, h, block] >= 0, or a window
     block of the row). Block ids and N <= blk2slot.shape[2]. The pair lets one top-k launch rank
-    the wanted and the readable blocks together."""
-    bs, hk, n = scores.shape
+    the wanted and the readable blocks together. scores may also be [S, bs, Hk, N] partial rows
+    (score_blocks(partials=True)): the scores are their sum over S, added in order here."""
+    parts = scores if scores.dim() == 4 else scores.unsqueeze(0)
+    n_s, bs, hk, n = parts.shape
     _check_tables(blk2slot, rows, window, bs, hk)
-    check(scores.stride(2) == 1 and scores.dtype == torch.float32, "scores must be fp32 with a unit last stride")
-    out = torch.empty((2, bs, hk, n), dtype=scores.dtype, device=scores.device)
+    check(n_s >= 1 and parts.stride(3) == 1 and parts.dtype == torch.float32,
+          "scores must be fp32 [bs, Hk, N] or [S, bs, Hk, N] with a unit last stride")
+    out = torch.empty((2, bs, hk, n), dtype=torch.float32, device=parts.device)
     if bs == 0 or n == 0:
         return out
     block = min(_BLOCK, pow2(n, 16))
     readable_pair_kernel[(bs, hk, cdiv(n, block))](
-        scores, out, blk2slot, rows, window, n, window.shape[1], blk2slot.shape[2] - 1,
-        scores.stride(0), scores.stride(1), out.stride(0), out.stride(1), out.stride(2),
+        parts, out, blk2slot, rows, window, n, window.shape[1], blk2slot.shape[2] - 1, n_s,
+        parts.stride(0), parts.stride(1), parts.stride(2), out.stride(0), out.stride(1), out.stride(2),
         blk2slot.stride(0), blk2slot.stride(1), window.stride(0),
         BLOCK_N=block, BLOCK_W=pow2(window.shape[1], 2))
     return out

@@ -14,11 +14,12 @@ def _in_window(b_blk, b_win):
 
 
 @triton.jit
-def readable_pair_kernel(scores, out, blk2slot, rows, window, N, WN, MB, s_sb, s_sh, s_op, s_ob, s_oh, s_tr, s_th,
-                         s_wb, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
-    """Grid (bs, Hk, cdiv(N, BLOCK_N)). out[0] = the row's block scores, out[1] = the same where the
-    block is readable (resident in this layer, or one of the row's window blocks), -inf elsewhere:
-    one [2, bs, Hk, N] tensor whose two halves one top-k launch ranks together."""
+def readable_pair_kernel(scores, out, blk2slot, rows, window, N, WN, MB, S, s_ss, s_sb, s_sh, s_op, s_ob, s_oh,
+                         s_tr, s_th, s_wb, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Grid (bs, Hk, cdiv(N, BLOCK_N)). out[0] = the row's block scores (the sum of its S partial
+    rows, in order), out[1] = the same where the block is readable (resident in this layer, or one
+    of the row's window blocks), -inf elsewhere: one [2, bs, Hk, N] tensor whose two halves one
+    top-k launch ranks together."""
     i_b, i_h, i_n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b_row = tl.load(rows + i_b).to(tl.int64)
     o_w = tl.arange(0, BLOCK_W)
@@ -27,7 +28,10 @@ def readable_pair_kernel(scores, out, blk2slot, rows, window, N, WN, MB, s_sb, s
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < N
     # [BLOCK_N]
-    b_x = tl.load(scores + i_b * s_sb + i_h * s_sh + o_n, mask=m_n, other=float("-inf"))
+    p_x = scores + i_b * s_sb + i_h * s_sh + o_n
+    b_x = tl.load(p_x, mask=m_n, other=float("-inf"))
+    for i_s in range(1, S):
+        b_x += tl.load(p_x + i_s * s_ss, mask=m_n, other=float("-inf"))
     b_res = tl.load(blk2slot + b_row * s_tr + i_h * s_th + tl.minimum(o_n, MB), mask=m_n, other=-1) >= 0
     p_o = out + i_b * s_ob + i_h * s_oh + o_n
     tl.store(p_o, b_x, mask=m_n)

@@ -26,12 +26,13 @@ def gqa_sparse_decode(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.T
                       positions: torch.Tensor, sm_scale: float, logit_cap: float = 0.0, *,
                       out: torch.Tensor | None = None,
                       workspace: SplitWorkspace | None = None,
-                      counts: torch.Tensor | None = None, active: int | None = None) -> torch.Tensor:
+                      counts: torch.Tensor | None = None, active: int | None = None,
+                      out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Exact attention of each group over its KV head's positions, K/V read in place.
 
     q: [bs, Hq, D]; k_buffer [slots, Hk, D]; v_buffer [slots, Hk, Dv] (same dtype as q, unit
     last strides); req_to_token [rows, ctx] int32; req_pool_indices [bs]; positions
-    [bs, Hk, K] int64, -1 unused -> [bs, Hq, Dv] fp32 (zeros for a head with no position).
+    [bs, Hk, K] int64, -1 unused -> [bs, Hq, Dv] in out_dtype (zeros for a head with no position).
     fp32 accumulation; bf16/fp16 probabilities feed the second product in the input dtype.
     counts [bs] (optional, on the device): each row reads only its first counts[b] columns;
     active: the column count the splits are sized for (see plan_splits).
@@ -49,7 +50,8 @@ def gqa_sparse_decode(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.T
                     ("req_to_token", req_to_token)):
         check(t.stride(-1) == 1, f"{name} needs a unit last stride")
     check_counts(counts, bs)
-    out = check_out(out, (bs, hq, dv), torch.float32, q.device, "sparse_decode_attention")
+    check(out_dtype in FLOATS, f"out_dtype must be a float dtype, got {out_dtype}")
+    out = check_out(out, (bs, hq, dv), out_dtype, q.device, "sparse_decode_attention")
     if bs == 0:
         return out
     g = hq // hk

@@ -36,12 +36,13 @@ def mla_sparse_decode(q: torch.Tensor, kv_buffer: torch.Tensor, dv: int,
                       positions: torch.Tensor, sm_scale: float, logit_cap: float = 0.0, *,
                       out: torch.Tensor | None = None,
                       workspace: SplitWorkspace | None = None,
-                      counts: torch.Tensor | None = None, active: int | None = None) -> torch.Tensor:
+                      counts: torch.Tensor | None = None, active: int | None = None,
+                      out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Exact MLA decode over chosen positions, each latent row read once for K and V.
 
     q: [bs, Hq, D] (D = Dv + rope, e.g. 512 + 64); kv_buffer [slots, 1, D] (same dtype, unit
     last stride); V = kv_buffer[..., :dv]; positions [bs, 1, K] int64, -1 unused ->
-    [bs, Hq, dv] fp32. Not checked at run time: positions < ctx, slots in range.
+    [bs, Hq, dv] in out_dtype. Not checked at run time: positions < ctx, slots in range.
     """
     bs, hq, d = q.shape
     kk = positions.shape[2]
@@ -52,7 +53,8 @@ def mla_sparse_decode(q: torch.Tensor, kv_buffer: torch.Tensor, dv: int,
     for name, t in (("q", q), ("kv_buffer", kv_buffer), ("positions", positions), ("req_to_token", req_to_token)):
         check(t.stride(-1) == 1, f"{name} needs a unit last stride")
     check_counts(counts, bs)
-    out = check_out(out, (bs, hq, dv), torch.float32, q.device, "sparse_decode_attention")
+    check(out_dtype in FLOATS, f"out_dtype must be a float dtype, got {out_dtype}")
+    out = check_out(out, (bs, hq, dv), out_dtype, q.device, "sparse_decode_attention")
     if bs == 0:
         return out
     cfg = LAUNCH
