@@ -47,8 +47,9 @@ def test_triton_kernels_in_the_engine_match_the_torch_ops(tiny_model_dir):
 
 def test_mla_offload_decode_on_the_kernels_matches_the_torch_ops(tiny_model_dir):
     """The same for an MLA model with offload at depth 1 (the paper's pipeline): the block scores
-    reach readable_pair as their channel slices (five for the 576-wide latent keys) and the
-    attention writes in the model's dtype; the CPU engine's offload tables are the torch form."""
+    reach readable_pair as their channel slices (five for the 576-wide latent keys), the attention
+    writes in the model's dtype, and the offload engine's step tables, table reads and residency
+    plans run as kernels (ASYNCTLS_OPS=triton), all against the torch forms of the first run."""
     model = tiny_model_dir("deepseek_v2")
     # small pools: the calibration's re-quantisation interprets a kernel over every host slot
     cfg = dict(CFG, offload=True, prefetch_depth=1, resident_blocks=64, max_miss_blocks_per_step=64,
@@ -56,5 +57,7 @@ def test_mla_offload_decode_on_the_kernels_matches_the_torch_ops(tiny_model_dir)
     want, want_stats = _run(model, "torch", cfg, max_total_tokens=1024)
     got, got_stats = _run(model, "triton", cfg, max_total_tokens=1024)
     assert got_stats["ops"] == "triton_ops" and got_stats["offload"]["blocks_moved"] > 0
+    # the offload engine's step tables, table reads and plans ran as kernels too (torch in the first run)
+    assert (got_stats["offload"]["table_ops"], want_stats["offload"]["table_ops"]) == ("triton", "torch")
     assert got_stats["attended_tokens_last"] == want_stats["attended_tokens_last"]
     assert got == want

@@ -100,9 +100,14 @@ class OffloadRuntime:
         self.n_window = cfg.pinned_blocks
         self.host = HostKVTier(num_layers=num_layers, num_blocks=host_blocks, block_size=b, kv_heads=kv_heads,
                                head_dim=head_dim, v_head_dim=v_head_dim, dtype=dtype, device=device)
+        # the table reads and plans as Triton kernels: on a GPU, where their torch form is ~40 small
+        # launches per layer, and under ASYNCTLS_OPS=triton on the CPU (Triton's interpreter: the
+        # GPU's code path in the CPU engine's tests)
+        kernels = torch.device(device).type == "cuda" or env.ops_choice() == "triton"
         self.cache = ResidentBlockCache(num_layers=num_layers, num_rows=num_rows, kv_heads=kv_heads,
                                         capacity=cfg.resident_capacity, max_blocks=max_blocks,
-                                        max_miss=cfg.max_miss_blocks_per_step, block_size=b, device=device)
+                                        max_miss=cfg.max_miss_blocks_per_step, block_size=b, device=device,
+                                        use_kernel=kernels)
         self.engine = TransferEngine(self.host, self.cache, prefetch_depth=cfg.prefetch_depth, timing=timing,
                                      extra_tokens=num_rows * self.n_window * b,
                                      defer=env.defer_copies() and self.cache.device.type != "cuda")
@@ -128,9 +133,9 @@ class OffloadRuntime:
         self._recent_windows: dict[int, torch.Tensor] = {}
         #: logical page -> device page (None: SGLang's page ids are device pages, host blocks alike)
         self.device_page: torch.Tensor | None = None
-        #: the table reads (readable_pair, count_late, buffer_table) as Triton kernels: on a GPU, where their
-        #: torch form is ~40 small launches per layer (tests set it under the interpreter)
-        self.kernels = self.cache.device.type == "cuda"
+        #: the per-step tables and the table reads (decode_step, readable_pair, count_late, buffer_table)
+        #: as Triton kernels (see `kernels` above; tests also set it under the interpreter)
+        self.kernels = kernels
         #: time of the eager prefill work (adapter.offload: load_back, seed, write_through, demote, and
         #: the whole prefill forward), in the metrics as prefill_phases
         self.clock = PhaseClock(self.cache.device)
@@ -179,6 +184,16 @@ class OffloadRuntime:
                     max_blocks: int, dense_blocks: int, ops) -> DecodeStep:
         """The per-forward tensors (fixed shapes for fixed max_blocks, dense_blocks; no host sync)."""
         cfg, b, hk = self.cfg, self.block_size, self.kv_heads
+        if self.kernels:  # one launch for the ~50 small torch ops below (same tables, tested)
+            from asynctls_sglang.kernels.common.offload_tables import decode_step_tables
+
+            t = decode_step_tables(req_to_token, rows, lens, self.device_page, max_blocks=max_blocks,
+                                   dense_blocks=dense_blocks, block_size=b, sink_tokens=cfg.sink_tokens,
+                                   local_window=cfg.local_window, window_base_block=self.window_base // b,
+                                   dense_len=cfg.dense_len)
+            return DecodeStep(t["rows"], t["lens"], t["pages"], t["host_done"], t["window"], t["win_src"],
+                              t["win_dst"], t["win_count"], t["need_fixed"].unsqueeze(1).expand(-1, hk, -1),
+                              t["dense"], t["req"])
         # NOTE: copies, not views: the step's plans run on the copy stream and may run after SGLang
         # has written the next batch into the buffers behind req_pool_indices / seq_lens (eager
         # decode; found with ASYNCTLS_DEFER_COPIES: a late plan filled the next request's row)
@@ -510,6 +525,8 @@ class OffloadRuntime:
             "host_pool_bytes": self.host.nbytes,
             "resident_bytes": self.engine.nbytes,
             "resident_capacity_blocks": self.cache.capacity,
+            # the step tables, table reads and plans: Triton kernels (a GPU, or ASYNCTLS_OPS=triton) or torch
+            "table_ops": "triton" if self.kernels else "torch",
             **self.pool_tokens,
             "prefill_phases": self.clock.snapshot(),
         })

@@ -274,7 +274,8 @@ def cases():
             gather_host.copy_blocks_kernel = within
     out.append(("copy_blocks h2d / d2h names", directions))
     # the offload engine's table reads (Qwen3-8B at 128k: 2048 blocks, 2048-token budget; MLA: 1 head)
-    from asynctls_sglang.kernels.common.offload_tables import buffer_table, count_late, readable_pair
+    from asynctls_sglang.kernels.common.offload_tables import (buffer_table, count_late, decode_step_tables,
+                                                               readable_pair)
 
     for hk, mb, k in ((8, 2048, 2048), (1, 2048, 2048), (2, 40, 37)):
         def tables(hk=hk, mb=mb, k=k):
@@ -290,6 +291,14 @@ def cases():
                          capacity=259, window_base=1 << 20, chosen=torch.empty(bs, hk, k // 2, dtype=torch.int64),
                          start=k // 4, dense=torch.empty(bs, dtype=torch.bool))
         out.append((f"offload tables hk{hk} mb{mb} k{k}", tables))
+
+    def step_tables():  # the per-step tables: GLM-4.7-Flash/Qwen3-8B graphs at 128k, a page map or none
+        r2t, lens = torch.empty(17, 131072, dtype=torch.int32), torch.empty(8, dtype=torch.int64)
+        for page_map in (torch.empty(4096, dtype=torch.int32), None):
+            decode_step_tables(r2t, torch.empty(8, dtype=torch.int64), lens, page_map, max_blocks=2048,
+                               dense_blocks=32, block_size=64, sink_tokens=64, local_window=64,
+                               window_base_block=1 << 14, dense_len=2048)
+    out.append(("offload decode-step tables", step_tables))
     # the resident cache's plan (Qwen3-8B at 128k: C 259, N 163; MLA: 1 head; a small one)
     from asynctls_sglang.kernels.common.residency_plan import plan_residency
 

@@ -9,6 +9,7 @@ import torch
 
 from asynctls_sglang.config import AsyncTLSConfig
 from asynctls_sglang.memory.offload_runtime import DecodeStep, OffloadRuntime
+from asynctls_sglang.ops import torch_ops
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 CFG = AsyncTLSConfig(offload=True, block_size=16, block_budget=8, token_budget=64, sink_tokens=16,
@@ -109,8 +110,6 @@ def test_attention_reads_the_top_k_of_the_readable_blocks(kernels):
     """The rule (docs/offload.md): attention reads the k_b best blocks among those readable now
     (resident in the layer, or a window block of the row); a wanted block that is not readable is
     late (counted for sparse rows only) and the next best readable block takes its place."""
-    from asynctls_sglang.ops import torch_ops
-
     g = torch.Generator().manual_seed(3)
     hk, nb, kb, bs = 4, 60, 8, 3
     rt = _runtime(hk, nb + 3, bs + 1, 5)
@@ -137,3 +136,34 @@ def test_attention_reads_the_top_k_of_the_readable_blocks(kernels):
             late += 0 if dense[b] else sum(not bool(readable[b, h, w]) for w in wanted[b, h].tolist())
     assert any(len(readable[2, h].nonzero()) < kb for h in range(hk))  # too few readable: -1 padding occurs
     assert int(rt.late) == late > 0
+
+
+@pytest.mark.parametrize("sink,local,mapped", [(16, 32, True), (16, 32, False), (0, 40, True), (20, 1, True)],
+                         ids=["sink16-local32-map", "no-map", "no-sink", "local1"])
+def test_decode_step_tables_in_one_launch_match_the_torch_form(sink, local, mapped):
+    """OffloadRuntime.decode_step on a GPU builds the step's tables in one launch: the same tensors
+    as its torch form for rows with lengths from 1 up (inside the sink, inside the window, dense,
+    sparse), the padding row 0, int32 inputs, logical pages with and without a device page."""
+    cfg = AsyncTLSConfig(offload=True, block_size=16, block_budget=8, token_budget=64, sink_tokens=sink,
+                         local_window=local)
+    g = torch.Generator().manual_seed(sink * 100 + local)
+    rows_n, ctx, hk = 9, 700, 3
+    rts = [OffloadRuntime(cfg, num_layers=2, kv_heads=hk, head_dim=8, v_head_dim=8, dtype=torch.float32,
+                          device=DEVICE, num_rows=rows_n, max_blocks=-(-ctx // 16), host_blocks=4)
+           for _ in range(2)]
+    rts[0].kernels, rts[1].kernels = False, True
+    n_pages = 200
+    req_to_token = torch.randint(0, n_pages * 16, (rows_n, ctx), generator=g, dtype=torch.int32).to(DEVICE)
+    if mapped:
+        device_page = torch.randint(-1, 50, (n_pages,), generator=g, dtype=torch.int32).to(DEVICE)
+        for rt in rts:
+            rt.device_page = device_page
+    rows = torch.tensor([0, 3, 5, 1, 8, 2, 7], dtype=torch.int32, device=DEVICE)
+    lens = torch.tensor([1, 5, 17, 40, 64, 65, 699], dtype=torch.int32, device=DEVICE)
+    for max_blocks, dense_blocks in ((44, 4), (13, 7), (44, 0)):
+        ref, ker = (rt.decode_step(req_to_token, rows, lens, max_blocks, dense_blocks, torch_ops) for rt in rts)
+        for name in DecodeStep._fields:
+            a, b = getattr(ref, name), getattr(ker, name)
+            assert a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b), name
+        assert bool(ref.dense.any()) and not bool(ref.dense.all())
+        assert bool((ref.window == -1).any()) and bool((ref.win_src >= 0).any())

@@ -1,12 +1,13 @@
-"""readable_pair / count_late / buffer_table: the offloading engine's per-layer table reads as one kernel each
-(same contracts as OffloadRuntime's torch code, memory.offload_runtime, bit-exact)."""
+"""readable_pair / count_late / buffer_table: the offloading engine's per-layer table reads as one kernel each,
+and decode_step_tables: its per-step tables in one launch (same contracts as OffloadRuntime's torch
+code, memory.offload_runtime, bit-exact)."""
 from __future__ import annotations
 
 import torch
 
 from asynctls_sglang.kernels.common.launch import cdiv, check, pow2
 from asynctls_sglang.kernels.common.offload_tables_kernel import (buffer_table_kernel, count_late_kernel,
-                                                                    readable_pair_kernel)
+                                                                    decode_step_kernel, readable_pair_kernel)
 
 _BLOCK = 256
 
@@ -88,3 +89,38 @@ def buffer_table(positions: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Te
         blk2slot.stride(0), blk2slot.stride(1), window.stride(0), chosen.stride(0), chosen.stride(1),
         B=block_size, BLOCK_K=block, BLOCK_W=pow2(window.shape[1], 2), HAS_CHOSEN=has_chosen)
     return table, columns
+
+
+def decode_step_tables(req_to_token: torch.Tensor, rows: torch.Tensor, lens: torch.Tensor,
+                       device_page: torch.Tensor | None, *, max_blocks: int, dense_blocks: int, block_size: int,
+                       sink_tokens: int, local_window: int, window_base_block: int,
+                       dense_len: int) -> dict[str, torch.Tensor]:
+    """OffloadRuntime.decode_step's tables in one launch: rows, lens [bs] int64; pages [bs, max_blocks]
+    (block_table); host_done [bs]; window [bs, Wn] (forced_blocks of one head); win_src, win_dst
+    [bs * Wn]; win_count [1]; need_fixed [bs, Nl + dense_blocks] (one head's row: the caller
+    expands it over the heads); dense [bs] bool; req [bs] arange. Wn = ceil(sink / B) + Nl,
+    Nl = ceil(local / B) + 1 (0 without a local window)."""
+    b = block_size
+    bs = rows.shape[0]
+    n_sink, n_local = -(-sink_tokens // b), (-(-local_window // b) + 1 if local_window else 0)
+    wn = n_sink + n_local
+    check(req_to_token.dim() == 2 and req_to_token.stride(1) == 1, "req_to_token must be [rows, ctx], unit last stride")
+    check(rows.shape == (bs,) and lens.shape == (bs,), "rows and lens must be [bs]")
+    check(b & (b - 1) == 0, f"block_size must be a power of two, got {b}")
+    dev = lens.device
+    i64 = lambda *shape: torch.empty(shape, dtype=torch.int64, device=dev)  # noqa: E731
+    out = dict(rows=i64(bs), lens=i64(bs), pages=i64(bs, max_blocks), host_done=i64(bs), window=i64(bs, wn),
+               win_src=i64(bs * wn), win_dst=i64(bs * wn), win_count=i64(1),
+               need_fixed=i64(bs, n_local + dense_blocks), dense=torch.empty(bs, dtype=torch.bool, device=dev),
+               req=i64(bs))
+    if bs == 0:
+        out["win_count"].zero_()
+        return out
+    decode_step_kernel[(bs,)](
+        req_to_token, rows, lens, device_page if device_page is not None else rows, out["rows"], out["lens"],
+        out["pages"], out["host_done"], out["window"], out["win_src"], out["win_dst"], out["win_count"],
+        out["need_fixed"], out["dense"], out["req"], bs, max_blocks, req_to_token.shape[1], dense_blocks,
+        local_window, window_base_block, dense_len, req_to_token.stride(0),
+        B=b, N_SINK=n_sink, N_LOCAL=n_local, BLOCK_MB=min(_BLOCK * 4, pow2(max(max_blocks, 1), 16)),
+        BLOCK_F=pow2(max(wn, n_local + dense_blocks, 1), 16), HAS_MAP=device_page is not None)
+    return out

@@ -1,8 +1,9 @@
 """The offloading engine's per-layer reads of the residency tables, one kernel each: which blocks
 attention may read now (the block scores beside a copy masked to the readable blocks), how many
 wanted blocks were not readable, and where each attended token lies in the resident buffers (the
-attention's slot table). Each replaces some twenty small torch ops of
-memory.offload_runtime (the specification), which under a CUDA graph cost more than the math."""
+attention's slot table); and the per-step tables the layers share (decode_step_kernel). Each
+replaces some twenty to fifty small torch ops of memory.offload_runtime (the specification), which
+under a CUDA graph cost more than the math."""
 import triton
 import triton.language as tl
 
@@ -97,3 +98,56 @@ def buffer_table_kernel(positions, table, columns, blk2slot, rows, window, dropp
     tl.store(table + i_b * s_tb + i_h * K + o_k, tl.maximum(b_out, 0).to(tl.int32), mask=m_k)
     tl.store(columns + i_b * s_cb + i_h * s_ch + o_k, tl.where(b_out >= 0, i_h * K + o_k, -1), mask=m_k)
     tl.atomic_add(dropped, tl.sum((m_k & m_p & (b_out < 0)).to(tl.int64), axis=0))
+
+
+@triton.jit
+def decode_step_kernel(req_to_token, rows_in, lens_in, device_page, rows, lens, pages, host_done, window, win_src,
+                       win_dst, win_count, need_fixed, dense, req, BS, MB, CTX, DB, LOCAL, WIN_BASE, DENSE_LEN,
+                       s_r2t, B: tl.constexpr, N_SINK: tl.constexpr, N_LOCAL: tl.constexpr,
+                       BLOCK_MB: tl.constexpr, BLOCK_F: tl.constexpr, HAS_MAP: tl.constexpr):
+    """Grid (bs,). The per-step tables of one decode row i (OffloadRuntime.decode_step's torch form is
+    ~50 small launches): rows/lens as int64; pages[i, j] = req_to_token[row, min(j*B, CTX-1)] // B for
+    j < MB; host_done = (len-1) // B; its window blocks (N_SINK sink blocks j with j*B < len, then
+    N_LOCAL blocks from max(len - LOCAL, 0) // B that start before len), their device pages
+    (win_src; -1 absent, 0 for a page unmapped in device_page) and window-region blocks (win_dst);
+    need_fixed[i] = the local window blocks, then 0..DB-1 when the row is dense (len <= DENSE_LEN),
+    else -1; dense; req[i] = i; win_count[0] = BS * Wn (program 0)."""
+    i_b = tl.program_id(0)
+    WN: tl.constexpr = N_SINK + N_LOCAL
+    b_row = tl.load(rows_in + i_b).to(tl.int64)
+    b_len = tl.load(lens_in + i_b).to(tl.int64)
+    tl.store(rows + i_b, b_row)
+    tl.store(lens + i_b, b_len)
+    tl.store(host_done + i_b, (b_len - 1) // B)
+    b_dense = b_len <= DENSE_LEN
+    tl.store(dense + i_b, b_dense)
+    tl.store(req + i_b, i_b.to(tl.int64))
+    if i_b == 0:
+        tl.store(win_count, (BS * WN).to(tl.int64))
+    p_r2t = req_to_token + b_row * s_r2t
+    for j0 in range(0, MB, BLOCK_MB):
+        o_j = j0 + tl.arange(0, BLOCK_MB)
+        b_slot = tl.load(p_r2t + tl.minimum(o_j.to(tl.int64) * B, CTX - 1), mask=o_j < MB, other=0).to(tl.int64)
+        tl.store(pages + i_b.to(tl.int64) * MB + o_j, b_slot // B, mask=o_j < MB)
+    # [BLOCK_F] window column f < WN: sink block f, then local block first + f - N_SINK
+    o_f = tl.arange(0, BLOCK_F)
+    b_first = tl.maximum(b_len - LOCAL, 0) // B
+    b_blk = tl.where(o_f < N_SINK, o_f, b_first + (o_f - N_SINK)).to(tl.int64)
+    m_ok = tl.where(o_f < N_SINK, b_blk * B < b_len, (b_blk * B < b_len) & (b_len > 0))
+    b_win = tl.where(m_ok, b_blk, -1)
+    m_w = o_f < WN
+    tl.store(window + i_b * WN + o_f, b_win, mask=m_w)
+    b_first_slot = tl.load(p_r2t + tl.minimum(tl.maximum(b_win, 0) * B, CTX - 1), mask=m_w, other=0).to(tl.int64)
+    b_page = b_first_slot // B
+    if HAS_MAP:
+        b_dev = tl.load(device_page + b_page, mask=m_w, other=-1).to(tl.int64)
+        b_page = tl.where(b_dev >= 0, b_dev, 0)
+    tl.store(win_src + i_b * WN + o_f, tl.where(b_win >= 0, b_page, -1), mask=m_w)
+    tl.store(win_dst + i_b * WN + o_f, WIN_BASE + b_row * WN + o_f, mask=m_w)
+    # need_fixed row: its F = N_LOCAL + DB columns
+    o_n = tl.arange(0, BLOCK_F)
+    m_loc = o_n < N_LOCAL
+    b_lblk = b_first + o_n
+    b_loc = tl.where((b_lblk * B < b_len) & (b_len > 0), b_lblk, -1)
+    b_need = tl.where(m_loc, b_loc, tl.where(b_dense, (o_n - N_LOCAL).to(tl.int64), -1))
+    tl.store(need_fixed + i_b * (N_LOCAL + DB) + o_n, b_need, mask=o_n < N_LOCAL + DB)
