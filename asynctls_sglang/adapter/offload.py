@@ -14,7 +14,7 @@ import torch
 from asynctls_sglang import env
 from asynctls_sglang.adapter.allocator import OffloadPagedAllocator
 from asynctls_sglang.config import AsyncTLSConfig, ConfigError
-from asynctls_sglang.ops.select import block_scores, chosen_in_blocks, step_positions
+from asynctls_sglang.ops.select import block_scores, chosen_in_blocks
 from asynctls_sglang.utils import swapped_attr
 
 
@@ -164,17 +164,18 @@ class OffloadDecodeMixin:
 
         rt, pool, cfg, ops = self.asynctls_offload, self.token_to_kv_pool, self.asynctls_cfg, self.asynctls_ops
         l = layer.layer_id - pool.start_layer
-        hq, hk = layer.tp_q_head_num, layer.tp_k_head_num
+        hq = layer.tp_q_head_num
         bs = fb.batch_size
         req_to_token = self.req_to_token_pool.req_to_token
         if l == 0:
             # NOTE: layers run in order; layer 0 builds the step's tensors for all of them.
             dense_len = cfg.dense_len if plan.graph else plan.max_dense_len
-            step = rt.decode_step(req_to_token, fb.req_pool_indices, fb.seq_lens, plan.max_blocks,
-                                  math.ceil(dense_len / cfg.block_size), ops)
-            width = max(cfg.token_budget, dense_len)
-            self._step = (step, step_positions(fb.seq_lens, step.dense, hk, width, cfg, ops))
-        step, sp = self._step
+            # NOTE: with the attention's fixed positions (sink, local; the chosen ones are read in
+            # place from column sink + local on; dense rows all theirs): one launch on a GPU for all
+            self._step = rt.decode_step(req_to_token, fb.req_pool_indices, fb.seq_lens, plan.max_blocks,
+                                        math.ceil(dense_len / cfg.block_size), ops,
+                                        width=max(cfg.token_budget, dense_len))
+        step = self._step
         # NOTE: the copies planned for this layer at the previous step land before anything below
         # reads the resident buffers or rewrites this layer's plan buffers.
         rt.engine.wait(l)
@@ -203,12 +204,12 @@ class OffloadDecodeMixin:
             wanted, blocks = ops.select_blocks(rt.readable_pair(l, step, scores), kb).unbind(0)
         chosen = chosen_in_blocks(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens, blocks, cfg, ops)
         # NOTE: the chosen columns are read in place (no put into sp.positions: one launch fewer)
-        table, req, columns = rt.buffer_table(l, step, sp.positions, chosen, sp.start)
+        table, req, columns = rt.buffer_table(l, step, step.positions, chosen, cfg.sink_tokens + cfg.local_window)
         if l == 0:
             self.asynctls_stats.record(columns, rows=~step.dense)
         cap = float(getattr(layer, "logit_cap", 0.0) or 0.0)
         o = ops.sparse_decode_attention(q3, rt.engine.k[l], rt.value_buffer(l, layer.v_head_dim), table, req,
-                                        columns, layer.scaling, cap, counts=sp.counts, active=cfg.token_budget,
+                                        columns, layer.scaling, cap, counts=step.counts, active=cfg.token_budget,
                                         out_dtype=q.dtype)
         if cfg.prefetch_depth == 1:
             # NOTE: after the attention that read the victims' old contents (the copy stream forks here)

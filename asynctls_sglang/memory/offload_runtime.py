@@ -34,6 +34,7 @@ from asynctls_sglang.memory.host_tier import HostKVTier
 from asynctls_sglang.memory.residency import COUNTERS, ResidentBlockCache, forced_blocks
 from asynctls_sglang.memory.streams import PhaseClock
 from asynctls_sglang.memory.transfer import TransferEngine
+from asynctls_sglang.ops.select import step_positions
 
 
 class DecodeStep(NamedTuple):
@@ -50,6 +51,11 @@ class DecodeStep(NamedTuple):
     need_fixed: torch.Tensor  # [bs, Hk, F] local blocks, then every block of a dense row
     dense: torch.Tensor  # [bs] bool: decodes over all its positions
     req: torch.Tensor  # [bs] arange: the attention's rows of buffer_table's table (built once per step)
+    #: with decode_step(width=W): the attention's fixed positions [bs, Hk, W] (select.step_positions:
+    #: a dense row's every position, else sink + local, then -1; the layers read their chosen ones in
+    #: place) and the columns each row reads [bs]
+    positions: torch.Tensor | None = None
+    counts: torch.Tensor | None = None
 
 
 def resident_row_bytes(cfg: AsyncTLSConfig, *, num_layers: int, kv_heads: int, head_dim: int,
@@ -181,8 +187,9 @@ class OffloadRuntime:
 
     # decode ----------------------------------------------------------------------------------------
     def decode_step(self, req_to_token: torch.Tensor, rows: torch.Tensor, lens: torch.Tensor,
-                    max_blocks: int, dense_blocks: int, ops) -> DecodeStep:
-        """The per-forward tensors (fixed shapes for fixed max_blocks, dense_blocks; no host sync)."""
+                    max_blocks: int, dense_blocks: int, ops, width: int = 0) -> DecodeStep:
+        """The per-forward tensors (fixed shapes for fixed max_blocks, dense_blocks; no host sync);
+        width > 0: the attention's positions too (DecodeStep.positions / counts)."""
         cfg, b, hk = self.cfg, self.block_size, self.kv_heads
         if self.kernels:  # one launch for the ~50 small torch ops below (same tables, tested)
             from asynctls_sglang.kernels.common.offload_tables import decode_step_tables
@@ -190,10 +197,12 @@ class OffloadRuntime:
             t = decode_step_tables(req_to_token, rows, lens, self.device_page, max_blocks=max_blocks,
                                    dense_blocks=dense_blocks, block_size=b, sink_tokens=cfg.sink_tokens,
                                    local_window=cfg.local_window, window_base_block=self.window_base // b,
-                                   dense_len=cfg.dense_len)
+                                   dense_len=cfg.dense_len, width=width, token_budget=cfg.token_budget)
             return DecodeStep(t["rows"], t["lens"], t["pages"], t["host_done"], t["window"], t["win_src"],
                               t["win_dst"], t["win_count"], t["need_fixed"].unsqueeze(1).expand(-1, hk, -1),
-                              t["dense"], t["req"])
+                              t["dense"], t["req"],
+                              t["positions"].unsqueeze(1).expand(-1, hk, -1) if width else None,
+                              t["counts"] if width else None)
         # NOTE: copies, not views: the step's plans run on the copy stream and may run after SGLang
         # has written the next batch into the buffers behind req_pool_indices / seq_lens (eager
         # decode; found with ASYNCTLS_DEFER_COPIES: a late plan filled the next request's row)
@@ -213,8 +222,9 @@ class OffloadRuntime:
         all_blocks = torch.arange(dense_blocks, device=lens.device).view(1, -1).expand(bs, -1)
         dense_need = torch.where(dense.view(bs, 1), all_blocks, -1)
         need_fixed = torch.cat([fixed[:, self.n_sink:], dense_need], 1).unsqueeze(1).expand(-1, hk, -1)
+        sp = step_positions(lens, dense, hk, width, cfg, ops) if width else None
         return DecodeStep(rows, lens, pages, (lens - 1) // b, window, win_src, win_dst, win_count, need_fixed, dense,
-                          torch.arange(bs, device=lens.device))
+                          torch.arange(bs, device=lens.device), sp.positions if sp else None, sp.counts if sp else None)
 
     def device_slots(self, slots: torch.Tensor) -> torch.Tensor:
         """SGLang slot ids -> device pool slots (identity unless logical ids are in use; a slot

@@ -295,9 +295,10 @@ def cases():
     def step_tables():  # the per-step tables: GLM-4.7-Flash/Qwen3-8B graphs at 128k, a page map or none
         r2t, lens = torch.empty(17, 131072, dtype=torch.int32), torch.empty(8, dtype=torch.int64)
         for page_map in (torch.empty(4096, dtype=torch.int32), None):
-            decode_step_tables(r2t, torch.empty(8, dtype=torch.int64), lens, page_map, max_blocks=2048,
-                               dense_blocks=32, block_size=64, sink_tokens=64, local_window=64,
-                               window_base_block=1 << 14, dense_len=2048)
+            for width in (0, 2048):  # the seeds' call, the decode's (with the attention's positions)
+                decode_step_tables(r2t, torch.empty(8, dtype=torch.int64), lens, page_map, max_blocks=2048,
+                                   dense_blocks=32, block_size=64, sink_tokens=64, local_window=64,
+                                   window_base_block=1 << 14, dense_len=2048, width=width, token_budget=2048)
     out.append(("offload decode-step tables", step_tables))
     # the resident cache's plan (Qwen3-8B at 128k: C 259, N 163; MLA: 1 head; a small one)
     from asynctls_sglang.kernels.common.residency_plan import plan_residency

@@ -143,7 +143,8 @@ def test_attention_reads_the_top_k_of_the_readable_blocks(kernels):
 def test_decode_step_tables_in_one_launch_match_the_torch_form(sink, local, mapped):
     """OffloadRuntime.decode_step on a GPU builds the step's tables in one launch: the same tensors
     as its torch form for rows with lengths from 1 up (inside the sink, inside the window, dense,
-    sparse), the padding row 0, int32 inputs, logical pages with and without a device page."""
+    sparse), the padding row 0, int32 inputs, logical pages with and without a device page; with a
+    width, the attention's positions and counts too (select.step_positions)."""
     cfg = AsyncTLSConfig(offload=True, block_size=16, block_budget=8, token_budget=64, sink_tokens=sink,
                          local_window=local)
     g = torch.Generator().manual_seed(sink * 100 + local)
@@ -160,10 +161,14 @@ def test_decode_step_tables_in_one_launch_match_the_torch_form(sink, local, mapp
             rt.device_page = device_page
     rows = torch.tensor([0, 3, 5, 1, 8, 2, 7], dtype=torch.int32, device=DEVICE)
     lens = torch.tensor([1, 5, 17, 40, 64, 65, 699], dtype=torch.int32, device=DEVICE)
-    for max_blocks, dense_blocks in ((44, 4), (13, 7), (44, 0)):
-        ref, ker = (rt.decode_step(req_to_token, rows, lens, max_blocks, dense_blocks, torch_ops) for rt in rts)
+    for max_blocks, dense_blocks, width in ((44, 4, 0), (13, 7, 64), (44, 0, 130)):
+        ref, ker = (rt.decode_step(req_to_token, rows, lens, max_blocks, dense_blocks, torch_ops, width=width)
+                    for rt in rts)
         for name in DecodeStep._fields:
             a, b = getattr(ref, name), getattr(ker, name)
+            if name in ("positions", "counts") and not width:
+                assert a is None and b is None
+                continue
             assert a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b), name
         assert bool(ref.dense.any()) and not bool(ref.dense.all())
         assert bool((ref.window == -1).any()) and bool((ref.win_src >= 0).any())

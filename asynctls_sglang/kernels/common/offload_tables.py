@@ -94,12 +94,13 @@ def buffer_table(positions: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Te
 def decode_step_tables(req_to_token: torch.Tensor, rows: torch.Tensor, lens: torch.Tensor,
                        device_page: torch.Tensor | None, *, max_blocks: int, dense_blocks: int, block_size: int,
                        sink_tokens: int, local_window: int, window_base_block: int,
-                       dense_len: int) -> dict[str, torch.Tensor]:
+                       dense_len: int, width: int = 0, token_budget: int = 0) -> dict[str, torch.Tensor]:
     """OffloadRuntime.decode_step's tables in one launch: rows, lens [bs] int64; pages [bs, max_blocks]
     (block_table); host_done [bs]; window [bs, Wn] (forced_blocks of one head); win_src, win_dst
     [bs * Wn]; win_count [1]; need_fixed [bs, Nl + dense_blocks] (one head's row: the caller
     expands it over the heads); dense [bs] bool; req [bs] arange. Wn = ceil(sink / B) + Nl,
-    Nl = ceil(local / B) + 1 (0 without a local window)."""
+    Nl = ceil(local / B) + 1 (0 without a local window). width > 0: also positions [bs, width] and
+    counts [bs], select.step_positions of one head (token_budget: a sparse row's count)."""
     b = block_size
     bs = rows.shape[0]
     n_sink, n_local = -(-sink_tokens // b), (-(-local_window // b) + 1 if local_window else 0)
@@ -113,14 +114,18 @@ def decode_step_tables(req_to_token: torch.Tensor, rows: torch.Tensor, lens: tor
                win_src=i64(bs * wn), win_dst=i64(bs * wn), win_count=i64(1),
                need_fixed=i64(bs, n_local + dense_blocks), dense=torch.empty(bs, dtype=torch.bool, device=dev),
                req=i64(bs))
+    if width > 0:
+        check(width >= sink_tokens + local_window, f"width {width} < sink + local window")
+        out.update(positions=i64(bs, width), counts=i64(bs))
     if bs == 0:
         out["win_count"].zero_()
         return out
     decode_step_kernel[(bs,)](
         req_to_token, rows, lens, device_page if device_page is not None else rows, out["rows"], out["lens"],
         out["pages"], out["host_done"], out["window"], out["win_src"], out["win_dst"], out["win_count"],
-        out["need_fixed"], out["dense"], out["req"], bs, max_blocks, req_to_token.shape[1], dense_blocks,
-        local_window, window_base_block, dense_len, req_to_token.stride(0),
-        B=b, N_SINK=n_sink, N_LOCAL=n_local, BLOCK_MB=min(_BLOCK * 4, pow2(max(max_blocks, 1), 16)),
-        BLOCK_F=pow2(max(wn, n_local + dense_blocks, 1), 16), HAS_MAP=device_page is not None)
+        out["need_fixed"], out["dense"], out["req"], out.get("positions", rows), out.get("counts", rows), bs,
+        max_blocks, req_to_token.shape[1], dense_blocks, local_window, window_base_block, dense_len, sink_tokens,
+        width, token_budget, req_to_token.stride(0),
+        B=b, N_SINK=n_sink, N_LOCAL=n_local, BLOCK_MB=min(_BLOCK * 4, pow2(max(max_blocks, width, 1), 16)),
+        BLOCK_F=pow2(max(wn, n_local + dense_blocks, 1), 16), HAS_MAP=device_page is not None, HAS_POS=width > 0)
     return out

@@ -102,16 +102,20 @@ def buffer_table_kernel(positions, table, columns, blk2slot, rows, window, dropp
 
 @triton.jit
 def decode_step_kernel(req_to_token, rows_in, lens_in, device_page, rows, lens, pages, host_done, window, win_src,
-                       win_dst, win_count, need_fixed, dense, req, BS, MB, CTX, DB, LOCAL, WIN_BASE, DENSE_LEN,
-                       s_r2t, B: tl.constexpr, N_SINK: tl.constexpr, N_LOCAL: tl.constexpr,
-                       BLOCK_MB: tl.constexpr, BLOCK_F: tl.constexpr, HAS_MAP: tl.constexpr):
+                       win_dst, win_count, need_fixed, dense, req, positions, counts, BS, MB, CTX, DB, LOCAL,
+                       WIN_BASE, DENSE_LEN, SINK, W, BUDGET, s_r2t, B: tl.constexpr, N_SINK: tl.constexpr,
+                       N_LOCAL: tl.constexpr, BLOCK_MB: tl.constexpr, BLOCK_F: tl.constexpr,
+                       HAS_MAP: tl.constexpr, HAS_POS: tl.constexpr):
     """Grid (bs,). The per-step tables of one decode row i (OffloadRuntime.decode_step's torch form is
     ~50 small launches): rows/lens as int64; pages[i, j] = req_to_token[row, min(j*B, CTX-1)] // B for
     j < MB; host_done = (len-1) // B; its window blocks (N_SINK sink blocks j with j*B < len, then
     N_LOCAL blocks from max(len - LOCAL, 0) // B that start before len), their device pages
     (win_src; -1 absent, 0 for a page unmapped in device_page) and window-region blocks (win_dst);
     need_fixed[i] = the local window blocks, then 0..DB-1 when the row is dense (len <= DENSE_LEN),
-    else -1; dense; req[i] = i; win_count[0] = BS * Wn (program 0)."""
+    else -1; dense; req[i] = i; win_count[0] = BS * Wn (program 0). HAS_POS: the attention's
+    positions[i, :W] (select.step_positions of one head: a dense row's every position, -1 past its
+    length; else positions 0..SINK-1 below its length, then its last LOCAL ones at or past SINK, then
+    -1) and counts[i] (its length when dense, else BUDGET)."""
     i_b = tl.program_id(0)
     WN: tl.constexpr = N_SINK + N_LOCAL
     b_row = tl.load(rows_in + i_b).to(tl.int64)
@@ -151,3 +155,12 @@ def decode_step_kernel(req_to_token, rows_in, lens_in, device_page, rows, lens, 
     b_loc = tl.where((b_lblk * B < b_len) & (b_len > 0), b_lblk, -1)
     b_need = tl.where(m_loc, b_loc, tl.where(b_dense, (o_n - N_LOCAL).to(tl.int64), -1))
     tl.store(need_fixed + i_b * (N_LOCAL + DB) + o_n, b_need, mask=o_n < N_LOCAL + DB)
+    if HAS_POS:
+        tl.store(counts + i_b, tl.where(b_dense, b_len, BUDGET))
+        for j0 in range(0, W, BLOCK_MB):
+            o_p = (j0 + tl.arange(0, BLOCK_MB)).to(tl.int64)
+            b_local = b_len - LOCAL + (o_p - SINK)
+            b_forced = tl.where(o_p < SINK, tl.where(o_p < b_len, o_p, -1),
+                                tl.where((o_p < SINK + LOCAL) & (b_local >= SINK), b_local, -1))
+            b_pos = tl.where(b_dense, tl.where(o_p < b_len, o_p, -1), b_forced)
+            tl.store(positions + i_b.to(tl.int64) * W + o_p, b_pos, mask=o_p < W)
