@@ -172,3 +172,8 @@ def test_decode_step_tables_in_one_launch_match_the_torch_form(sink, local, mapp
             assert a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b), name
         assert bool(ref.dense.any()) and not bool(ref.dense.all())
         assert bool((ref.window == -1).any()) and bool((ref.win_src >= 0).any())
+        if width:  # the slot table reads the kernel's positions through their stride-0 head axis
+            chosen = torch.randint(-1, 700, (rows.shape[0], hk, 10), generator=g).to(DEVICE)
+            got = [rt.buffer_table(0, st, st.positions, chosen, sink + local) for rt, st in zip(rts, (ref, ker))]
+            assert ker.positions.stride(1) == 0 and ref.positions.stride(1) != 0
+            assert all(torch.equal(a, b) for a, b in zip(*got)) and int(rts[0].dropped) == int(rts[1].dropped) > 0
