@@ -293,12 +293,18 @@ def cases():
         out.append((f"offload tables hk{hk} mb{mb} k{k}", tables))
 
     def step_tables():  # the per-step tables: GLM-4.7-Flash/Qwen3-8B graphs at 128k, a page map or none
-        r2t, lens = torch.empty(17, 131072, dtype=torch.int32), torch.empty(8, dtype=torch.int64)
+        r2t = torch.empty(17, 131072, dtype=torch.int32)
         for page_map in (torch.empty(4096, dtype=torch.int32), None):
             for width in (0, 2048):  # the seeds' call, the decode's (with the attention's positions)
-                decode_step_tables(r2t, torch.empty(8, dtype=torch.int64), lens, page_map, max_blocks=2048,
-                                   dense_blocks=32, block_size=64, sink_tokens=64, local_window=64,
-                                   window_base_block=1 << 14, dense_len=2048, width=width, token_budget=2048)
+                for bs in (8, 1):  # batch 1: Triton specialises the int 1 (a constexpr in the kernel)
+                    lens = torch.empty(bs, dtype=torch.int64)
+                    decode_step_tables(r2t, torch.empty(bs, dtype=torch.int64), lens, page_map, max_blocks=2048,
+                                       dense_blocks=32, block_size=64, sink_tokens=64, local_window=64,
+                                       window_base_block=1 << 14, dense_len=2048, width=width, token_budget=2048)
+        # one sink block (N_SINK 1), a window base of block 1 (an int 1 too)
+        decode_step_tables(r2t, torch.empty(1, dtype=torch.int64), torch.empty(1, dtype=torch.int64), None,
+                           max_blocks=40, dense_blocks=1, block_size=16, sink_tokens=4, local_window=1,
+                           window_base_block=1, dense_len=16, width=64, token_budget=64)
     out.append(("offload decode-step tables", step_tables))
     # the resident cache's plan (Qwen3-8B at 128k: C 259, N 163; MLA: 1 head; a small one)
     from asynctls_sglang.kernels.common.residency_plan import plan_residency

@@ -107,7 +107,7 @@ def decode_step_kernel(req_to_token, rows_in, lens_in, device_page, rows, lens, 
                        N_LOCAL: tl.constexpr, BLOCK_MB: tl.constexpr, BLOCK_F: tl.constexpr,
                        HAS_MAP: tl.constexpr, HAS_POS: tl.constexpr):
     """Grid (bs,). The per-step tables of one decode row i (OffloadRuntime.decode_step's torch form is
-    ~50 small launches): rows/lens as int64; pages[i, j] = req_to_token[row, min(j*B, CTX-1)] // B for
+    ~65 small launches with the positions): rows/lens as int64; pages[i, j] = req_to_token[row, min(j*B, CTX-1)] // B for
     j < MB; host_done = (len-1) // B; its window blocks (N_SINK sink blocks j with j*B < len, then
     N_LOCAL blocks from max(len - LOCAL, 0) // B that start before len), their device pages
     (win_src; -1 absent, 0 for a page unmapped in device_page) and window-region blocks (win_dst);
@@ -127,7 +127,7 @@ def decode_step_kernel(req_to_token, rows_in, lens_in, device_page, rows, lens, 
     tl.store(dense + i_b, b_dense)
     tl.store(req + i_b, i_b.to(tl.int64))
     if i_b == 0:
-        tl.store(win_count, (BS * WN).to(tl.int64))
+        tl.store(win_count, BS * WN)  # NOTE: BS may be a constexpr (Triton specialises an int 1)
     p_r2t = req_to_token + b_row * s_r2t
     for j0 in range(0, MB, BLOCK_MB):
         o_j = j0 + tl.arange(0, BLOCK_MB)
