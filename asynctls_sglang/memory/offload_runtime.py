@@ -191,7 +191,7 @@ class OffloadRuntime:
         """The per-forward tensors (fixed shapes for fixed max_blocks, dense_blocks; no host sync);
         width > 0: the attention's positions too (DecodeStep.positions / counts)."""
         cfg, b, hk = self.cfg, self.block_size, self.kv_heads
-        if self.kernels:  # one launch for the ~50 small torch ops below (same tables, tested)
+        if self.kernels:  # one launch for the ~65 small torch ops below and in step_positions (same tables, tested)
             from asynctls_sglang.kernels.common.offload_tables import decode_step_tables
 
             t = decode_step_tables(req_to_token, rows, lens, self.device_page, max_blocks=max_blocks,
