@@ -8,6 +8,7 @@ from kernel_testing import DEVICE, assert_topk_equivalent, by_device, case, laun
 
 from asynctls_sglang.kernels import triton_ops
 from asynctls_sglang.kernels.common import topk
+from asynctls_sglang.kernels.common.topk import RESIDENT_MAX_N
 from asynctls_sglang.kernels.common.launch import launch_overrides
 from asynctls_sglang.ops import torch_ops
 
@@ -141,20 +142,20 @@ def test_every_sweep_alternative_is_exact(kind, shape, k, overrides):
 
 
 @pytest.mark.parametrize("radix", ["histogram", "bitpair"])
-@pytest.mark.parametrize("kind, shape, k", [c for c in CASES if DEVICE.type != "cpu" or c.values[1][-1] <= 4099])
+@pytest.mark.parametrize("kind, shape, k", [c for c in CASES
+                                             if c.values[1][-1] <= (RESIDENT_MAX_N if DEVICE.type != "cpu" else 4099)])
 def test_every_radix_is_exact_on_every_case(kind, shape, k, radix):
     """The radixes besides the default one-bit passes (--sweep alternatives: tl.histogram digits,
     and two bits per pass from three counts packed in one int64 sum) on every kind of row: ties,
     signed zeros, -inf rows, only negative scores beside -inf, k past the finite scores, extremes
-    (rows of up to 4099 entries under the interpreter)."""
+    (rows of up to 4099 entries under the interpreter; on a GPU the rows the register-resident
+    kernel, the one with a radix, takes: a longer one is refused, test_resident_refuses_long_rows)."""
     with launch_overrides(topk.LAUNCH, {"radix": radix}):
         test_select_blocks_exact(kind, shape, k, "resident")
         test_select_tokens_exact(kind, shape, k, "resident")
 
 
 def test_resident_refuses_long_rows():
-    from asynctls_sglang.kernels.common.topk import RESIDENT_MAX_N
-
     with pytest.raises(ValueError, match="resident"):
         triton_ops.select_blocks(torch.zeros(1, 1, RESIDENT_MAX_N + 1, device=DEVICE), 4, method="resident")
 
