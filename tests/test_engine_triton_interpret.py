@@ -37,8 +37,10 @@ def _run(model: str, ops: str, cfg: dict = CFG, **engine_args) -> tuple[list[lis
 
 def test_triton_kernels_in_the_engine_match_the_torch_ops(tiny_model_dir):
     model = tiny_model_dir("qwen3")
-    want, want_stats = _run(model, "torch")
-    got, got_stats = _run(model, "triton")
+    # a small pool: the calibration's re-quantisation interprets a kernel over every slot (258 s
+    # of 2 CPU cores with SGLang's 8192, most of this module's time)
+    want, want_stats = _run(model, "torch", max_total_tokens=1024)
+    got, got_stats = _run(model, "triton", max_total_tokens=1024)
     assert want_stats["ops"] == "torch_ops" and got_stats["ops"] == "triton_ops"
     assert got_stats["attended_tokens_last"] == want_stats["attended_tokens_last"] == CFG["token_budget"]
     # Same selections up to fp32 summation order in the scores: identical greedy tokens here.
