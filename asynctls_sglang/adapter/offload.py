@@ -186,7 +186,7 @@ class OffloadDecodeMixin:
         rt.copy_window(l, step, k_pool, v_pool)
         q3 = q.reshape(bs, hq, layer.qk_head_dim)
         index = self.asynctls_index.layer_index(l)
-        # NOTE: at depth 1 the scores stay partial (MLA's channel slices): readable_pair adds them
+        # NOTE: at depth 1 the scores stay partial (MLA's channel slices): the pair's top-k adds them
         # (one launch fewer per layer than a separate sum)
         scores = block_scores(q3, index, fb.seq_lens, cfg, ops, step.pages, partials=cfg.prefetch_depth == 1)
         kb = cfg.selected_blocks
@@ -195,13 +195,14 @@ class OffloadDecodeMixin:
         # rank order with the first k_b readable of it (session 14) took 35 us per layer at 8 x 4k
         # on the H200 (the top-k_b: 7 us). At depth 1 both rank in one launch (the rows of the
         # [scores, masked] pair): the two were ~11 us each, one after the other, at GLM-4.7-Flash
-        # 6 x 96k (six rows, one program each); late blocks are counted on the copy stream.
+        # 6 x 96k (six rows, one program each); late blocks are counted on the copy stream. On the
+        # kernels the same launch builds the pair from the scores (no readable_pair launch).
         if cfg.prefetch_depth == 0:  # the masked scores read what this layer's fetch brought
             wanted = ops.select_blocks(scores, kb)
             rt.prefetch(l, step, wanted)
             blocks = ops.select_blocks(rt.readable_pair(l, step, scores)[1], kb)
         else:
-            wanted, blocks = ops.select_blocks(rt.readable_pair(l, step, scores), kb).unbind(0)
+            wanted, blocks = rt.select_readable_pair(l, step, scores, kb, ops).unbind(0)
         chosen = chosen_in_blocks(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens, blocks, cfg, ops)
         # NOTE: the chosen columns are read in place (no put into sp.positions: one launch fewer)
         table, req, columns = rt.buffer_table(l, step, step.positions, chosen, cfg.sink_tokens + cfg.local_window)

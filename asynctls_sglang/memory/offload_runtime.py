@@ -260,6 +260,18 @@ class OffloadRuntime:
                 scores = scores + part
         return torch.stack([scores, scores.masked_fill(~self._readable(layer, step, scores.shape[2]), float("-inf"))])
 
+    def select_readable_pair(self, layer: int, step: DecodeStep, scores: torch.Tensor, k: int, ops) -> torch.Tensor:
+        """ops.select_blocks(readable_pair(...), k): [2, bs, Hk, k], the wanted blocks and the best
+        readable ones. On the kernels one launch builds the pair in registers and ranks it (H200,
+        GLM-4.7-Flash 6 x 96k: readable_pair was a 2.1 us launch per layer before the top-k)."""
+        if self.kernels:
+            from asynctls_sglang import env
+            from asynctls_sglang.kernels.common.offload_tables import fits_readable_pair_topk, readable_pair_topk
+
+            if fits_readable_pair_topk(scores.shape[-1], k) and env.topk_method() in ("auto", "resident"):
+                return readable_pair_topk(scores, k, self.cache.blk2slot[layer], step.rows, step.window)
+        return ops.select_blocks(self.readable_pair(layer, step, scores), k)
+
     def count_late(self, layer: int, step: DecodeStep, wanted: torch.Tensor) -> None:
         """Counts the wanted blocks [bs, Hk, k_b] (-1 unused) of sparse rows that attention could not
         read at this layer (late). Runs where the tables are those attention read: after the fetch

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from asynctls_sglang.config import AsyncTLSConfig
+from asynctls_sglang.kernels import triton_ops
 from asynctls_sglang.memory.offload_runtime import DecodeStep, OffloadRuntime
 from asynctls_sglang.ops import torch_ops
 
@@ -76,6 +77,14 @@ def test_readable_scores_and_buffer_table_match_the_torch_form(hk, max_blocks, b
         a, b = ref.readable_pair(layer, step, parts), ker.readable_pair(layer, step, parts)
         assert torch.equal(a, b) and torch.equal(b[0], added)
         assert torch.equal(b, ker.readable_pair(layer, step, added))
+        # the pair built and ranked in one launch (readable_pair_topk) = the top-k of the pair, bit
+        # for bit: partial rows, ties (scores on a coarse grid), k past the readable blocks
+        tied = (parts * 2).round() / 2
+        for sc, k in ((parts, 9), (tied, 9), (scores, nb + 5), (tied[0], 1)):
+            want = torch_ops.select_blocks(ref.readable_pair(layer, step, sc), k)
+            got = ker.select_readable_pair(layer, step, sc, k, triton_ops)
+            assert got.shape == (2, bs, hk, k) and torch.equal(got, want), (k, sc.dim())
+            assert torch.equal(ref.select_readable_pair(layer, step, sc, k, torch_ops), want)
         late = int(ref.late)
         ref.count_late(layer, step, wanted)
         ker.count_late(layer, step, wanted)
@@ -121,7 +130,7 @@ def test_attention_reads_the_top_k_of_the_readable_blocks(kernels):
     dense = torch.tensor([False, True, False])
     step = _step(rt, rows, torch.full((bs,), 900), dense, g)
     scores = torch.randn(bs, hk, nb, generator=g).to(DEVICE)
-    wanted, got = torch_ops.select_blocks(rt.readable_pair(0, step, scores), kb).unbind(0)
+    wanted, got = rt.select_readable_pair(0, step, scores, kb, triton_ops if kernels else torch_ops).unbind(0)
     assert torch.equal(wanted, torch_ops.select_blocks(scores, kb))
     rt.count_late(0, step, wanted)
     readable = res[:, :, :nb].to(DEVICE) | (

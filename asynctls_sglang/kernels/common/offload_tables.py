@@ -1,4 +1,4 @@
-"""readable_pair / count_late / buffer_table: the offloading engine's per-layer table reads as one kernel each,
+"""readable_pair (and its top-k, readable_pair_topk) / count_late / buffer_table: the offloading engine's per-layer table reads as one kernel each,
 and decode_step_tables: its per-step tables in one launch (same contracts as OffloadRuntime's torch
 code, memory.offload_runtime, bit-exact)."""
 from __future__ import annotations
@@ -7,7 +7,9 @@ import torch
 
 from asynctls_sglang.kernels.common.launch import cdiv, check, pow2
 from asynctls_sglang.kernels.common.offload_tables_kernel import (buffer_table_kernel, count_late_kernel,
-                                                                    decode_step_kernel, readable_pair_kernel)
+                                                                    decode_step_kernel, readable_pair_kernel,
+                                                                    readable_pair_topk_kernel)
+from asynctls_sglang.kernels.common.topk import MAX_K, RESIDENT_MAX_N, resident_launch
 
 _BLOCK = 256
 
@@ -41,6 +43,37 @@ def readable_pair(scores: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Tens
         blk2slot.stride(0), blk2slot.stride(1), window.stride(0),
         BLOCK_N=block, BLOCK_W=pow2(window.shape[1], 2))
     return out
+
+
+def readable_pair_topk(scores: torch.Tensor, k: int, blk2slot: torch.Tensor, rows: torch.Tensor,
+                       window: torch.Tensor) -> torch.Tensor:
+    """select_blocks(readable_pair(scores, blk2slot, rows, window), k) in one launch: [2, bs, Hk, k]
+    block ids in rank order, -1 unused ([0] the wanted blocks, [1] the best readable ones), bit for
+    bit. Rows of at most topk.RESIDENT_MAX_N blocks (fits_readable_pair_topk)."""
+    parts = scores if scores.dim() == 4 else scores.unsqueeze(0)
+    n_s, bs, hk, n = parts.shape
+    _check_tables(blk2slot, rows, window, bs, hk)
+    check(n_s >= 1 and parts.stride(3) == 1 and parts.dtype == torch.float32,
+          "scores must be fp32 [bs, Hk, N] or [S, bs, Hk, N] with a unit last stride")
+    check(fits_readable_pair_topk(n, k), f"readable_pair_topk needs N <= {RESIDENT_MAX_N} and k in 1..{MAX_K}, "
+                                         f"got N={n}, k={k}")
+    out = torch.empty((2, bs, hk, k), dtype=torch.int64, device=parts.device)
+    if bs == 0 or hk == 0:
+        return out
+    if n == 0:
+        return out.fill_(-1)
+    block_n = pow2(n, 128)
+    readable_pair_topk_kernel[(2, bs, hk)](
+        parts, out, blk2slot, rows, window, n, k, window.shape[1], blk2slot.shape[2] - 1, n_s,
+        parts.stride(0), parts.stride(1), parts.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        blk2slot.stride(0), blk2slot.stride(1), window.stride(0),
+        BLOCK_N=block_n, BLOCK_W=pow2(window.shape[1], 2), BLOCK_K=pow2(k, 16), **resident_launch(block_n))
+    return out
+
+
+def fits_readable_pair_topk(n: int, k: int) -> bool:
+    """Whether readable_pair_topk takes rows of n blocks and k of them (the row in registers)."""
+    return n <= RESIDENT_MAX_N and 0 < k <= MAX_K
 
 
 def count_late(wanted: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Tensor, window: torch.Tensor,

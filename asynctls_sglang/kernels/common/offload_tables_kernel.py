@@ -7,6 +7,8 @@ under a CUDA graph cost more than the math."""
 import triton
 import triton.language as tl
 
+from asynctls_sglang.kernels.common.topk_kernel import _resident_select
+
 
 @triton.jit
 def _in_window(b_blk, b_win):
@@ -37,6 +39,33 @@ def readable_pair_kernel(scores, out, blk2slot, rows, window, N, WN, MB, S, s_ss
     p_o = out + i_b * s_ob + i_h * s_oh + o_n
     tl.store(p_o, b_x, mask=m_n)
     tl.store(p_o + s_op, tl.where(b_res | _in_window(o_n, b_win), b_x, float("-inf")), mask=m_n)
+
+
+@triton.jit
+def readable_pair_topk_kernel(scores, out, blk2slot, rows, window, N, K, WN, MB, S, s_ss, s_sb, s_sh, s_op, s_ob,
+                              s_oh, s_tr, s_th, s_wb, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+                              BLOCK_K: tl.constexpr, BITS: tl.constexpr, SUM_BITS: tl.constexpr):
+    """Grid (2, bs, Hk): readable_pair_kernel's two rows (p = 0: the scores, the sum of the S
+    partial rows in order; p = 1: the same, -inf where the block is not readable) built in
+    registers and ranked there by the top-k (topk_kernel._resident_select, rank order): out[p]
+    [bs, Hk, K] is select_blocks of readable_pair's out[p], bit for bit, in one launch instead of
+    two and without the [2, bs, Hk, N] pair in memory. N <= BLOCK_N."""
+    i_p, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b_row = tl.load(rows + i_b).to(tl.int64)
+    o_n = tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    # [BLOCK_N]
+    p_x = scores + i_b * s_sb + i_h * s_sh + o_n
+    b_x = tl.load(p_x, mask=m_n, other=float("-inf"))
+    for i_s in range(1, S):
+        b_x += tl.load(p_x + i_s * s_ss, mask=m_n, other=float("-inf"))
+    if i_p == 1:
+        o_w = tl.arange(0, BLOCK_W)
+        b_win = tl.load(window + i_b * s_wb + o_w, mask=o_w < WN, other=-1)
+        b_res = tl.load(blk2slot + b_row * s_tr + i_h * s_th + tl.minimum(o_n, MB), mask=m_n, other=-1) >= 0
+        b_x = tl.where(b_res | _in_window(o_n, b_win), b_x, float("-inf"))
+    p_o = out + i_p * s_op + i_b * s_ob + i_h * s_oh
+    _resident_select(b_x, o_n.to(tl.int64), p_o, p_o, K, False, BLOCK_N, BLOCK_K, BITS, True, False, SUM_BITS)
 
 
 @triton.jit

@@ -216,12 +216,25 @@ def topk_resident_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
     m_n = o_n < N
     # [BLOCK_N]
     b_x = tl.load(scores + i_r * s_sr + o_n, mask=m_n, other=float("-inf"))
+    b_pos = o_n.to(tl.int64)  # unused unless preloaded below
     if HAS_POS and PRELOAD_POS and not SORTED:
         b_pos = tl.load(pos + i_r * s_pr + o_n, mask=m_n, other=-1)
+    _resident_select(b_x, b_pos, pos + i_r * s_pr, out + i_r * s_or, K, HAS_POS, BLOCK_N, BLOCK_K, BITS, SORTED,
+                     PRELOAD_POS, SUM_BITS)
+
+
+@triton.jit
+def _resident_select(b_x, b_pos, p_pos, p_o, K, HAS_POS: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, BITS: tl.constexpr, SORTED: tl.constexpr,
+                     PRELOAD_POS: tl.constexpr, SUM_BITS: tl.constexpr):
+    """Steps 1-3 of topk_resident_kernel for a row b_x [BLOCK_N] held in registers: the K
+    selected indices (or p_pos[index]; b_pos: p_pos's row preloaded when PRELOAD_POS and not
+    SORTED) written to the row p_o. Shared by the kernels that build their row first
+    (offload_tables_kernel.readable_pair_topk_kernel)."""
+    o_n = tl.arange(0, BLOCK_N)
     SIGN = -2147483648
     b_v, b_taken, b_prefix, b_hmask, b_need = _resident_threshold(b_x, K, BITS, SUM_BITS)
     m_take, o_slot = _resident_slots(b_v, b_prefix, b_hmask, b_need)
-    p_o = out + i_r * s_or
     o_k = tl.arange(0, BLOCK_K)
     if SORTED:
         b_comp = ((b_v ^ SIGN).to(tl.int64) << 32) | (4294967295 - o_n.to(tl.int64))
@@ -247,7 +260,7 @@ def topk_resident_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
             o_dst = o_k
         b_idx = 4294967295 - (b_c & 4294967295)
         if HAS_POS:
-            b_idx = tl.load(pos + i_r * s_pr + b_idx, mask=m_k, other=-1)
+            b_idx = tl.load(p_pos + b_idx, mask=m_k, other=-1)
         tl.debug_barrier()
         tl.store(p_o + o_dst, tl.where(m_k, b_idx, -1), mask=o_k < K)
     else:
@@ -255,7 +268,7 @@ def topk_resident_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
             if PRELOAD_POS:
                 b_val = b_pos
             else:
-                b_val = tl.load(pos + i_r * s_pr + o_n, mask=m_take, other=-1)
+                b_val = tl.load(p_pos + o_n, mask=m_take, other=-1)
         else:
             b_val = o_n.to(tl.int64)
         tl.store(p_o + o_slot, b_val, mask=m_take)
