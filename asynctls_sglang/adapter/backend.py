@@ -73,7 +73,9 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         self.asynctls_cfg = cfg
         self.asynctls_index = pool.asynctls_index
         self.asynctls_ops = ops_for_device(model_runner.device)
-        self.asynctls_stats = DecodeStats(torch.device(model_runner.device))
+        # NOTE: the statistics' update is one launch wherever the decode ops are the kernels
+        self.asynctls_stats = DecodeStats(torch.device(model_runner.device),
+                                          kernel=self.asynctls_ops.__name__.endswith(".triton_ops"))
         self._plan: DecodePlan | None = None
         self._step: tuple = ()  # per-step tensors shared by every layer (see forward_decode)
         self.asynctls_offload = build_offload_runtime(model_runner, cfg, pool) if cfg.offload else None
@@ -354,7 +356,7 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         positions = sp.put(select_chosen(q3, index, req_to_token, fb.req_pool_indices, fb.seq_lens, plan.max_blocks,
                                          cfg, ops, pages=pages))
         if first:
-            self.asynctls_stats.record(positions, rows=~sp.is_dense.view(-1))
+            self.asynctls_stats.record(positions, dense=sp.is_dense.view(-1))
         return positions, sp.counts, cfg.token_budget
 
     # introspection -------------------------------------------------------------------------------

@@ -207,7 +207,7 @@ class OffloadDecodeMixin:
         # NOTE: the chosen columns are read in place (no put into sp.positions: one launch fewer)
         table, req, columns = rt.buffer_table(l, step, step.positions, chosen, cfg.sink_tokens + cfg.local_window)
         if l == 0:
-            self.asynctls_stats.record(columns, rows=~step.dense)
+            self.asynctls_stats.record(columns, dense=step.dense)
         cap = float(getattr(layer, "logit_cap", 0.0) or 0.0)
         o = ops.sparse_decode_attention(q3, rt.engine.k[l], rt.value_buffer(l, layer.v_head_dim), table, req,
                                         columns, layer.scaling, cap, counts=step.counts, active=cfg.token_budget,

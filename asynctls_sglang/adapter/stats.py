@@ -9,28 +9,34 @@ class DecodeStats:
 
     Counters that the host already knows (rows per mode) are plain ints; per-token counts stay
     on the device until ``snapshot`` (called from SGLang's get_internal_state, between steps).
+    ``kernel``: update them with one launch (kernels/common/decode_stats) instead of the torch
+    form below (~20 small launches at the first layer of every decode step).
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, kernel: bool | None = None) -> None:
         self.device = device
+        self.kernel = device.type == "cuda" if kernel is None else kernel
         self.sparse_steps = 0  # decode forwards with at least one sparse row
         self.dense_steps = 0  # decode forwards that ran wholly on the stock kernel
         self.sparse_rows = 0  # (request, step) pairs decoded sparsely
         self.dense_rows = 0  # (request, step) pairs decoded densely
         self.max_batch = 0  # the most requests one decode step served
-        self._min = torch.full((), 2**62, dtype=torch.int64, device=device)
-        self._max = torch.zeros((), dtype=torch.int64, device=device)
-        self._sum = torch.zeros((), dtype=torch.int64, device=device)
-        self._count = torch.zeros((), dtype=torch.int64, device=device)
-        self._last = torch.zeros((), dtype=torch.int64, device=device)
+        # min, max, sum, count, last; then the kernel's scratch (this call's maximum, a ticket)
+        self._acc = torch.tensor([2**62, 0, 0, 0, 0, 0, 0], dtype=torch.int64, device=device)
+        self._min, self._max, self._sum, self._count, self._last = self._acc[:5].unbind(0)
 
-    def record(self, positions: torch.Tensor, rows: torch.Tensor | None = None) -> None:
-        """positions: [n, Hk, K] chosen positions of one layer (-1 = unused); rows: [n] bool,
-        the rows to count (all when None). Device ops only."""
+    def record(self, positions: torch.Tensor, dense: torch.Tensor | None = None) -> None:
+        """positions: [n, Hk, K] chosen positions of one layer (-1 = unused); dense: [n] bool, the
+        rows not to count (dense decodes; None: count all). Device ops only."""
+        if self.kernel:
+            from asynctls_sglang.kernels.common.decode_stats import record_decode_stats
+
+            record_decode_stats(positions, self._acc, dense)
+            return
         attended = (positions >= 0).sum(-1)  # [n, Hk]
-        if rows is None:
-            rows = torch.ones(attended.shape[0], dtype=torch.bool, device=attended.device)
-        mask = rows.view(-1, 1).expand_as(attended)
+        if dense is None:
+            dense = torch.zeros(attended.shape[0], dtype=torch.bool, device=attended.device)
+        mask = (~dense).view(-1, 1).expand_as(attended)
         big = torch.full_like(attended, 2**62)
         torch.minimum(self._min, torch.where(mask, attended, big).min(), out=self._min)
         torch.maximum(self._max, torch.where(mask, attended, 0).max(), out=self._max)

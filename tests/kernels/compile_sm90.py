@@ -295,6 +295,16 @@ def cases():
                          start=k // 4, dense=torch.empty(bs, dtype=torch.bool))
         out.append((f"offload tables hk{hk} mb{mb} k{k}", tables))
 
+    def decode_stats():  # the statistics' update: GQA (8 heads) and MLA graphs, dense rows or none
+        from asynctls_sglang.kernels.common.decode_stats import ACC_WORDS, record_decode_stats
+
+        acc = torch.zeros(ACC_WORDS, dtype=torch.int64)
+        for bs, hk in ((48, 8), (6, 1), (1, 8)):
+            pos = torch.empty(bs, hk, 2112, dtype=torch.int64)
+            record_decode_stats(pos, acc, torch.empty(bs, dtype=torch.bool))
+            record_decode_stats(pos, acc)
+    out.append(("decode stats", decode_stats))
+
     def step_tables():  # the per-step tables: GLM-4.7-Flash/Qwen3-8B graphs at 128k, a page map or none
         r2t = torch.empty(17, 131072, dtype=torch.int32)
         for page_map in (torch.empty(4096, dtype=torch.int32), None):
