@@ -73,10 +73,15 @@ class AsyncTLSPoolMixin:
         if layer_id != self.start_layer and cached is not None and cached[0] is loc_info:
             return cached[1]
         loc, _, _ = unwrap_write_loc(loc_info)
-        loc = loc.long()
         b = self.page_size
-        page = dp[loc // b]
-        out = torch.where(page >= 0, page * b + loc % b, loc % b)
+        if self.asynctls_index.ops.__name__.endswith(".triton_ops"):  # one launch for the seven below
+            from asynctls_sglang.kernels.common.offload_tables import device_loc
+
+            out = device_loc(loc, dp, b)
+        else:
+            loc = loc.long()
+            page = dp[loc // b]
+            out = torch.where(page >= 0, page * b + loc % b, loc % b)
         self._device_loc_cache = (loc_info, out)
         return out
 

@@ -275,7 +275,7 @@ def cases():
     out.append(("copy_blocks h2d / d2h names", directions))
     # the offload engine's table reads (Qwen3-8B at 128k: 2048 blocks, 2048-token budget; MLA: 1 head)
     from asynctls_sglang.kernels.common.offload_tables import (buffer_table, count_late, decode_step_tables,
-                                                               readable_pair, readable_pair_topk)
+                                                               device_loc, readable_pair, readable_pair_topk)
 
     for hk, mb, k in ((8, 2048, 2048), (1, 2048, 2048), (2, 40, 37)):
         def tables(hk=hk, mb=mb, k=k):
@@ -283,6 +283,7 @@ def cases():
             window, late = torch.empty(bs, 5, dtype=torch.int64), torch.zeros((), dtype=torch.int64)
             readable_pair(torch.empty(bs, hk, mb), blk2slot, rows, window)
             readable_pair(torch.empty(5, bs, hk, mb), blk2slot, rows, window)  # MLA's channel slices, added
+            device_loc(torch.empty(bs, dtype=torch.int64), torch.empty(4096, dtype=torch.int32), 64)
             for b in (bs, 1):  # the pair ranked in the same launch (k_b 128; batch 1: an int 1 specialised)
                 readable_pair_topk(torch.empty(5, b, hk, mb), 128, blk2slot, rows[:b], window[:b])
                 readable_pair_topk(torch.empty(b, hk, mb), min(128, mb), blk2slot, rows[:b], window[:b])

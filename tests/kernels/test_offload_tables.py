@@ -186,3 +186,20 @@ def test_decode_step_tables_in_one_launch_match_the_torch_form(sink, local, mapp
             got = [rt.buffer_table(0, st, st.positions, chosen, sink + local) for rt, st in zip(rts, (ref, ker))]
             assert ker.positions.stride(1) == 0 and ref.positions.stride(1) != 0
             assert all(torch.equal(a, b) for a, b in zip(*got)) and int(rts[0].dropped) == int(rts[1].dropped) > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+def test_device_loc_in_one_launch_matches_the_torch_form(dtype):
+    """SGLang's logical write locations -> device slots through the page map (a page with no device
+    page writes to the padding page 0), as the pool's torch form computes them."""
+    from asynctls_sglang.kernels.common.offload_tables import device_loc
+
+    g = torch.Generator().manual_seed(11)
+    b, pages = 16, 50
+    page_map = torch.randint(-1, 40, (pages,), generator=g, dtype=torch.int32).to(DEVICE)
+    loc = torch.randint(0, pages * b, (300,), generator=g).to(dtype).to(DEVICE)
+    want = torch.where(page_map[loc.long() // b] >= 0, page_map[loc.long() // b] * b + loc.long() % b, loc.long() % b)
+    got = device_loc(loc[::2], page_map, b)  # a strided view of the locations
+    assert got.dtype == torch.int64 and torch.equal(got, want[::2])
+    assert (page_map[loc.long() // b] < 0).any() and (page_map[loc.long() // b] >= 0).any()
+    assert device_loc(loc[:0], page_map, b).shape == (0,)

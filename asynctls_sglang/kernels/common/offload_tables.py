@@ -1,4 +1,4 @@
-"""readable_pair (and its top-k, readable_pair_topk) / count_late / buffer_table: the offloading engine's per-layer table reads as one kernel each,
+"""readable_pair (and its top-k, readable_pair_topk) / device_loc / count_late / buffer_table: the offloading engine's per-layer table reads as one kernel each,
 and decode_step_tables: its per-step tables in one launch (same contracts as OffloadRuntime's torch
 code, memory.offload_runtime, bit-exact)."""
 from __future__ import annotations
@@ -7,8 +7,8 @@ import torch
 
 from asynctls_sglang.kernels.common.launch import cdiv, check, pow2
 from asynctls_sglang.kernels.common.offload_tables_kernel import (buffer_table_kernel, count_late_kernel,
-                                                                    decode_step_kernel, readable_pair_kernel,
-                                                                    readable_pair_topk_kernel)
+                                                                    decode_step_kernel, device_loc_kernel,
+                                                                    readable_pair_kernel, readable_pair_topk_kernel)
 from asynctls_sglang.kernels.common.topk import MAX_K, RESIDENT_MAX_N, resident_launch
 
 _BLOCK = 256
@@ -74,6 +74,19 @@ def readable_pair_topk(scores: torch.Tensor, k: int, blk2slot: torch.Tensor, row
 def fits_readable_pair_topk(n: int, k: int) -> bool:
     """Whether readable_pair_topk takes rows of n blocks and k of them (the row in registers)."""
     return n <= RESIDENT_MAX_N and 0 < k <= MAX_K
+
+
+def device_loc(loc: torch.Tensor, page_map: torch.Tensor, block_size: int) -> torch.Tensor:
+    """SGLang's logical write locations [n] (>= 0) -> the device pool's slots [n] int64 through the
+    page map (logical page -> device page, -1 none: the padding page 0), in one launch
+    (AsyncTLSPoolMixin._device_loc's torch form: seven small launches)."""
+    check(loc.dim() == 1 and not loc.dtype.is_floating_point, "loc must be [n] integers")
+    check(page_map.dim() == 1 and page_map.is_contiguous(), "page_map must be a contiguous [pages]")
+    loc = loc.contiguous()
+    out = torch.empty(loc.shape[0], dtype=torch.int64, device=loc.device)
+    if loc.shape[0]:
+        device_loc_kernel[(cdiv(loc.shape[0], _BLOCK),)](loc, page_map, out, loc.shape[0], B=block_size, BLOCK=_BLOCK)
+    return out
 
 
 def count_late(wanted: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Tensor, window: torch.Tensor,

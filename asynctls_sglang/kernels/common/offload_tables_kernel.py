@@ -69,6 +69,18 @@ def readable_pair_topk_kernel(scores, out, blk2slot, rows, window, N, K, WN, MB,
 
 
 @triton.jit
+def device_loc_kernel(loc, page_map, out, N, B: tl.constexpr, BLOCK: tl.constexpr):
+    """Grid (cdiv(N, BLOCK),). out[i] = page * B + loc[i] % B with page = page_map[loc[i] // B] when
+    that is >= 0, else loc[i] % B (the padding page 0): SGLang's logical write locations (>= 0)
+    -> the device pool's slots."""
+    o_i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m_i = o_i < N
+    b_loc = tl.load(loc + o_i, mask=m_i, other=0).to(tl.int64)
+    b_page = tl.load(page_map + b_loc // B, mask=m_i, other=-1).to(tl.int64)
+    tl.store(out + o_i, tl.where(b_page >= 0, b_page * B, 0) + b_loc % B, mask=m_i)
+
+
+@triton.jit
 def count_late_kernel(wanted, blk2slot, rows, window, dense, late, WN, KB, MB, s_qb, s_qh, s_tr, s_th, s_wb,
                       BLOCK_W: tl.constexpr, BLOCK_KB: tl.constexpr):
     """Grid (bs, Hk). late[0] += the wanted blocks (>= 0) of rows not dense that are not readable
