@@ -9,7 +9,9 @@ from asynctls_sglang.adapter.pools import AsyncTLSPoolMixin
 
 
 def _pool(device_page):
-    pool = SimpleNamespace(asynctls_device_page=device_page, _device_loc_cache=None, page_size=4, start_layer=0)
+    # the torch form (the kernel, device_loc, is compared with it in tests/kernels/test_offload_tables.py)
+    pool = SimpleNamespace(asynctls_device_page=device_page, _device_loc_cache=None, page_size=4, start_layer=0,
+                           asynctls_kernels=False)
     pool._device_loc = AsyncTLSPoolMixin._device_loc.__get__(pool)
     return pool
 

@@ -56,6 +56,8 @@ class AsyncTLSPoolMixin:
         self.asynctls_index = SparseIndexStore(
             cfg, num_layers=self.layer_num, num_slots=slots + self.page_size, kv_heads=kv_heads,
             head_dim=head_dim, is_mla=is_mla, dtype=self.dtype, device=device, ops=ops_for_device(device))
+        # the decode ops are the Triton kernels (a GPU, or ASYNCTLS_OPS=triton under the interpreter)
+        self.asynctls_kernels = self.asynctls_index.ops.__name__.endswith(".triton_ops")
 
     def _device_loc(self, loc_info, layer_id: int):
         """SGLang's (logical, with offload) write locations -> this pool's slots. Identity unless
@@ -74,7 +76,7 @@ class AsyncTLSPoolMixin:
             return cached[1]
         loc, _, _ = unwrap_write_loc(loc_info)
         b = self.page_size
-        if self.asynctls_index.ops.__name__.endswith(".triton_ops"):  # one launch for the seven below
+        if self.asynctls_kernels:  # one launch for the seven below
             from asynctls_sglang.kernels.common.offload_tables import device_loc
 
             out = device_loc(loc, dp, b)
