@@ -33,7 +33,7 @@ from asynctls_sglang.adapter.offload import OffloadDecodeMixin, build_offload_ru
 from asynctls_sglang.adapter.pools import AsyncTLSPoolMixin
 from asynctls_sglang.adapter.stats import DecodeStats
 from asynctls_sglang.config import AsyncTLSConfig, ConfigError, flag_name
-from asynctls_sglang.ops.dispatch import ops_for_device
+from asynctls_sglang.ops.dispatch import ops_for_device, uses_kernels
 from asynctls_sglang.ops.select import select_chosen, select_positions, step_positions
 from asynctls_sglang.patches.capture_guard import capturing_graphs
 
@@ -75,7 +75,7 @@ class AsyncTLSBackendMixin(OffloadDecodeMixin):
         self.asynctls_ops = ops_for_device(model_runner.device)
         # NOTE: the statistics' update is one launch wherever the decode ops are the kernels
         self.asynctls_stats = DecodeStats(torch.device(model_runner.device),
-                                          kernel=self.asynctls_ops.__name__.endswith(".triton_ops"))
+                                          kernel=uses_kernels(self.asynctls_ops))
         self._plan: DecodePlan | None = None
         self._step: tuple = ()  # per-step tensors shared by every layer (see forward_decode)
         self.asynctls_offload = build_offload_runtime(model_runner, cfg, pool) if cfg.offload else None

@@ -15,7 +15,7 @@ from asynctls_sglang.adapter.allocator import logical_tokens
 from asynctls_sglang.config import AsyncTLSConfig, flag_name
 from asynctls_sglang.memory.host_tier import available_host_bytes, check_host_fits
 from asynctls_sglang.memory.index_store import SparseIndexStore
-from asynctls_sglang.ops.dispatch import ops_for_device
+from asynctls_sglang.ops.dispatch import ops_for_device, uses_kernels
 
 
 class AsyncTLSPoolMixin:
@@ -57,7 +57,7 @@ class AsyncTLSPoolMixin:
             cfg, num_layers=self.layer_num, num_slots=slots + self.page_size, kv_heads=kv_heads,
             head_dim=head_dim, is_mla=is_mla, dtype=self.dtype, device=device, ops=ops_for_device(device))
         # the decode ops are the Triton kernels (a GPU, or ASYNCTLS_OPS=triton under the interpreter)
-        self.asynctls_kernels = self.asynctls_index.ops.__name__.endswith(".triton_ops")
+        self.asynctls_kernels = uses_kernels(self.asynctls_index.ops)
 
     def _device_loc(self, loc_info, layer_id: int):
         """SGLang's (logical, with offload) write locations -> this pool's slots. Identity unless

@@ -265,7 +265,6 @@ class OffloadRuntime:
         readable ones. On the kernels one launch builds the pair in registers and ranks it (H200,
         GLM-4.7-Flash 6 x 96k: readable_pair was a 2.1 us launch per layer before the top-k)."""
         if self.kernels:
-            from asynctls_sglang import env
             from asynctls_sglang.kernels.common.offload_tables import fits_readable_pair_topk, readable_pair_topk
 
             if fits_readable_pair_topk(scores.shape[-1], k) and env.topk_method() in ("auto", "resident"):

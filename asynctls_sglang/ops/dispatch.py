@@ -25,3 +25,9 @@ def ops_for_device(device: torch.device | str):
     except ImportError:  # kernels not available in this build: the torch path is exact, slower
         return torch_ops
     return triton_ops
+
+
+def uses_kernels(ops) -> bool:
+    """Whether an ops module from ops_for_device is the Triton kernels (a GPU, or ASYNCTLS_OPS=triton
+    under the interpreter): the places with a one-launch form of their own torch code take it then."""
+    return ops is not torch_ops

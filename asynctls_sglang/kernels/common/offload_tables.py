@@ -21,6 +21,17 @@ def _check_tables(blk2slot: torch.Tensor, rows: torch.Tensor, window: torch.Tens
     check(window.dim() == 2 and window.shape[0] == bs and window.stride(1) == 1, f"window must be [{bs}, Wn]")
 
 
+def _score_parts(scores: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Tensor,
+                 window: torch.Tensor) -> torch.Tensor:
+    """scores [bs, Hk, N] or partial rows [S, bs, Hk, N] -> [S, bs, Hk, N] (S = 1 for the former),
+    checked with the tables they are read against."""
+    parts = scores if scores.dim() == 4 else scores.unsqueeze(0)
+    check(parts.dim() == 4 and parts.shape[0] >= 1 and parts.stride(3) == 1 and parts.dtype == torch.float32,
+          "scores must be fp32 [bs, Hk, N] or [S, bs, Hk, N] with a unit last stride")
+    _check_tables(blk2slot, rows, window, parts.shape[1], parts.shape[2])
+    return parts
+
+
 def readable_pair(scores: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Tensor,
                   window: torch.Tensor) -> torch.Tensor:
     """scores [bs, Hk, N] fp32 block scores -> [2, bs, Hk, N]: [0] the scores, [1] the same with
@@ -28,11 +39,8 @@ def readable_pair(scores: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Tens
     block of the row). Block ids and N <= blk2slot.shape[2]. The pair lets one top-k launch rank
     the wanted and the readable blocks together. scores may also be [S, bs, Hk, N] partial rows
     (score_blocks(partials=True)): the scores are their sum over S, added in order here."""
-    parts = scores if scores.dim() == 4 else scores.unsqueeze(0)
+    parts = _score_parts(scores, blk2slot, rows, window)
     n_s, bs, hk, n = parts.shape
-    _check_tables(blk2slot, rows, window, bs, hk)
-    check(n_s >= 1 and parts.stride(3) == 1 and parts.dtype == torch.float32,
-          "scores must be fp32 [bs, Hk, N] or [S, bs, Hk, N] with a unit last stride")
     out = torch.empty((2, bs, hk, n), dtype=torch.float32, device=parts.device)
     if bs == 0 or n == 0:
         return out
@@ -50,11 +58,8 @@ def readable_pair_topk(scores: torch.Tensor, k: int, blk2slot: torch.Tensor, row
     """select_blocks(readable_pair(scores, blk2slot, rows, window), k) in one launch: [2, bs, Hk, k]
     block ids in rank order, -1 unused ([0] the wanted blocks, [1] the best readable ones), bit for
     bit. Rows of at most topk.RESIDENT_MAX_N blocks (fits_readable_pair_topk)."""
-    parts = scores if scores.dim() == 4 else scores.unsqueeze(0)
+    parts = _score_parts(scores, blk2slot, rows, window)
     n_s, bs, hk, n = parts.shape
-    _check_tables(blk2slot, rows, window, bs, hk)
-    check(n_s >= 1 and parts.stride(3) == 1 and parts.dtype == torch.float32,
-          "scores must be fp32 [bs, Hk, N] or [S, bs, Hk, N] with a unit last stride")
     check(fits_readable_pair_topk(n, k), f"readable_pair_topk needs N <= {RESIDENT_MAX_N} and k in 1..{MAX_K}, "
                                          f"got N={n}, k={k}")
     out = torch.empty((2, bs, hk, k), dtype=torch.int64, device=parts.device)

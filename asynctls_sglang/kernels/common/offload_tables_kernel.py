@@ -24,21 +24,36 @@ def readable_pair_kernel(scores, out, blk2slot, rows, window, N, WN, MB, S, s_ss
     of the row's window blocks), -inf elsewhere: one [2, bs, Hk, N] tensor whose two halves one
     top-k launch ranks together."""
     i_b, i_h, i_n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    # [BLOCK_N]
+    b_x = _summed_scores(scores + i_b * s_sb + i_h * s_sh, o_n, m_n, S, s_ss)
+    p_o = out + i_b * s_ob + i_h * s_oh + o_n
+    tl.store(p_o, b_x, mask=m_n)
+    b_ok = _readable(blk2slot, rows, window, i_b, i_h, o_n, m_n, WN, MB, s_tr, s_th, s_wb, BLOCK_W)
+    tl.store(p_o + s_op, tl.where(b_ok, b_x, float("-inf")), mask=m_n)
+
+
+@triton.jit
+def _summed_scores(p_row, o_n, m_n, S, s_ss):
+    """[BLOCK_N] a row's block scores: the sum of its S partial rows (S apart by s_ss), in order;
+    -inf where not m_n."""
+    b_x = tl.load(p_row + o_n, mask=m_n, other=float("-inf"))
+    for i_s in range(1, S):
+        b_x += tl.load(p_row + i_s * s_ss + o_n, mask=m_n, other=float("-inf"))
+    return b_x
+
+
+@triton.jit
+def _readable(blk2slot, rows, window, i_b, i_h, o_n, m_n, WN, MB, s_tr, s_th, s_wb, BLOCK_W: tl.constexpr):
+    """[BLOCK_N] bool: block o_n of row i_b, head i_h is resident in this layer's table or one of the
+    row's window blocks."""
     b_row = tl.load(rows + i_b).to(tl.int64)
     o_w = tl.arange(0, BLOCK_W)
     # [BLOCK_W] the row's window blocks (-1 absent)
     b_win = tl.load(window + i_b * s_wb + o_w, mask=o_w < WN, other=-1)
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_n = o_n < N
-    # [BLOCK_N]
-    p_x = scores + i_b * s_sb + i_h * s_sh + o_n
-    b_x = tl.load(p_x, mask=m_n, other=float("-inf"))
-    for i_s in range(1, S):
-        b_x += tl.load(p_x + i_s * s_ss, mask=m_n, other=float("-inf"))
     b_res = tl.load(blk2slot + b_row * s_tr + i_h * s_th + tl.minimum(o_n, MB), mask=m_n, other=-1) >= 0
-    p_o = out + i_b * s_ob + i_h * s_oh + o_n
-    tl.store(p_o, b_x, mask=m_n)
-    tl.store(p_o + s_op, tl.where(b_res | _in_window(o_n, b_win), b_x, float("-inf")), mask=m_n)
+    return b_res | _in_window(o_n, b_win)
 
 
 @triton.jit
@@ -51,19 +66,13 @@ def readable_pair_topk_kernel(scores, out, blk2slot, rows, window, N, K, WN, MB,
     [bs, Hk, K] is select_blocks of readable_pair's out[p], bit for bit, in one launch instead of
     two and without the [2, bs, Hk, N] pair in memory. N <= BLOCK_N."""
     i_p, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    b_row = tl.load(rows + i_b).to(tl.int64)
     o_n = tl.arange(0, BLOCK_N)
     m_n = o_n < N
     # [BLOCK_N]
-    p_x = scores + i_b * s_sb + i_h * s_sh + o_n
-    b_x = tl.load(p_x, mask=m_n, other=float("-inf"))
-    for i_s in range(1, S):
-        b_x += tl.load(p_x + i_s * s_ss, mask=m_n, other=float("-inf"))
+    b_x = _summed_scores(scores + i_b * s_sb + i_h * s_sh, o_n, m_n, S, s_ss)
     if i_p == 1:
-        o_w = tl.arange(0, BLOCK_W)
-        b_win = tl.load(window + i_b * s_wb + o_w, mask=o_w < WN, other=-1)
-        b_res = tl.load(blk2slot + b_row * s_tr + i_h * s_th + tl.minimum(o_n, MB), mask=m_n, other=-1) >= 0
-        b_x = tl.where(b_res | _in_window(o_n, b_win), b_x, float("-inf"))
+        b_ok = _readable(blk2slot, rows, window, i_b, i_h, o_n, m_n, WN, MB, s_tr, s_th, s_wb, BLOCK_W)
+        b_x = tl.where(b_ok, b_x, float("-inf"))
     p_o = out + i_p * s_op + i_b * s_ob + i_h * s_oh
     _resident_select(b_x, o_n.to(tl.int64), p_o, p_o, K, False, BLOCK_N, BLOCK_K, BITS, True, False, SUM_BITS)
 
