@@ -116,6 +116,10 @@ class AsyncTLSConfig:
     #: Host->device block copies per request, layer and KV head per step at most; misses past it
     #: are counted as overflow and fetched at a later step.
     max_miss_blocks_per_step: int = 32
+    #: Programs (thread blocks) of each host->device copy launch. The copy is bound by PCIe, not
+    #: by the SMs it holds; fewer programs leave more of the GPU to the model's kernels that run
+    #: beside it, too few cannot keep enough reads in flight to fill the link.
+    copy_programs: int = 32
 
     def __post_init__(self) -> None:
         for name in ("block_size", "block_budget", "token_budget", "index_bits", "calibration_tokens"):
@@ -163,9 +167,10 @@ class AsyncTLSConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 _fail(name, f"must be a positive integer or None (auto), got {value!r}")
-        value = self.max_miss_blocks_per_step
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            _fail("max_miss_blocks_per_step", f"must be a positive integer, got {value!r}")
+        for name in ("max_miss_blocks_per_step", "copy_programs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                _fail(name, f"must be a positive integer, got {value!r}")
         if self.prefetch_depth not in (0, 1) or isinstance(self.prefetch_depth, bool):
             _fail("prefetch_depth", f"only 0 (fetch before attention) and 1 (one step ahead) are "
                   f"implemented, got {self.prefetch_depth!r}")

@@ -23,7 +23,9 @@ def test_defaults_and_derived_sizes():
     (dict(prefetch_depth=2), "--asynctls-prefetch-depth.*only 0"),
     (dict(max_miss_blocks_per_step=0), "--asynctls-max-miss-blocks-per-step"),
     (dict(offload=1), "--asynctls-offload.*true or false"),
-], ids=["resident-too-small", "resident-zero", "host-pool-unaligned", "depth-2", "miss-zero", "offload-int"])
+    (dict(copy_programs=0), "--asynctls-copy-programs.*positive integer"),
+], ids=["resident-too-small", "resident-zero", "host-pool-unaligned", "depth-2", "miss-zero", "offload-int",
+        "copy-programs-zero"])
 def test_offload_validation(changes, message):
     with pytest.raises(ConfigError, match=message):
         AsyncTLSConfig(**changes)

@@ -36,7 +36,11 @@ CASES = [
 @pytest.mark.parametrize("programs", [32, 3, 2], ids=["one-program-per-entry", "three-programs", "two-programs"])
 @pytest.mark.parametrize("b, hk, d, per_head, dtype", CASES)
 def test_kernel_equals_torch_path(b, hk, d, per_head, dtype, programs, spread, monkeypatch):
-    monkeypatch.setattr(gather_host, "PROGRAMS", programs)
+    # the default (PROGRAMS) for one half of the cases, the argument (the copy_programs setting) for the other
+    if spread:
+        monkeypatch.setattr(gather_host, "PROGRAMS", 1)
+    else:
+        monkeypatch.setattr(gather_host, "PROGRAMS", programs)
     interpreted = type(copy_blocks_kernel).__name__ == "InterpretedFunction" and lang_interpreted()
     if DEVICE.type == "cpu" and not interpreted:
         pytest.skip("the kernel or triton.language was loaded before TRITON_INTERPRET was set in this process")
@@ -56,7 +60,8 @@ def test_kernel_equals_torch_path(b, hk, d, per_head, dtype, programs, spread, m
     copy_blocks_torch(src2, want2, src_block, dst_block, count, b, head if per_head else None)
     pin = (lambda t: t.pin_memory()) if DEVICE.type == "cuda" else (lambda t: t)  # UVA read on a GPU
     gather_host.copy_blocks(pin(src), got, src_block.to(DEVICE), dst_block.to(DEVICE), count.to(DEVICE), b,
-                            head.to(DEVICE) if per_head else None, pair=(pin(src2), got2), spread=spread)
+                            head.to(DEVICE) if per_head else None, pair=(pin(src2), got2), spread=spread,
+                            programs=programs if spread else None)
     assert torch.equal(bits(got.cpu()), bits(want))
     assert torch.equal(bits(got2.cpu()), bits(want2))
     moved = (~want.isnan()).view(n_dst, b, hk, d).any(-1).any(1).sum()

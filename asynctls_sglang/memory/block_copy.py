@@ -30,12 +30,13 @@ def copy_blocks_torch(src: torch.Tensor, dst: torch.Tensor, src_block: torch.Ten
 
 def copy_blocks(src: torch.Tensor, dst: torch.Tensor, src_block: torch.Tensor, dst_block: torch.Tensor,
                 count: torch.Tensor, block_size: int, head: torch.Tensor | None = None,
-                pair: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-    """pair: (src2, dst2) copied by the same entries (V beside K: one launch on a GPU)."""
+                pair: tuple[torch.Tensor, torch.Tensor] | None = None, programs: int | None = None) -> None:
+    """pair: (src2, dst2) copied by the same entries (V beside K: one launch on a GPU); programs:
+    the kernel's programs (None: its default; see gather_host.copy_blocks)."""
     if src.device.type == "cuda" or dst.device.type == "cuda":
         from asynctls_sglang.kernels.common.gather_host import copy_blocks as copy_blocks_triton
 
-        copy_blocks_triton(src, dst, src_block, dst_block, count, block_size, head, pair)
+        copy_blocks_triton(src, dst, src_block, dst_block, count, block_size, head, pair, programs=programs)
         return
     copy_blocks_torch(src, dst, src_block, dst_block, count, block_size, head)
     if pair is not None:

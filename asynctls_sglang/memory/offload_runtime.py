@@ -116,7 +116,8 @@ class OffloadRuntime:
                                         use_kernel=kernels)
         self.engine = TransferEngine(self.host, self.cache, prefetch_depth=cfg.prefetch_depth, timing=timing,
                                      extra_tokens=num_rows * self.n_window * b,
-                                     defer=env.defer_copies() and self.cache.device.type != "cuda")
+                                     defer=env.defer_copies() and self.cache.device.type != "cuda",
+                                     copy_programs=cfg.copy_programs)
         dev = self.cache.device
         self.window_base = self.engine.cache_tokens
         self.seed_counters = torch.zeros_like(self.cache.counters)
@@ -300,9 +301,9 @@ class OffloadRuntime:
         and start the copies (depth 1: the plan too runs on the copy stream, off the compute
         stream's path; the next read of this layer's tables waits for it) or plan, copy and wait
         (depth 0)."""
-        def plan():
-            need = torch.cat([step.need_fixed, torch.where(step.dense.view(-1, 1, 1), -1, wanted)], 2)
-            return self.cache.plan(layer, step.rows, need, step.pages, host_blocks=step.host_done)
+        def plan(late=None):
+            return self.cache.plan(layer, step.rows, step.need_fixed, step.pages, host_blocks=step.host_done,
+                                   selected=wanted, dense=step.dense, late=late)
 
         if self.cfg.prefetch_depth == 0:
             self.engine.fetch_now(layer, plan())
@@ -310,10 +311,10 @@ class OffloadRuntime:
             return
 
         def count_and_plan():
-            # NOTE: on the copy stream, before this layer's plan changes its tables: they are still
-            # the ones this layer's attention read (depth 1: this runs after the attention)
-            self.count_late(layer, step, wanted)
-            return plan()
+            # NOTE: on the copy stream; the late blocks are counted before this layer's plan changes
+            # its tables: they are still the ones this layer's attention read (depth 1: this runs
+            # after the attention). On a GPU the count, the need list and the plan are one launch.
+            return plan(late=(step.window, self.late))
 
         self.engine.issue(layer, count_and_plan, reads=(wanted, step.need_fixed, step.dense, step.rows, step.pages,
                                                         step.host_done, step.window))

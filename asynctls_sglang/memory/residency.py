@@ -16,7 +16,7 @@ The rules, per row and KV head, for one plan() of `need` = pinned blocks, then s
 - cache row 0 is the padding row: it never plans or moves anything.
 Everything is fixed-shape device math: no .item(), nonzero, unique or boolean-mask indexing.
 On a GPU plan() is one Triton kernel (kernels.common.residency_plan, one program per batch row
-and KV head) after the clock's increment, instead of ~45 small torch ops (_plan_torch, the CPU
+and KV head), the clock's increment included, instead of ~45 small torch ops (_plan_torch, the CPU
 path and the kernel's reference): same tables, counters and copies (the plan's groups in
 another order: see TransferPlan).
 """
@@ -107,7 +107,9 @@ class ResidentBlockCache:
         return self._plans[key]
 
     def plan(self, layer: int, rows: torch.Tensor, need: torch.Tensor, pages: torch.Tensor,
-             host_blocks: torch.Tensor | None = None, counters: torch.Tensor | None = None) -> TransferPlan:
+             host_blocks: torch.Tensor | None = None, counters: torch.Tensor | None = None, *,
+             selected: torch.Tensor | None = None, dense: torch.Tensor | None = None,
+             late: tuple[torch.Tensor, torch.Tensor] | None = None) -> TransferPlan:
         """Update `layer`'s residency for one step and return the copies that make it true.
 
         rows [bs] int64 cache rows (distinct, except padding 0); need [bs, Hk, N] int64 request
@@ -119,15 +121,41 @@ class ResidentBlockCache:
         views preallocated buffers [P] (P = bs*Hk*max_miss; layout: see TransferPlan). Tables are
         updated at once: the copies must land before any read of the new slots (TransferEngine
         orders that).
+        selected [bs, Hk, Ks] with dense [bs] bool: `need` is then only the pinned head of each
+        list and the selection follows it, -1 for the dense rows (whose pinned head already lists
+        all their blocks). late = (window [bs, WN] the rows' window blocks, -1 absent; counter [1]
+        int64): counter += the selected blocks of rows not dense that attention could not read
+        before this plan: not resident in this layer and not a window block
+        (OffloadRuntime.count_late). On the kernel all of it is the one launch.
         """
-        self.clock[layer] += 1
         if self.use_kernel and need.shape[0] > 0:
-            return self._plan_kernel(layer, rows, need, pages, host_blocks, counters)
+            return self._plan_kernel(layer, rows, need, pages, host_blocks, counters, selected, dense, late)
+        if selected is not None:
+            if dense is None or tuple(dense.shape) != (need.shape[0],) or selected.shape[:2] != need.shape[:2]:
+                raise ValueError(f"plan: selected [bs, Hk, Ks] with dense [bs], got {tuple(selected.shape)} "
+                                 f"and {None if dense is None else tuple(dense.shape)} for need {tuple(need.shape)}")
+            selected = torch.where(dense.view(-1, 1, 1), -1, selected)
+            if late is not None:
+                window, counter = late
+                counter += self._unreadable(layer, rows, selected, window)
+            need = torch.cat([need, selected], 2)
+        self.clock[layer] += 1
         return self._plan_torch(layer, rows, need, pages, host_blocks, counters)
 
+    def _unreadable(self, layer: int, rows: torch.Tensor, blocks: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        """How many of blocks [bs, Hk, K] (-1 unused) are neither resident in `layer` nor one of
+        their row's window blocks [bs, WN] (-1 absent); a 0-dim tensor."""
+        bs = blocks.shape[0]
+        b2s = self.blk2slot[layer, rows]  # [bs, Hk, MB + 1]
+        resident = torch.gather(b2s, 2, blocks.clamp(min=0, max=self.max_blocks)) >= 0
+        win = window.view(bs, 1, 1, -1)
+        in_window = ((blocks.unsqueeze(-1) == win) & (win >= 0)).any(-1)
+        return ((blocks >= 0) & ~resident & ~in_window).sum()
+
     def _plan_kernel(self, layer: int, rows: torch.Tensor, need: torch.Tensor, pages: torch.Tensor,
-                     host_blocks: torch.Tensor | None, counters: torch.Tensor | None) -> TransferPlan:
-        """plan() after the clock's increment, in one Triton launch (grid bs x Hk)."""
+                     host_blocks: torch.Tensor | None, counters: torch.Tensor | None, selected: torch.Tensor | None,
+                     dense: torch.Tensor | None, late: tuple[torch.Tensor, torch.Tensor] | None) -> TransferPlan:
+        """plan() in one Triton launch (grid bs x Hk), the clock's increment included."""
         from asynctls_sglang.kernels.common.residency_plan import plan_residency
 
         bs = need.shape[0]
@@ -136,7 +164,7 @@ class ResidentBlockCache:
         plan_residency(self.blk2slot[layer], self.slot2blk[layer], self.last_used[layer],
                        self.clock[layer:layer + 1], (self.counters if counters is None else counters)[layer],
                        rows, need, pages, host_blocks, plan.src_block, plan.dst_block, plan.head, plan.count,
-                       max_miss=self.max_miss)
+                       max_miss=self.max_miss, selected=selected, dense=dense, late=late, advance_clock=True)
         return TransferPlan(plan.src_block[:p], plan.dst_block[:p], plan.head[:p], plan.count)
 
     def _plan_torch(self, layer: int, rows: torch.Tensor, need: torch.Tensor, pages: torch.Tensor,

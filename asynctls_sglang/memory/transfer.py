@@ -28,7 +28,7 @@ from asynctls_sglang.memory.streams import LayerEvents, SideStream
 class TransferEngine:
     def __init__(self, host: HostKVTier, cache: ResidentBlockCache, *, prefetch_depth: int = 1,
                  timing: bool = False, timing_window: int = 4096, extra_tokens: int = 0,
-                 defer: bool = False) -> None:
+                 defer: bool = False, copy_programs: int | None = None) -> None:
         """timing: record CUDA timing events around copies and waits (eager runs only: it creates
         events per call; off under CUDA graphs). extra_tokens: rows appended to each resident
         buffer after the cache's rows * C * B (the SGLang adapter keeps each request's sink and
@@ -36,11 +36,13 @@ class TransferEngine:
         defer (off the GPU only; tests): the copy stream at its latest. Each issue's work (plan
         and copies) is queued and runs only when something waits for it: wait(l) runs the
         queue up to layer l's last issue, and join, before_replay, end_capture and snapshot run
-        all of it. On the CPU the streams otherwise run inline, which hides a missing wait."""
+        all of it. On the CPU the streams otherwise run inline, which hides a missing wait.
+        copy_programs: programs of each host->device copy launch (None: copy_blocks' default)."""
         if host.block_size != cache.block_size or host.num_layers != cache.num_layers \
                 or host.kv_heads != cache.kv_heads:
             raise ValueError("TransferEngine: host tier and resident cache disagree on block size, layers or heads")
         self.host, self.cache, self.prefetch_depth = host, cache, prefetch_depth
+        self.copy_programs = copy_programs
         dev = cache.device
         self.cache_tokens = cache.num_rows * cache.capacity * cache.block_size
         slots = self.cache_tokens + extra_tokens
@@ -123,7 +125,7 @@ class TransferEngine:
             start = self._event()
             pair = (v_src[layer], self.v[layer]) if self.v is not None and v_src is not None else None
             copy_blocks(k_src[layer], self.k[layer], made.src_block, made.dst_block, made.count,
-                        self.host.block_size, made.head, pair)
+                        self.host.block_size, made.head, pair, programs=self.copy_programs)
             end = self._event()
             if start is not None:
                 self._copy_times.append((start, end))

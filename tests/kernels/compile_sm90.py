@@ -331,6 +331,17 @@ def cases():
                            i64(1), i64(7), i64(bs), i64(bs, hk, n), i64(bs, mb), i64(bs), i64(p + 1), i64(p + 1),
                            i64(p + 1), i64(1), max_miss=m)
         out.append((f"plan_residency bs{bs} hk{hk} c{c} n{n}", plan))
+
+        def fused(bs=bs, hk=hk, c=c, n=n, mb=mb, m=m):
+            # the decode step's form: the pinned head (one row for all heads), the selection
+            # (k_b 128), the late count and the clock's increment in the launch
+            p, nf = bs * hk * m, max(n - 128, 1)
+            i64 = lambda *s: torch.empty(*s, dtype=torch.int64)  # noqa: E731
+            plan_residency(torch.empty(17, hk, mb + 1, dtype=torch.int32), i64(17, hk, c + 1), i64(17, hk, c + 1),
+                           i64(1), i64(7), i64(bs), i64(bs, 1, nf).expand(-1, hk, -1), i64(bs, mb), i64(bs),
+                           i64(p + 1), i64(p + 1), i64(p + 1), i64(1), max_miss=m, selected=i64(bs, hk, 128),
+                           dense=torch.empty(bs, dtype=torch.bool), late=(i64(bs, 4), i64(1)), advance_clock=True)
+        out.append((f"plan_residency fused bs{bs} hk{hk} c{c} n{n}", fused))
     out += _sweep_cases()
     return out
 

@@ -206,3 +206,68 @@ def test_copies_fill_the_same_resident_buffers():
                     s = (r * c + int(b2s[r, h, blk])) * b
                     src = int(pages_of[r, blk]) * b
                     assert torch.equal(res_k[s:s + b, h], host[src:src + b, h]), f"step {step} row {r} block {blk}"
+
+
+FUSED_CASES = by_device([
+    # layers, rows, Hk, C, MB, max_miss, bs, pinned, selected, window blocks, steps
+    case(2, 6, 2, 7, 24, 3, 4, 2, 8, 3, 8, id="overflow"),
+    case(1, 4, 3, 19, 30, 19, 3, 0, 10, 1, 6, id="no-pinned-head"),
+    case(1, 3, 1, 40, 60, 8, 2, 3, 40, 4, 4, id="c40-n43"),
+], [
+    case(2, 40, 8, 259, 2048, 32, 16, 3, 128, 4, 5, id="real-qwen"),
+    case(1, 12, 1, 176, 1600, 32, 6, 3, 128, 4, 5, id="real-glm"),
+])
+
+
+@pytest.mark.parametrize("layers, num_rows, hk, c, mb, max_miss, bs, n_pin, n_sel, wn, steps", FUSED_CASES)
+def test_fused_selection_and_late_count(layers, num_rows, hk, c, mb, max_miss, bs, n_pin, n_sel, wn, steps):
+    """plan(need = the pinned head, selected=, dense=, late=) on the kernel (one launch) and on the
+    torch path, against what they replace: count_late's kernel on the tables before the plan, then
+    plan() of torch.cat([head, where(dense, -1, selected)]). Same tables, clock, counters, plans
+    (as multisets of groups) and late counts after every call."""
+    from asynctls_sglang.kernels.common.offload_tables import count_late
+
+    rng = random.Random(c * 7 + n_sel)
+    args = dict(num_layers=layers, num_rows=num_rows, kv_heads=hk, capacity=c, max_blocks=mb, max_miss=max_miss,
+                block_size=4, device=DEVICE)
+    cache_t, cache_k = ResidentBlockCache(**args, use_kernel=False), ResidentBlockCache(**args, use_kernel=True)
+    cache_r = ResidentBlockCache(**args, use_kernel=True)
+    late_t, late_k, late_r = (torch.zeros(1, dtype=torch.int64, device=DEVICE) for _ in range(3))
+    pages_of = torch.stack([torch.randperm(mb, generator=torch.Generator().manual_seed(r)) + 1000 * r
+                            for r in range(num_rows)]).to(DEVICE)
+    lens = {r: rng.randrange(1, mb + 1) for r in range(num_rows)}
+    total_late = 0
+    for step in range(steps):
+        real = rng.sample(range(1, num_rows), min(bs, num_rows - 1))
+        rows_l = real + [0] * (bs - len(real))
+        rng.shuffle(rows_l)
+        rows = torch.tensor(rows_l, device=DEVICE)
+        for r in real:
+            lens[r] = min(mb, lens[r] + rng.randrange(0, 2))
+        pages = pages_of[rows]
+        dense = torch.tensor([rng.random() < 0.25 for _ in rows_l], device=DEVICE)
+        # window blocks: some of the row's last blocks, -1 where absent
+        window = torch.tensor([[max(lens[r] - 1 - j, 0) if rng.random() > 0.2 else -1 for j in range(wn)]
+                               for r in rows_l], dtype=torch.int64, device=DEVICE)
+        for layer in range(layers):
+            need = _need(rng, [lens[r] for r in rows_l], hk, n_pin, n_sel, mb, transpose=False)
+            head, sel = need[:, :, :n_pin], need[:, :, n_pin:]
+            if rng.random() < 0.5:  # the head as the runtime passes it: one row for all heads (stride 0)
+                head = head[:, :1].expand(-1, hk, -1)
+            host = torch.tensor([max(0, lens[r] - rng.randrange(0, 3)) for r in rows_l], device=DEVICE)
+            what = f"step {step} layer {layer} rows {rows_l} dense {dense.tolist()}"
+            count_late(sel, cache_r.blk2slot[layer], rows, window, dense, late_r)
+            full = torch.cat([head, torch.where(dense.view(-1, 1, 1), -1, sel)], 2)
+            plan_r = cache_r.plan(layer, rows, full, pages, host_blocks=host)
+            plan_t = cache_t.plan(layer, rows, head, pages, host_blocks=host, selected=sel, dense=dense,
+                                  late=(window, late_t))
+            plan_k = cache_k.plan(layer, rows, head, pages, host_blocks=host, selected=sel, dense=dense,
+                                  late=(window, late_k))
+            _assert_same(cache_r, cache_t, what + " (torch, fused)")
+            _assert_same(cache_r, cache_k, what + " (kernel, fused)")
+            _check_plans(cache_r, cache_t, layer, rows, plan_r, plan_t, what + " (torch, fused)")
+            _check_plans(cache_r, cache_k, layer, rows, plan_r, plan_k, what + " (kernel, fused)")
+            assert int(late_t) == int(late_r) == int(late_k), \
+                f"{what}: late torch {int(late_t)} kernel {int(late_k)}, count_late {int(late_r)}"
+        total_late = int(late_r)
+    assert total_late > 0 and cache_k.snapshot()["hits"] > 0, "the case never counts a late block or a hit"

@@ -11,19 +11,28 @@ only memory it reads back is the plan's scratch entry P (two counters between th
 import triton
 import triton.language as tl
 
+from asynctls_sglang.kernels.common.offload_tables_kernel import _in_window
 
-@triton.jit(do_not_specialize=["N", "W", "P", "T", "s_pi"])  # vary with the batch: one variant
+
+@triton.jit(do_not_specialize=["N", "W", "P", "T", "s_pi", "NF"])  # vary with the batch: one variant
 def plan_residency_kernel(blk2slot, slot2blk, last_used, clock, counters, rows, need, pages, host_blocks,
-                          src, dst, head, count,
-                          N, C, MB, M, W, P, T, HK,
-                          s_bi, s_bh, s_si, s_sh, s_r, s_ni, s_nh, s_nj, s_pi, s_pj, s_hb, s_c,
-                          HAS_HOST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                          src, dst, head, count, sel, dense, window, late,
+                          N, C, MB, M, W, P, T, HK, NF, WN,
+                          s_bi, s_bh, s_si, s_sh, s_r, s_ni, s_nh, s_nj, s_pi, s_pj, s_hb, s_c, s_qb, s_qh, s_wb,
+                          HAS_HOST: tl.constexpr, HAS_SEL: tl.constexpr, HAS_LATE: tl.constexpr, ADVANCE: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr,
                           BLOCK_X: tl.constexpr):
     """Grid (bs, Hk). Tables are one layer's: blk2slot [rows, Hk, MB + 1] int32, slot2blk and
     last_used [rows, Hk, C + 1] int64 (same strides), unit last stride; clock [1] (the layer's
-    clock, already advanced); counters [7] (stride s_c); rows [bs]; need [bs, Hk, N]; pages
-    [bs, W]; host_blocks [bs] (HAS_HOST); src, dst, head [P + 1] (entry P: scratch, -1 between
-    launches), count [1]; T = bs * Hk programs.
+    clock: already advanced, or advanced here when ADVANCE: every program stamps clock + 1 and the
+    last one stores it); counters [7] (stride s_c); rows [bs]; need [bs, Hk, N]; pages [bs, W];
+    host_blocks [bs] (HAS_HOST); src, dst, head [P + 1] (entry P: scratch, -1 between launches),
+    count [1]; T = bs * Hk programs.
+    HAS_SEL: need holds only the first NF entries of each list; entries NF .. N - 1 are the
+    selection sel [bs, Hk, N - NF] (unit last stride), -1 for the rows where dense [bs] is set.
+    HAS_LATE (with HAS_SEL): before the plan changes anything, late[0] += the selected blocks (>= 0)
+    of rows not dense that are neither resident nor one of the row's window blocks (window
+    [bs, WN], -1 absent): what OffloadRuntime.count_late counts, in the same launch.
 
     Per program (cache row r = rows[i], head h), entries j < N of need:
       1. valid: need >= 0, < MB, < host_blocks[i], r != 0, and no earlier valid entry holds the
@@ -50,6 +59,8 @@ def plan_residency_kernel(blk2slot, slot2blk, last_used, clock, counters, rows, 
     BIG = 9223372036854775807
     CLAIM = 1073741824
     b_now = tl.load(clock)
+    if ADVANCE:
+        b_now += 1
     b_r = tl.load(rows + i_b * s_r).to(tl.int64)
     m_row = b_r != 0
     p_b2s = blk2slot + b_r * s_bi + i_h * s_bh
@@ -61,8 +72,25 @@ def plan_residency_kernel(blk2slot, slot2blk, last_used, clock, counters, rows, 
     if HAS_HOST:
         b_lim = tl.minimum(b_lim, tl.load(host_blocks + i_b * s_hb).to(tl.int64))
     o_n = tl.arange(0, BLOCK_N)
-    # [BLOCK_N]
-    b_blk = tl.load(p_need + o_n * s_nj, mask=o_n < N, other=-1).to(tl.int64)
+    if HAS_SEL:
+        m_s = (o_n >= NF) & (o_n < N)
+        # [BLOCK_N] the selection in columns NF.. (-1 elsewhere)
+        b_sel = tl.load(sel + i_b * s_qb + i_h * s_qh + tl.where(m_s, o_n - NF, 0), mask=m_s, other=-1).to(tl.int64)
+        b_dense = tl.load(dense + i_b) != 0
+        if HAS_LATE:
+            # read before this program's claims below change its row's blk2slot (no other program
+            # writes this row: rows are distinct apart from the padding row 0, never written)
+            o_w = tl.arange(0, BLOCK_W)
+            b_win = tl.load(window + i_b * s_wb + o_w, mask=o_w < WN, other=-1)
+            m_read = tl.load(p_b2s + tl.minimum(b_sel, MB), mask=b_sel >= 0, other=-1) >= 0
+            m_read = m_read | _in_window(b_sel, b_win)
+            n_late = tl.sum(((b_sel >= 0) & ~m_read).to(tl.int64), axis=0)
+            tl.atomic_add(late, n_late, mask=(n_late > 0) & ~b_dense)
+        b_fix = tl.load(p_need + o_n * s_nj, mask=o_n < NF, other=-1).to(tl.int64)
+        b_blk = tl.where(o_n < NF, b_fix, tl.where(b_dense, -1, b_sel))
+    else:
+        # [BLOCK_N]
+        b_blk = tl.load(p_need + o_n * s_nj, mask=o_n < N, other=-1).to(tl.int64)
     m_ok = m_row & (b_blk >= 0) & (b_blk < b_lim)
     o_b = tl.where(m_ok, b_blk, 0)
     b_slot32 = tl.load(p_b2s + o_b, mask=m_ok, other=-1)
@@ -136,6 +164,8 @@ def plan_residency_kernel(blk2slot, slot2blk, last_used, clock, counters, rows, 
         b_total = tl.atomic_xchg(src + P, -1) + 1
         b_prev = tl.minimum(tl.load(count), P)
         tl.store(count, b_total)
+        if ADVANCE:
+            tl.store(clock, b_now)
         tl.atomic_xchg(dst + P, -1)
         tl.atomic_add(counters, 1)
         b_none = tl.full([BLOCK_X], -1, dtype=tl.int64)
