@@ -118,8 +118,11 @@ class AsyncTLSConfig:
     max_miss_blocks_per_step: int = 32
     #: Programs (thread blocks) of each host->device copy launch. The copy is bound by PCIe, not
     #: by the SMs it holds; fewer programs leave more of the GPU to the model's kernels that run
-    #: beside it, too few cannot keep enough reads in flight to fill the link.
-    copy_programs: int = 32
+    #: beside it, too few cannot keep enough reads in flight to fill the link. H200, Qwen3-8B
+    #: 8 x 64k / 8 x 128k with a miss cap of 4: 16 programs took the offload step from +16% / +19%
+    #: to +11% / +11% over no offload at the same bytes and copy time as 32 (docs/results.md,
+    #: session 20); GLM-4.7-Flash 6 x 96k: 12.78 ms a step against 12.89 with 32.
+    copy_programs: int = 16
 
     def __post_init__(self) -> None:
         for name in ("block_size", "block_budget", "token_budget", "index_bits", "calibration_tokens"):

@@ -162,3 +162,34 @@ def test_pool_to_host_to_resident_round_trip_and_translation():
                 src = int(device_pages[pos // B]) * B + pos % B
                 assert torch.equal(bits(engine.k[0][r, h]), bits(dev_k[0][src, h]))
                 assert torch.equal(bits(engine.v[0][r, h]), bits(dev_v[0][src, h]))
+
+
+def test_copy_programs_setting_reaches_the_copy_launch(monkeypatch):
+    """cfg.copy_programs -> OffloadRuntime's TransferEngine -> every copy_blocks call of issue()
+    (on a GPU the kernel's grid; the CPU's torch copy takes and ignores it)."""
+    import asynctls_sglang.memory.transfer as transfer
+    from asynctls_sglang.config import AsyncTLSConfig
+    from asynctls_sglang.memory.offload_runtime import OffloadRuntime
+
+    seen = []
+    real = transfer.copy_blocks
+
+    def spy(*args, **kw):
+        seen.append(kw.get("programs"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(transfer, "copy_blocks", spy)
+    for programs in (16, 5):
+        cfg = AsyncTLSConfig(block_size=B, block_budget=16, token_budget=64, sink_tokens=4, local_window=8,
+                             copy_programs=programs)
+        rt = OffloadRuntime(cfg, num_layers=1, kv_heads=1, head_dim=8, v_head_dim=8, dtype=torch.float32,
+                            device="cpu", num_rows=3, max_blocks=20, host_blocks=4)
+        assert rt.engine.copy_programs == programs
+        seen.clear()
+        rows = torch.tensor([1])
+        need = torch.tensor([[[0, 1, 2]]])
+        pages = torch.arange(20).view(1, -1)
+        rt.engine.issue(0, rt.cache.plan(0, rows, need, pages))
+        rt.engine.join()
+        assert seen == [programs]
+    assert AsyncTLSConfig().copy_programs == 16
