@@ -182,8 +182,9 @@ class OffloadDecodeMixin:
         if save_kv_cache and k is not None:
             pool.set_kv_buffer(layer, fb.out_cache_loc, k, v)
         k_pool = pool.get_key_buffer(layer.layer_id)
-        v_pool = None if rt.engine.v is None else pool.get_value_buffer(layer.layer_id)
-        rt.copy_window(l, step, k_pool, v_pool)
+        # the window (sink, local, the open tail) is read in place from the device pool
+        kv_pool = (k_pool, k_pool[..., :layer.v_head_dim] if rt.engine.v is None else
+                   pool.get_value_buffer(layer.layer_id))
         q3 = q.reshape(bs, hq, layer.qk_head_dim)
         index = self.asynctls_index.layer_index(l)
         # NOTE: at depth 1 the scores stay partial (MLA's channel slices): the pair's top-k adds them
@@ -211,7 +212,7 @@ class OffloadDecodeMixin:
         cap = float(getattr(layer, "logit_cap", 0.0) or 0.0)
         o = ops.sparse_decode_attention(q3, rt.engine.k[l], rt.value_buffer(l, layer.v_head_dim), table, req,
                                         columns, layer.scaling, cap, counts=step.counts, active=cfg.token_budget,
-                                        out_dtype=q.dtype)
+                                        out_dtype=q.dtype, pool=kv_pool)
         if cfg.prefetch_depth == 1:
             # NOTE: after the attention that read the victims' old contents (the copy stream forks here)
             rt.prefetch(l, step, wanted)

@@ -19,6 +19,7 @@ from asynctls_sglang.kernels.common.block_score import score_blocks
 from asynctls_sglang.kernels.common.candidates import candidate_positions
 from asynctls_sglang.kernels.common.compact import truncate_candidates
 from asynctls_sglang.kernels.common.index_keys import write_index_keys
+from asynctls_sglang.kernels.common.launch import check
 from asynctls_sglang.kernels.common.merge import SplitWorkspace
 from asynctls_sglang.kernels.common.summary import update_block_summaries
 from asynctls_sglang.kernels.common.token_score import score_block_tokens, score_tokens
@@ -42,7 +43,8 @@ def sparse_decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: t
                             out: torch.Tensor | None = None,
                             workspace: SplitWorkspace | None = None,
                             counts: torch.Tensor | None = None, active: int | None = None,
-                            out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                            out_dtype: torch.dtype = torch.float32,
+                            pool: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Same contract as torch_ops.sparse_decode_attention -> [bs, Hq, Dv] in out_dtype (``active``:
     the column count the token-axis splits are sized for, see kernels.common.merge.plan_splits;
     a narrower out_dtype is rounded by the merge launch, no conversion launch after it).
@@ -51,9 +53,13 @@ def sparse_decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: t
     which reads each latent row once; everything else runs the GQA kernel.
     """
     if is_latent_view(k_buffer, v_buffer):
+        if pool is not None:
+            check(is_latent_view(*pool) and pool[1].shape[2] == v_buffer.shape[2],
+                  "pool: MLA's (latent rows, their first Dv channels), like the buffers")
         return mla_sparse_decode(q, k_buffer, v_buffer.shape[2], req_to_token, req_pool_indices,
                                  positions, sm_scale, logit_cap, out=out, workspace=workspace,
-                                 counts=counts, active=active, out_dtype=out_dtype)
+                                 counts=counts, active=active, out_dtype=out_dtype,
+                                 pool=None if pool is None else pool[0])
     return gqa_sparse_decode(q, k_buffer, v_buffer, req_to_token, req_pool_indices, positions,
                              sm_scale, logit_cap, out=out, workspace=workspace, counts=counts,
-                             active=active, out_dtype=out_dtype)
+                             active=active, out_dtype=out_dtype, pool=pool)

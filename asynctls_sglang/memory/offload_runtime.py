@@ -4,15 +4,17 @@ Three places hold a request's K/V during decode (all indexed like SGLang's pools
 - the host tier: every complete block, written through after the forward that completed it;
 - the device pool (SGLang's): the blocks being written, of which decode reads only the
   request's *window*: its sink blocks and the blocks of its local window (the open tail included),
-  copied each layer into the window region of the resident buffers (copy_window);
+  in place (session 20; they were copied each layer into a window region of the resident buffers
+  before, one launch per layer);
 - the resident block cache: C slots per (request, layer, KV head), filled from the host tier by the
   TransferEngine with the blocks the selection wants.
-Attention reads one buffer (the TransferEngine's, cache region + window region) through a slot
-table built from the positions (buffer_table): window blocks from the window region, other blocks
-from their resident slot, anything else is left out (counted as dropped, never read as garbage).
+Attention reads the TransferEngine's buffers and the device pool through one slot table built from
+the positions (buffer_table): window blocks from their device pool page (negative entries, the
+attention's `pool`), other blocks from their resident slot, anything else is left out (counted as
+dropped, never read as garbage).
 
 One decode step, layer l (prefetch_depth 1):
-  wait(l) -> write K/V -> copy_window -> scores -> wanted W = top-k_b (unmasked)
+  wait(l) -> write K/V -> scores -> wanted W = top-k_b (unmasked)
   -> attended blocks = top-k_b over blocks readable now (window or resident) -> tokens -> attention
   -> plan(need = local blocks, then W; dense rows: all their blocks) -> issue(l) on the copy stream.
 The blocks wanted at step t are thus resident at step t+1 (temporal locality); a wanted block that
@@ -46,8 +48,10 @@ class DecodeStep(NamedTuple):
     host_done: torch.Tensor  # [bs] blocks already on the host: (lens - 1) // B
     window: torch.Tensor  # [bs, Wn] request blocks read from the device pool, -1 absent
     win_src: torch.Tensor  # [bs * Wn] device pool page of each window block, -1 absent
-    win_dst: torch.Tensor  # [bs * Wn] block of the window region it goes to
-    win_count: torch.Tensor  # [1] bs * Wn (copy_blocks' count)
+    # NOTE: the window region is no longer read or written (session 20: the window is read in
+    # place); win_dst / win_count and the TransferEngine's extra_tokens remain to be taken out
+    win_dst: torch.Tensor  # [bs * Wn] block of the window region
+    win_count: torch.Tensor  # [1] bs * Wn
     need_fixed: torch.Tensor  # [bs, Hk, F] local blocks, then every block of a dense row
     dense: torch.Tensor  # [bs] bool: decodes over all its positions
     req: torch.Tensor  # [bs] arange: the attention's rows of buffer_table's table (built once per step)
@@ -237,13 +241,6 @@ class OffloadRuntime:
         page = self.device_page[slots // b]
         return torch.where(page >= 0, page * b + slots % b, 0)
 
-    def copy_window(self, layer: int, step: DecodeStep, k_pool: torch.Tensor, v_pool: torch.Tensor | None) -> None:
-        """Window blocks (sink, local, the open tail with the new token) -> the window region (one
-        copy_blocks launch for K and V on a GPU)."""
-        pair = (v_pool, self.engine.v[layer]) if self.engine.v is not None and v_pool is not None else None
-        copy_blocks(k_pool, self.engine.k[layer], step.win_src, step.win_dst, step.win_count, self.block_size,
-                    pair=pair)
-
     def readable_pair(self, layer: int, step: DecodeStep, scores: torch.Tensor) -> torch.Tensor:
         """The block scores [bs, Hk, N] -> [2, bs, Hk, N]: [0] the scores, [1] the same with -inf
         where attention cannot read the block now (not resident in this layer and not in the row's
@@ -322,8 +319,10 @@ class OffloadRuntime:
     def buffer_table(self, layer: int, step: DecodeStep, positions: torch.Tensor, chosen: torch.Tensor | None = None,
                      start: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """positions [bs, Hk, K] (-1 unused) -> (table [bs, Hk*K] int32, req rows [bs], positions
-        [bs, Hk, K]) in the contract of sparse_decode_attention over the resident buffers: head h's
-        k-th position becomes column h*K + k of row i, whose entry is its buffer row. Positions
+        [bs, Hk, K]) in the contract of sparse_decode_attention over the resident buffers with the
+        device pool as its `pool`: head h's k-th position becomes column h*K + k of row i, whose
+        entry is its buffer row, or, for a window block's position, -(pool row) - 1: the window
+        is read in place from the device pool (no copy into the resident buffers). Positions
         that are neither in the window nor resident become -1 (left out) and are counted.
 
         chosen [bs, Hk, Kc]: the layer's chosen positions, read in place of columns [start, start +
@@ -336,7 +335,8 @@ class OffloadRuntime:
 
             table, columns = buffer_table(positions, self.cache.blk2slot[layer], step.rows, step.window, self.dropped,
                                           block_size=self.block_size, capacity=self.cache.capacity,
-                                          window_base=self.window_base, chosen=chosen, start=start, dense=step.dense)
+                                          window_base=self.window_base, chosen=chosen, start=start, dense=step.dense,
+                                          win_src=step.win_src)
             return table, req, columns
         if chosen is not None:
             cols = slice(start, start + chosen.shape[2])
@@ -347,13 +347,14 @@ class OffloadRuntime:
         match = (positions.div(b, rounding_mode="floor").unsqueeze(-1) == win) & (win >= 0)
         in_window = match.any(-1) & (positions >= 0)
         w = match.to(torch.int32).argmax(-1)
-        win_rows = self.window_base + (step.rows.view(bs, 1, 1) * wn + w) * b + positions.remainder(b)
+        page = step.win_src.view(bs, 1, 1, wn).expand(-1, hk, k, -1).gather(3, w.long().unsqueeze(-1)).squeeze(-1)
+        win_rows = -(page * b + positions.remainder(b)) - 1
         rows = torch.where(in_window, win_rows, self.cache.token_rows(layer, step.rows, positions))
-        rows = torch.where(positions >= 0, rows, -1)
-        self.dropped += ((positions >= 0) & (rows < 0)).sum()
+        ok = (positions >= 0) & (in_window | (rows >= 0))
+        self.dropped += ((positions >= 0) & ~ok).sum()
         column = torch.arange(hk * k, device=positions.device).view(1, hk, k)
-        table = rows.clamp(min=0).reshape(bs, hk * k).to(torch.int32)
-        return table, req, torch.where(rows >= 0, column, -1)
+        table = torch.where(ok, rows, 0).reshape(bs, hk * k).to(torch.int32)
+        return table, req, torch.where(ok, column, -1)
 
     def logical_keys(self, layer: int, k_pool: torch.Tensor) -> "LogicalKeys":
         return LogicalKeys(self, layer, k_pool)

@@ -175,13 +175,16 @@ def sparse_decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: t
                             req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
                             positions: torch.Tensor, sm_scale: float,
                             logit_cap: float = 0.0, *, counts: torch.Tensor | None = None,
-                            active: int | None = None, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                            active: int | None = None, out_dtype: torch.dtype = torch.float32,
+                            pool: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Exact attention of each group over its KV head's positions, read in place from the pool.
 
     q: [bs, Hq, D]; k_buffer [slots, Hk, D]; v_buffer [slots, Hk, Dv] (MLA: a view of the
     latent buffer); positions [bs, Hk, K] int64 (-1 unused); counts [bs] (optional): row b reads
     only its first counts[b] columns. ``active`` only sizes the GPU kernel's splits. -> [bs, Hq, Dv]
     in out_dtype (fp32 accumulation; a narrower out_dtype is the fp32 result rounded).
+    pool: (k_pool, v_pool) like the buffers (MLA: the latent rows and their view): a negative slot
+    s (req_to_token's entry) reads row -s - 1 of the pool instead of the buffers.
     """
     bs, hq, d = q.shape
     hk = positions.shape[1]
@@ -192,8 +195,14 @@ def sparse_decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: t
         valid = valid & (columns.view(1, 1, -1) < counts.long().view(bs, 1, 1))
     slots = req_to_token[rows, positions.clamp(min=0)].long()  # [bs, Hk, K]
     heads = torch.arange(hk, device=q.device).view(1, hk, 1)
-    ks = k_buffer[slots, heads].float()  # [bs, Hk, K, D]
-    vs = v_buffer[slots, heads].float()  # [bs, Hk, K, Dv]
+    if pool is None:
+        ks = k_buffer[slots, heads].float()  # [bs, Hk, K, D]
+        vs = v_buffer[slots, heads].float()  # [bs, Hk, K, Dv]
+    else:
+        in_pool = (slots < 0).unsqueeze(-1)
+        own, other = slots.clamp(min=0), (-slots - 1).clamp(min=0)
+        ks = torch.where(in_pool, pool[0][other, heads].float(), k_buffer[own, heads].float())
+        vs = torch.where(in_pool, pool[1][other, heads].float(), v_buffer[own, heads].float())
     qg = q.float().view(bs, hk, hq // hk, d)
     logits = torch.einsum("bhgd,bhkd->bhgk", qg, ks) * sm_scale
     if logit_cap > 0:

@@ -178,6 +178,8 @@ def cases():
     # score_select_block_tokens fused (token scoring + top-k in one program), every chunk size
     from asynctls_sglang.kernels.common import token_select
     from asynctls_sglang.kernels.common.launch import launch_overrides
+    from asynctls_sglang.kernels.gqa import decode as gqa_decode
+    from asynctls_sglang.kernels.mla import decode as mla_decode
 
     for lens, hq, hk, d, r, kb, k, dt in (([131072] * 2, 32, 8, 128, 32, 128, 1968, torch.bfloat16),
                                            ([131072] * 2, 20, 1, 576, 128, 128, 1968, torch.bfloat16),
@@ -248,6 +250,23 @@ def cases():
                                                torch.empty(8, 1, 8192, dtype=torch.int64), 0.1, counts=counts,
                                                active=2048, out_dtype=dt)
         out.append((f"gqa+mla_decode with counts 131072x8, out {dt}", counted))
+
+        def with_pool(dt=dt):  # the offload path: window rows read in place from the device pool
+            r2t, rows, _, _ = _pool([131072] * 8, 64)
+            slots, counts = r2t.numel(), torch.empty(8, dtype=torch.int64)
+            k, v = torch.empty(slots, 8, 128, dtype=dt), torch.empty(slots, 8, 128, dtype=dt)
+            for prefetch in (False, True):
+                with launch_overrides(gqa_decode.LAUNCH, {"prefetch": prefetch}):
+                    triton_ops.sparse_decode_attention(
+                        torch.empty(8, 32, 128, dtype=dt), k, v, r2t, rows, torch.empty(8, 8, 2048, dtype=torch.int64),
+                        0.1, counts=counts, active=2048, out_dtype=dt, pool=(torch.empty_like(k), torch.empty_like(v)))
+                kv, kv_pool = torch.empty(slots, 1, 576, dtype=dt), torch.empty(slots, 1, 576, dtype=dt)
+                with launch_overrides(mla_decode.LAUNCH, {"prefetch": prefetch}):
+                    triton_ops.sparse_decode_attention(
+                        torch.empty(8, 20, 576, dtype=dt), kv, kv[..., :512], r2t, rows,
+                        torch.empty(8, 1, 2048, dtype=torch.int64), 0.1, counts=counts, active=2048, out_dtype=dt,
+                        pool=(kv_pool, kv_pool[..., :512]))
+        out.append((f"gqa+mla_decode with the pool 131072x8, out {dt}", with_pool))
     # copy_blocks (offload gather / write-through), per head and whole blocks
     for dt in (torch.bfloat16, torch.float32, torch.float16):
         for b, hk, d, per_head in ((64, 8, 128, True), (64, 8, 128, False), (64, 1, 576, False), (16, 2, 64, True)):
@@ -294,6 +313,10 @@ def cases():
             buffer_table(torch.empty(bs, hk, k, dtype=torch.int64), blk2slot, rows, window, late, block_size=64,
                          capacity=259, window_base=1 << 20, chosen=torch.empty(bs, hk, k // 2, dtype=torch.int64),
                          start=k // 4, dense=torch.empty(bs, dtype=torch.bool))
+            buffer_table(torch.empty(bs, hk, k, dtype=torch.int64), blk2slot, rows, window, late, block_size=64,
+                         capacity=259, window_base=1 << 20, chosen=torch.empty(bs, hk, k // 2, dtype=torch.int64),
+                         start=k // 4, dense=torch.empty(bs, dtype=torch.bool),
+                         win_src=torch.empty(bs * 5, dtype=torch.int64))
         out.append((f"offload tables hk{hk} mb{mb} k{k}", tables))
 
     def decode_stats():  # the statistics' update: GQA (8 heads) and MLA graphs, dense rows or none

@@ -209,3 +209,47 @@ def test_output_in_the_callers_dtype_is_the_fp32_output_rounded(mla, out_dtype):
     with pytest.raises(ValueError, match="out must be"):
         triton_ops.sparse_decode_attention(*args, out=poison(torch.empty(len(lens), hq, dv, device=DEVICE)),
                                            out_dtype=out_dtype)
+
+
+@pytest.mark.parametrize("prefetch", [False, True], ids=["plain", "prefetch"])
+@pytest.mark.parametrize("mla", [False, True], ids=["gqa-g4", "mla"])
+def test_negative_slots_read_the_pool_in_place(mla, prefetch):
+    """pool=: a negative slot s reads row -s - 1 of the pool (the offload's window tokens read in
+    place from the device pool). About a third of the slots are moved to other rows of a second
+    buffer and their rows in the first one poisoned (NaN): the kernel and the torch op, both with
+    pool=, equal the torch op on the original buffers."""
+    lens = [150, 90, 61]
+    hq, hk, d, dv = (20, 1, 576, 512) if mla else (8, 2, 64, 48)
+    pool = make_pool(lens, 16, seed=5)
+    gen = torch.Generator().manual_seed(5)
+    q, k_buffer, v_buffer = _qkv(pool, len(lens), hq, hk, d, dv, mla, gen)
+    pos = _positions(lens, hk, 70, seed=5)
+    args = (pool.req_pool_indices, pos, 1 / math.sqrt(d))
+    want = torch_ops.sparse_decode_attention(q, k_buffer, v_buffer, pool.req_to_token, *args)
+    slots = torch.unique(pool.req_to_token[pool.req_pool_indices.long()].flatten())
+    moved = slots[torch.randperm(slots.numel(), generator=gen)[:slots.numel() // 3].to(DEVICE)].long()
+    n_pool = pool.n_slots + 7
+    where = torch.randperm(n_pool, generator=gen)[:moved.numel()].to(DEVICE)  # their rows in the pool
+    k_pool = torch.full((n_pool, hk, d), float("nan"), device=DEVICE)
+    k_pool[where] = k_buffer[moved]
+    k_res = k_buffer.clone()
+    k_res[moved] = float("nan")
+    if mla:
+        v_pool, v_res = k_pool[..., :dv], k_res[..., :dv]
+    else:
+        v_pool = torch.full((n_pool, hk, dv), float("nan"), device=DEVICE)
+        v_pool[where] = v_buffer[moved]
+        v_res = v_buffer.clone()
+        v_res[moved] = float("nan")
+    table = pool.req_to_token.clone()
+    lookup = torch.full((pool.n_slots,), 0, dtype=torch.int64, device=DEVICE)
+    lookup[moved] = -where - 1
+    in_pool = lookup[table.long().clamp(min=0)] < 0
+    table = torch.where(in_pool, lookup[table.long().clamp(min=0)], table.long()).to(table.dtype)
+    assert in_pool.any() and (~in_pool).any()
+    out = poison(torch.empty(len(lens), hq, dv, device=DEVICE))
+    with launch_overrides((mla_decode if mla else gqa_decode).LAUNCH, {"prefetch": prefetch}):
+        got = triton_ops.sparse_decode_attention(q, k_res, v_res, table, *args, out=out, pool=(k_pool, v_pool))
+    assert_close(got, want, FP32, "kernel with pool")
+    got_torch = torch_ops.sparse_decode_attention(q, k_res, v_res, table, *args, pool=(k_pool, v_pool))
+    assert_close(got_torch, want, FP32, "torch op with pool")

@@ -39,8 +39,10 @@ def _step(rt: OffloadRuntime, rows: torch.Tensor, lens: torch.Tensor, dense: tor
     window = torch.randint(-1, rt.cache.max_blocks, (bs, 5), generator=g)
     window[:, 1] = window[:, 0]  # a duplicate window block (sink and local overlap)
     none = torch.full((bs,), -1, dtype=torch.int64, device=DEVICE)
-    return DecodeStep(rows.to(DEVICE), lens.to(DEVICE), none, none, window.to(DEVICE), none, none, none, none,
-                      dense.to(DEVICE), torch.arange(bs, device=DEVICE))
+    # the window blocks' device pool pages (-1 where absent), distinct
+    win_src = torch.where(window >= 0, torch.randperm(bs * 5 + 40, generator=g)[:bs * 5].view(bs, 5), -1).reshape(-1)
+    return DecodeStep(rows.to(DEVICE), lens.to(DEVICE), none, none, window.to(DEVICE), win_src.to(DEVICE), none, none,
+                      none, dense.to(DEVICE), torch.arange(bs, device=DEVICE))
 
 
 def _wanted(bs: int, hk: int, nb: int, k: int, g) -> torch.Tensor:
@@ -98,6 +100,8 @@ def test_readable_scores_and_buffer_table_match_the_torch_form(hk, max_blocks, b
         assert torch.equal(c_ref, c_ker) and torch.equal(req_ref, req_ker)
         assert int(ref.dropped) == int(ker.dropped) and int(ref.dropped) > 0
         assert (c_ker >= 0).any()  # some positions are readable, so the table is exercised
+        # window positions are read in place from the device pool: -(page * B + p % B) - 1
+        assert ((t_ker < 0) & (c_ker.reshape(bs, -1) >= 0)).any() and ((t_ker > 0) & (c_ker.reshape(bs, -1) >= 0)).any()
         # the layer's chosen positions read in place of columns [start, start + Kc) of sparse rows
         chosen = torch.randint(-1, max_blocks * 16, (bs, hk, 20), generator=g).to(DEVICE)
         put = positions.clone()

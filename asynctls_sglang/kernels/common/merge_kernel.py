@@ -49,3 +49,14 @@ def split_slots(p_pos, p_r2t, i_n, n_end, BLOCK_N: tl.constexpr):
     b_pos = tl.load(p_pos + o_n, mask=o_n < n_end, other=-1)
     b_slot = tl.load(p_r2t + b_pos, mask=b_pos >= 0, other=0).to(tl.int64)
     return b_pos, b_slot
+
+
+@triton.jit
+def kv_rows(buf, pool, b_slot, s_b, s_p, HAS_POOL: tl.constexpr):
+    """[BLOCK_N] slots -> [BLOCK_N, 1] row pointers: row b_slot of buf, or with HAS_POOL, where
+    b_slot < 0, row -b_slot - 1 of pool (the offload's window tokens, read in place from the
+    device pool instead of a copy in the resident buffers)."""
+    if HAS_POOL:
+        m_p = b_slot < 0
+        return tl.where(m_p, pool + (-b_slot - 1) * s_p, buf + tl.where(m_p, 0, b_slot) * s_b)[:, None]
+    return (buf + b_slot * s_b)[:, None]

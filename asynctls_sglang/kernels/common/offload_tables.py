@@ -113,10 +113,13 @@ def count_late(wanted: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Tensor,
 def buffer_table(positions: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Tensor, window: torch.Tensor,
                  dropped: torch.Tensor, *, block_size: int, capacity: int, window_base: int,
                  chosen: torch.Tensor | None = None, start: int = 0,
-                 dense: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 dense: torch.Tensor | None = None,
+                 win_src: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """positions [bs, Hk, K] (-1 unused) -> (table [bs, Hk*K] int32, columns [bs, Hk, K] int64):
     see OffloadRuntime.buffer_table; dropped[()] += positions left out. chosen [bs, Hk, Kc] with
-    dense [bs] bool: columns [start, start + Kc) of the rows not dense read chosen instead."""
+    dense [bs] bool: columns [start, start + Kc) of the rows not dense read chosen instead.
+    win_src [bs * WN] (the window blocks' device pool pages): window positions become
+    -(page * B + p % B) - 1, read in place from the pool, instead of window-region rows."""
     bs, hk, k = positions.shape
     _check_tables(blk2slot, rows, window, bs, hk)
     check(positions.stride(2) == 1, "positions need a unit last stride")
@@ -125,6 +128,9 @@ def buffer_table(positions: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Te
         check(chosen.dim() == 3 and chosen.shape[:2] == (bs, hk) and chosen.stride(2) == 1
               and 0 <= start and start + chosen.shape[2] <= k, f"chosen must be [{bs}, {hk}, Kc] within K = {k}")
         check(dense is not None and dense.shape == (bs,), "chosen needs dense [bs]")
+    check(win_src is None or (win_src.is_contiguous() and win_src.numel() == bs * window.shape[1]
+                              and not win_src.dtype.is_floating_point),
+          f"win_src must be [bs * WN] = [{bs * window.shape[1]}] contiguous integers")
     table = torch.empty(bs, hk * k, dtype=torch.int32, device=positions.device)
     columns = torch.empty(bs, hk, k, dtype=torch.int64, device=positions.device)
     if bs == 0 or k == 0:
@@ -135,10 +141,12 @@ def buffer_table(positions: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Te
         chosen, dense = positions, rows  # unused (HAS_CHOSEN=False)
     buffer_table_kernel[(bs, hk, cdiv(k, block))](
         positions, table, columns, blk2slot, rows, window, dropped, chosen, dense,
+        win_src if win_src is not None else rows,
         k, window.shape[1], blk2slot.shape[2] - 1, capacity, window_base, start, chosen.shape[2],
         positions.stride(0), positions.stride(1), table.stride(0), columns.stride(0), columns.stride(1),
         blk2slot.stride(0), blk2slot.stride(1), window.stride(0), chosen.stride(0), chosen.stride(1),
-        B=block_size, BLOCK_K=block, BLOCK_W=pow2(window.shape[1], 2), HAS_CHOSEN=has_chosen)
+        B=block_size, BLOCK_K=block, BLOCK_W=pow2(window.shape[1], 2), HAS_CHOSEN=has_chosen,
+        HAS_POOL=win_src is not None)
     return table, columns
 
 

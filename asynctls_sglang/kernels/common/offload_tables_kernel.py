@@ -110,16 +110,18 @@ def count_late_kernel(wanted, blk2slot, rows, window, dense, late, WN, KB, MB, s
 
 
 @triton.jit
-def buffer_table_kernel(positions, table, columns, blk2slot, rows, window, dropped, chosen, dense,
+def buffer_table_kernel(positions, table, columns, blk2slot, rows, window, dropped, chosen, dense, win_src,
                         K, WN, MB, C, WINDOW_BASE, START, KC, s_pb, s_ph, s_tb, s_cb, s_ch, s_tr, s_th, s_wb, s_xb,
                         s_xh, B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr,
-                        HAS_CHOSEN: tl.constexpr):
+                        HAS_CHOSEN: tl.constexpr, HAS_POOL: tl.constexpr = False):
     """Grid (bs, Hk, cdiv(K, BLOCK_K)). Position p (>= 0) of head h, column k becomes buffer row
     WINDOW_BASE + (row * WN + w) * B + p % B when its block is window block w (the first match),
     else (row * C + slot) * B + p % B when its block is resident in slot `slot`, else it is left
     out: table entry 0, column -1, counted in dropped[0]. Unused positions (-1): entry 0, column -1.
     HAS_CHOSEN: p of columns START .. START + KC of a row not dense is chosen[row, h, k - START],
-    else positions[row, h, k]."""
+    else positions[row, h, k]. HAS_POOL: a window position's entry is -(page * B + p % B) - 1
+    instead, with page = win_src[row * WN + w] its device pool page: the attention reads it in
+    place from the pool (kv_rows), and no window copy is needed."""
     i_b, i_h, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b_row = tl.load(rows + i_b).to(tl.int64)
     o_w = tl.arange(0, BLOCK_W)
@@ -142,12 +144,17 @@ def buffer_table_kernel(positions, table, columns, blk2slot, rows, window, dropp
     b_inw = m_p & (b_w < BLOCK_W)
     b_slot = tl.load(blk2slot + b_row * s_tr + i_h * s_th + b_blk, mask=m_p, other=-1).to(tl.int64)
     b_res = m_p & (b_slot >= 0)
-    b_win_row = WINDOW_BASE + (b_row * WN + b_w) * B + b_off
+    if HAS_POOL:
+        b_page = tl.load(win_src + i_b * WN + b_w, mask=b_inw, other=0).to(tl.int64)
+        b_win_row = -(b_page * B + b_off) - 1
+    else:
+        b_win_row = WINDOW_BASE + (b_row * WN + b_w) * B + b_off
     b_res_row = (b_row * C + b_slot) * B + b_off
-    b_out = tl.where(b_inw, b_win_row, tl.where(b_res, b_res_row, -1))
-    tl.store(table + i_b * s_tb + i_h * K + o_k, tl.maximum(b_out, 0).to(tl.int32), mask=m_k)
-    tl.store(columns + i_b * s_cb + i_h * s_ch + o_k, tl.where(b_out >= 0, i_h * K + o_k, -1), mask=m_k)
-    tl.atomic_add(dropped, tl.sum((m_k & m_p & (b_out < 0)).to(tl.int64), axis=0))
+    m_ok = b_inw | b_res
+    b_out = tl.where(b_inw, b_win_row, tl.where(b_res, b_res_row, 0))
+    tl.store(table + i_b * s_tb + i_h * K + o_k, b_out.to(tl.int32), mask=m_k)
+    tl.store(columns + i_b * s_cb + i_h * s_ch + o_k, tl.where(m_ok, i_h * K + o_k, -1), mask=m_k)
+    tl.atomic_add(dropped, tl.sum((m_k & m_p & ~m_ok).to(tl.int64), axis=0))
 
 
 @triton.jit

@@ -27,7 +27,8 @@ def gqa_sparse_decode(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.T
                       out: torch.Tensor | None = None,
                       workspace: SplitWorkspace | None = None,
                       counts: torch.Tensor | None = None, active: int | None = None,
-                      out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                      out_dtype: torch.dtype = torch.float32,
+                      pool: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Exact attention of each group over its KV head's positions, K/V read in place.
 
     q: [bs, Hq, D]; k_buffer [slots, Hk, D]; v_buffer [slots, Hk, Dv] (same dtype as q, unit
@@ -36,6 +37,8 @@ def gqa_sparse_decode(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.T
     fp32 accumulation; bf16/fp16 probabilities feed the second product in the input dtype.
     counts [bs] (optional, on the device): each row reads only its first counts[b] columns;
     active: the column count the splits are sized for (see plan_splits).
+    pool: (k_pool, v_pool) shaped and typed like the buffers: a negative slot s (req_to_token's
+    entry) reads row -s - 1 of the pool instead (the offload's window tokens, in place).
     Not checked at run time: positions < ctx, slots in range.
     """
     bs, hq, d = q.shape
@@ -50,6 +53,11 @@ def gqa_sparse_decode(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.T
                     ("req_to_token", req_to_token)):
         check(t.stride(-1) == 1, f"{name} needs a unit last stride")
     check_counts(counts, bs)
+    if pool is not None:
+        check(len(pool) == 2 and all(p.dim() == 3 and p.shape[1:] == b.shape[1:] and p.dtype == b.dtype
+                                     and p.stride(-1) == 1 for p, b in zip(pool, (k_buffer, v_buffer))),
+              "pool: (k_pool, v_pool) like (k_buffer, v_buffer) in heads, dims and dtype, unit last strides")
+    k_pool, v_pool = pool if pool is not None else (k_buffer, v_buffer)
     check(out_dtype in FLOATS, f"out_dtype must be a float dtype, got {out_dtype}")
     out = check_out(out, (bs, hq, dv), out_dtype, q.device, "sparse_decode_attention")
     if bs == 0:
@@ -64,10 +72,12 @@ def gqa_sparse_decode(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.T
         q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0),
         v_buffer.stride(1), req_to_token.stride(0), positions.stride(0), positions.stride(1),
         ws.mid_o.stride(0), ws.mid_o.stride(1), ws.mid_o.stride(2),
-        ws.mid_lse.stride(0), ws.mid_lse.stride(1),
+        ws.mid_lse.stride(0), ws.mid_lse.stride(1), k_pool, v_pool, k_pool.stride(0), k_pool.stride(1),
+        v_pool.stride(0), v_pool.stride(1),
         G=g, D=d, DV=dv, BLOCK_G=pow2(g, 16), BLOCK_D=pow2(d, 16), BLOCK_DV=pow2(dv, 16),
         BLOCK_N=cfg["block_n"], HAS_CAP=logit_cap > 0,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        HAS_COUNTS=counts is not None, PREFETCH=cfg["prefetch"], num_warps=cfg["num_warps"],
+        HAS_COUNTS=counts is not None, PREFETCH=cfg["prefetch"], HAS_POOL=pool is not None,
+        num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"])
     return merge_splits(ws, splits, out)

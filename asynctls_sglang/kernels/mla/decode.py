@@ -37,12 +37,13 @@ def mla_sparse_decode(q: torch.Tensor, kv_buffer: torch.Tensor, dv: int,
                       out: torch.Tensor | None = None,
                       workspace: SplitWorkspace | None = None,
                       counts: torch.Tensor | None = None, active: int | None = None,
-                      out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                      out_dtype: torch.dtype = torch.float32, pool: torch.Tensor | None = None) -> torch.Tensor:
     """Exact MLA decode over chosen positions, each latent row read once for K and V.
 
     q: [bs, Hq, D] (D = Dv + rope, e.g. 512 + 64); kv_buffer [slots, 1, D] (same dtype, unit
     last stride); V = kv_buffer[..., :dv]; positions [bs, 1, K] int64, -1 unused ->
-    [bs, Hq, dv] in out_dtype. Not checked at run time: positions < ctx, slots in range.
+    [bs, Hq, dv] in out_dtype. pool: [slots', 1, D] like kv_buffer: a negative slot s reads row
+    -s - 1 of it instead. Not checked at run time: positions < ctx, slots in range.
     """
     bs, hq, d = q.shape
     kk = positions.shape[2]
@@ -53,6 +54,8 @@ def mla_sparse_decode(q: torch.Tensor, kv_buffer: torch.Tensor, dv: int,
     for name, t in (("q", q), ("kv_buffer", kv_buffer), ("positions", positions), ("req_to_token", req_to_token)):
         check(t.stride(-1) == 1, f"{name} needs a unit last stride")
     check_counts(counts, bs)
+    check(pool is None or (pool.dim() == 3 and pool.shape[1:] == kv_buffer.shape[1:] and pool.dtype == kv_buffer.dtype
+                           and pool.stride(-1) == 1), f"pool must be [slots, 1, {d}] {kv_buffer.dtype}, unit last stride")
     check(out_dtype in FLOATS, f"out_dtype must be a float dtype, got {out_dtype}")
     out = check_out(out, (bs, hq, dv), out_dtype, q.device, "sparse_decode_attention")
     if bs == 0:
@@ -67,10 +70,12 @@ def mla_sparse_decode(q: torch.Tensor, kv_buffer: torch.Tensor, dv: int,
         positions if counts is None else counts, ws.mid_o, ws.mid_lse, sm_scale, logit_cap, kk, per_split, hq,
         q.stride(0), q.stride(1), kv_buffer.stride(0), req_to_token.stride(0), positions.stride(0),
         ws.mid_o.stride(0), ws.mid_o.stride(1), ws.mid_o.stride(2),
-        ws.mid_lse.stride(0), ws.mid_lse.stride(1),
+        ws.mid_lse.stride(0), ws.mid_lse.stride(1), kv_buffer if pool is None else pool,
+        (kv_buffer if pool is None else pool).stride(0),
         D=d, DV=dv, BLOCK_H=cfg["block_h"], BLOCK_DV=pow2(dv, 16), BLOCK_R=pow2(d - dv, 16),
         BLOCK_N=cfg["block_n"], HAS_CAP=logit_cap > 0,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        HAS_COUNTS=counts is not None, PREFETCH=cfg["prefetch"], num_warps=cfg["num_warps"],
+        HAS_COUNTS=counts is not None, PREFETCH=cfg["prefetch"], HAS_POOL=pool is not None,
+        num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"])
     return merge_splits(ws, splits, out)

@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-from asynctls_sglang.kernels.common.merge_kernel import split_columns, split_slots
+from asynctls_sglang.kernels.common.merge_kernel import kv_rows, split_columns, split_slots
 from asynctls_sglang.kernels.common.softmax import LOG2E, cap_logits, online_softmax_step
 
 
@@ -10,15 +10,17 @@ from asynctls_sglang.kernels.common.softmax import LOG2E, cap_logits, online_sof
 def mla_decode_split_kernel(q, kv_buf, req_to_token, req_pool_indices, positions, counts,
                             mid_o, mid_lse, sm_scale, logit_cap, K, SPLIT, HQ,
                             s_qb, s_qh, s_kt, s_rr, s_pb,
-                            s_mb, s_mh, s_ms, s_lb, s_lh,
+                            s_mb, s_mh, s_ms, s_lb, s_lh, kv_pool, s_Pt,
                             D: tl.constexpr, DV: tl.constexpr,
                             BLOCK_H: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_R: tl.constexpr,
                             BLOCK_N: tl.constexpr, HAS_CAP: tl.constexpr, PRECISION: tl.constexpr,
-                            HAS_COUNTS: tl.constexpr, PREFETCH: tl.constexpr = False):
+                            HAS_COUNTS: tl.constexpr, PREFETCH: tl.constexpr = False,
+                            HAS_POOL: tl.constexpr = False):
     """Grid (bs, cdiv(Hq, BLOCK_H), S). Each latent row [D] = [DV latent | D - DV rope] is read
     once and serves both products: logits = q_latent . row[:DV] + q_rope . row[DV:], and the
     value is row[:DV]. PREFETCH: the next iteration's positions and slots are loaded after this
-    iteration's rows (as in the GQA kernel; same result)."""
+    iteration's rows (as in the GQA kernel; same result). HAS_POOL: a negative slot s reads row
+    -s - 1 of kv_pool (stride s_Pt) instead of kv_buf."""
     i_b, i_hb, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b_row = tl.load(req_pool_indices + i_b).to(tl.int64)
     o_h = i_hb * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -47,7 +49,7 @@ def mla_decode_split_kernel(q, kv_buf, req_to_token, req_pool_indices, positions
             # [BLOCK_N]
             b_pos, b_slot = split_slots(p_pos, p_r2t, i_n, n_end, BLOCK_N)
         m_n = b_pos >= 0
-        p_kv = kv_buf + b_slot[:, None] * s_kt
+        p_kv = kv_rows(kv_buf, kv_pool, b_slot, s_kt, s_Pt, HAS_POOL)
         # [BLOCK_N, BLOCK_DV], [BLOCK_N, BLOCK_R]
         b_kc = tl.load(p_kv + o_c[None, :], mask=m_n[:, None] & m_c[None, :], other=0.0)
         b_kr = tl.load(p_kv + o_r[None, :], mask=m_n[:, None] & m_r[None, :], other=0.0)
