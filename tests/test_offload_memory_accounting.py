@@ -26,10 +26,11 @@ def test_row_bytes_equal_the_runtime_allocation(shape, dtype):
 
 
 def test_qwen3_8b_defaults_cost_what_the_docs_say():
-    """36 layers, 8 KV heads x 128 (K+V), bf16, C = 259 + 3 window blocks of 64: ~2.4 GB a request."""
+    """36 layers, 8 KV heads x 128 (K+V), bf16, C = 259 blocks of 64 (the window is read from the
+    device pool: no window region since session 20): ~2.4 GB a request."""
     row = resident_row_bytes(AsyncTLSConfig(offload=True), num_layers=36, kv_heads=8, head_dim=128,
                              v_head_dim=128, dtype_size=2, max_blocks=2049)
-    assert row == 36 * ((259 + 3) * 64 * 8 * 256 * 2 + 8 * (2050 * 4 + 260 * 16))
+    assert row == 36 * (259 * 64 * 8 * 256 * 2 + 8 * (2050 * 4 + 260 * 16))
     assert 2.4e9 < row < 2.5e9
 
 

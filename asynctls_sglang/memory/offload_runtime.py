@@ -4,8 +4,8 @@ Three places hold a request's K/V during decode (all indexed like SGLang's pools
 - the host tier: every complete block, written through after the forward that completed it;
 - the device pool (SGLang's): the blocks being written, of which decode reads only the
   request's *window*: its sink blocks and the blocks of its local window (the open tail included),
-  in place (session 20; they were copied each layer into a window region of the resident buffers
-  before, one launch per layer);
+  in place (until session 20 they were copied each layer into a window region of the resident
+  buffers, one launch per layer);
 - the resident block cache: C slots per (request, layer, KV head), filled from the host tier by the
   TransferEngine with the blocks the selection wants.
 Attention reads the TransferEngine's buffers and the device pool through one slot table built from
@@ -48,10 +48,6 @@ class DecodeStep(NamedTuple):
     host_done: torch.Tensor  # [bs] blocks already on the host: (lens - 1) // B
     window: torch.Tensor  # [bs, Wn] request blocks read from the device pool, -1 absent
     win_src: torch.Tensor  # [bs * Wn] device pool page of each window block, -1 absent
-    # NOTE: the window region is no longer read or written (session 20: the window is read in
-    # place); win_dst / win_count and the TransferEngine's extra_tokens remain to be taken out
-    win_dst: torch.Tensor  # [bs * Wn] block of the window region
-    win_count: torch.Tensor  # [1] bs * Wn
     need_fixed: torch.Tensor  # [bs, Hk, F] local blocks, then every block of a dense row
     dense: torch.Tensor  # [bs] bool: decodes over all its positions
     req: torch.Tensor  # [bs] arange: the attention's rows of buffer_table's table (built once per step)
@@ -65,11 +61,11 @@ class DecodeStep(NamedTuple):
 def resident_row_bytes(cfg: AsyncTLSConfig, *, num_layers: int, kv_heads: int, head_dim: int,
                        v_head_dim: int | None, dtype_size: int, max_blocks: int) -> int:
     """Device bytes one cache row (one running request, or the padding row) costs in an
-    OffloadRuntime: its C resident blocks and its window region in the K/V buffers of every layer,
-    plus its residency tables. OffloadRuntime(...).device_nbytes == num_rows * this (tested)."""
+    OffloadRuntime: its C resident blocks in the K/V buffers of every layer, plus its residency
+    tables. OffloadRuntime(...).device_nbytes == num_rows * this (tested)."""
     b, c = cfg.block_size, cfg.resident_capacity
     channels = head_dim + (v_head_dim or 0)
-    buffers = (c + cfg.pinned_blocks) * b * kv_heads * channels * dtype_size
+    buffers = c * b * kv_heads * channels * dtype_size
     tables = kv_heads * ((max_blocks + 1) * 4 + (c + 1) * 8 * 2)  # blk2slot int32, slot2blk/last_used int64
     return num_layers * (buffers + tables)
 
@@ -107,7 +103,6 @@ class OffloadRuntime:
         self.block_size = b
         self.kv_heads = kv_heads
         self.n_sink = -(-cfg.sink_tokens // b)
-        self.n_window = cfg.pinned_blocks
         self.host = HostKVTier(num_layers=num_layers, num_blocks=host_blocks, block_size=b, kv_heads=kv_heads,
                                head_dim=head_dim, v_head_dim=v_head_dim, dtype=dtype, device=device)
         # the table reads and plans as Triton kernels: on a GPU, where their torch form is ~40 small
@@ -119,11 +114,9 @@ class OffloadRuntime:
                                         max_miss=cfg.max_miss_blocks_per_step, block_size=b, device=device,
                                         use_kernel=kernels)
         self.engine = TransferEngine(self.host, self.cache, prefetch_depth=cfg.prefetch_depth, timing=timing,
-                                     extra_tokens=num_rows * self.n_window * b,
                                      defer=env.defer_copies() and self.cache.device.type != "cuda",
                                      copy_programs=cfg.copy_programs)
         dev = self.cache.device
-        self.window_base = self.engine.cache_tokens
         self.seed_counters = torch.zeros_like(self.cache.counters)
         self.dropped = torch.zeros((), dtype=torch.int64, device=dev)  # attended positions not readable
         self.late = torch.zeros((), dtype=torch.int64, device=dev)  # wanted blocks not readable in time
@@ -201,10 +194,9 @@ class OffloadRuntime:
 
             t = decode_step_tables(req_to_token, rows, lens, self.device_page, max_blocks=max_blocks,
                                    dense_blocks=dense_blocks, block_size=b, sink_tokens=cfg.sink_tokens,
-                                   local_window=cfg.local_window, window_base_block=self.window_base // b,
-                                   dense_len=cfg.dense_len, width=width, token_budget=cfg.token_budget)
+                                   local_window=cfg.local_window, dense_len=cfg.dense_len, width=width, token_budget=cfg.token_budget)
             return DecodeStep(t["rows"], t["lens"], t["pages"], t["host_done"], t["window"], t["win_src"],
-                              t["win_dst"], t["win_count"], t["need_fixed"].unsqueeze(1).expand(-1, hk, -1),
+                              t["need_fixed"].unsqueeze(1).expand(-1, hk, -1),
                               t["dense"], t["req"],
                               t["positions"].unsqueeze(1).expand(-1, hk, -1) if width else None,
                               t["counts"] if width else None)
@@ -216,19 +208,15 @@ class OffloadRuntime:
         pages = ops.block_table(req_to_token, rows, max_blocks, b)
         fixed = forced_blocks(lens, 1, b, cfg.sink_tokens, cfg.local_window)[:, 0]  # [bs, Wn]
         window = fixed
-        wn = window.shape[1]
-        # NOTE: a window block is one device page (page size = block size): copied whole, the
-        # open tail's slots past the length too (never read)
+        # NOTE: a window block is one device page (page size = block size): its first slot's page
         first = req_to_token[rows.view(bs, 1), (window.clamp(min=0) * b).clamp(max=req_to_token.shape[1] - 1)]
         win_src = torch.where(window >= 0, self.device_slots(first) // b, -1).reshape(-1)
-        win_dst = (self.window_base // b + rows.view(bs, 1) * wn + torch.arange(wn, device=lens.device)).reshape(-1)
-        win_count = torch.full((1,), bs * wn, dtype=torch.int64, device=lens.device)
         dense = lens <= cfg.dense_len
         all_blocks = torch.arange(dense_blocks, device=lens.device).view(1, -1).expand(bs, -1)
         dense_need = torch.where(dense.view(bs, 1), all_blocks, -1)
         need_fixed = torch.cat([fixed[:, self.n_sink:], dense_need], 1).unsqueeze(1).expand(-1, hk, -1)
         sp = step_positions(lens, dense, hk, width, cfg, ops) if width else None
-        return DecodeStep(rows, lens, pages, (lens - 1) // b, window, win_src, win_dst, win_count, need_fixed, dense,
+        return DecodeStep(rows, lens, pages, (lens - 1) // b, window, win_src, need_fixed, dense,
                           torch.arange(bs, device=lens.device), sp.positions if sp else None, sp.counts if sp else None)
 
     def device_slots(self, slots: torch.Tensor) -> torch.Tensor:
@@ -333,10 +321,9 @@ class OffloadRuntime:
         if self.kernels:
             from asynctls_sglang.kernels.common.offload_tables import buffer_table
 
-            table, columns = buffer_table(positions, self.cache.blk2slot[layer], step.rows, step.window, self.dropped,
-                                          block_size=self.block_size, capacity=self.cache.capacity,
-                                          window_base=self.window_base, chosen=chosen, start=start, dense=step.dense,
-                                          win_src=step.win_src)
+            table, columns = buffer_table(positions, self.cache.blk2slot[layer], step.rows, step.window, step.win_src,
+                                          self.dropped, block_size=self.block_size, capacity=self.cache.capacity,
+                                          chosen=chosen, start=start, dense=step.dense)
             return table, req, columns
         if chosen is not None:
             cols = slice(start, start + chosen.shape[2])

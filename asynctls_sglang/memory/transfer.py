@@ -27,12 +27,10 @@ from asynctls_sglang.memory.streams import LayerEvents, SideStream
 
 class TransferEngine:
     def __init__(self, host: HostKVTier, cache: ResidentBlockCache, *, prefetch_depth: int = 1,
-                 timing: bool = False, timing_window: int = 4096, extra_tokens: int = 0,
+                 timing: bool = False, timing_window: int = 4096,
                  defer: bool = False, copy_programs: int | None = None) -> None:
         """timing: record CUDA timing events around copies and waits (eager runs only: it creates
-        events per call; off under CUDA graphs). extra_tokens: rows appended to each resident
-        buffer after the cache's rows * C * B (the SGLang adapter keeps each request's sink and
-        local-window blocks there, copied from the device pool; see memory.offload_runtime).
+        events per call; off under CUDA graphs).
         defer (off the GPU only; tests): the copy stream at its latest. Each issue's work (plan
         and copies) is queued and runs only when something waits for it: wait(l) runs the
         queue up to layer l's last issue, and join, before_replay, end_capture and snapshot run
@@ -44,8 +42,7 @@ class TransferEngine:
         self.host, self.cache, self.prefetch_depth = host, cache, prefetch_depth
         self.copy_programs = copy_programs
         dev = cache.device
-        self.cache_tokens = cache.num_rows * cache.capacity * cache.block_size
-        slots = self.cache_tokens + extra_tokens
+        slots = cache.num_rows * cache.capacity * cache.block_size
         self.k = [torch.zeros(slots, host.kv_heads, host.head_dim, dtype=host.dtype, device=dev)
                   for _ in range(host.num_layers)]
         self.v = None if host.v is None else [

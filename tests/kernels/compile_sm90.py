@@ -308,15 +308,12 @@ def cases():
                 readable_pair_topk(torch.empty(b, hk, mb), min(128, mb), blk2slot, rows[:b], window[:b])
             count_late(torch.empty(bs, hk, 128, dtype=torch.int64), blk2slot, rows, window,
                        torch.empty(bs, dtype=torch.bool), late)
-            buffer_table(torch.empty(bs, hk, k, dtype=torch.int64), blk2slot, rows, window, late, block_size=64,
-                         capacity=259, window_base=1 << 20)
-            buffer_table(torch.empty(bs, hk, k, dtype=torch.int64), blk2slot, rows, window, late, block_size=64,
-                         capacity=259, window_base=1 << 20, chosen=torch.empty(bs, hk, k // 2, dtype=torch.int64),
+            win_src = torch.empty(bs * 5, dtype=torch.int64)
+            buffer_table(torch.empty(bs, hk, k, dtype=torch.int64), blk2slot, rows, window, win_src, late,
+                         block_size=64, capacity=259)
+            buffer_table(torch.empty(bs, hk, k, dtype=torch.int64), blk2slot, rows, window, win_src, late,
+                         block_size=64, capacity=259, chosen=torch.empty(bs, hk, k // 2, dtype=torch.int64),
                          start=k // 4, dense=torch.empty(bs, dtype=torch.bool))
-            buffer_table(torch.empty(bs, hk, k, dtype=torch.int64), blk2slot, rows, window, late, block_size=64,
-                         capacity=259, window_base=1 << 20, chosen=torch.empty(bs, hk, k // 2, dtype=torch.int64),
-                         start=k // 4, dense=torch.empty(bs, dtype=torch.bool),
-                         win_src=torch.empty(bs * 5, dtype=torch.int64))
         out.append((f"offload tables hk{hk} mb{mb} k{k}", tables))
 
     def decode_stats():  # the statistics' update: GQA (8 heads) and MLA graphs, dense rows or none
@@ -337,11 +334,11 @@ def cases():
                     lens = torch.empty(bs, dtype=torch.int64)
                     decode_step_tables(r2t, torch.empty(bs, dtype=torch.int64), lens, page_map, max_blocks=2048,
                                        dense_blocks=32, block_size=64, sink_tokens=64, local_window=64,
-                                       window_base_block=1 << 14, dense_len=2048, width=width, token_budget=2048)
-        # one sink block (N_SINK 1), a window base of block 1 (an int 1 too)
+                                       dense_len=2048, width=width, token_budget=2048)
+        # one sink block (N_SINK 1), one dense block (an int 1 too)
         decode_step_tables(r2t, torch.empty(1, dtype=torch.int64), torch.empty(1, dtype=torch.int64), None,
                            max_blocks=40, dense_blocks=1, block_size=16, sink_tokens=4, local_window=1,
-                           window_base_block=1, dense_len=16, width=64, token_budget=64)
+                           dense_len=16, width=64, token_budget=64)
     out.append(("offload decode-step tables", step_tables))
     # the resident cache's plan (Qwen3-8B at 128k: C 259, N 163; MLA: 1 head; a small one)
     from asynctls_sglang.kernels.common.residency_plan import plan_residency

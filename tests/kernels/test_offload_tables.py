@@ -41,8 +41,8 @@ def _step(rt: OffloadRuntime, rows: torch.Tensor, lens: torch.Tensor, dense: tor
     none = torch.full((bs,), -1, dtype=torch.int64, device=DEVICE)
     # the window blocks' device pool pages (-1 where absent), distinct
     win_src = torch.where(window >= 0, torch.randperm(bs * 5 + 40, generator=g)[:bs * 5].view(bs, 5), -1).reshape(-1)
-    return DecodeStep(rows.to(DEVICE), lens.to(DEVICE), none, none, window.to(DEVICE), win_src.to(DEVICE), none, none,
-                      none, dense.to(DEVICE), torch.arange(bs, device=DEVICE))
+    return DecodeStep(rows.to(DEVICE), lens.to(DEVICE), none, none, window.to(DEVICE), win_src.to(DEVICE), none,
+                      dense.to(DEVICE), torch.arange(bs, device=DEVICE))
 
 
 def _wanted(bs: int, hk: int, nb: int, k: int, g) -> torch.Tensor:

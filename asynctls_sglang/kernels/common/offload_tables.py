@@ -111,15 +111,14 @@ def count_late(wanted: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Tensor,
 
 
 def buffer_table(positions: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Tensor, window: torch.Tensor,
-                 dropped: torch.Tensor, *, block_size: int, capacity: int, window_base: int,
+                 win_src: torch.Tensor, dropped: torch.Tensor, *, block_size: int, capacity: int,
                  chosen: torch.Tensor | None = None, start: int = 0,
-                 dense: torch.Tensor | None = None,
-                 win_src: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 dense: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """positions [bs, Hk, K] (-1 unused) -> (table [bs, Hk*K] int32, columns [bs, Hk, K] int64):
-    see OffloadRuntime.buffer_table; dropped[()] += positions left out. chosen [bs, Hk, Kc] with
-    dense [bs] bool: columns [start, start + Kc) of the rows not dense read chosen instead.
-    win_src [bs * WN] (the window blocks' device pool pages): window positions become
-    -(page * B + p % B) - 1, read in place from the pool, instead of window-region rows."""
+    see OffloadRuntime.buffer_table; dropped[()] += positions left out. win_src [bs * WN]: the
+    window blocks' device pool pages (a window position's entry is -(page * B + p % B) - 1, read
+    in place from the pool). chosen [bs, Hk, Kc] with dense [bs] bool: columns [start, start + Kc)
+    of the rows not dense read chosen instead."""
     bs, hk, k = positions.shape
     _check_tables(blk2slot, rows, window, bs, hk)
     check(positions.stride(2) == 1, "positions need a unit last stride")
@@ -128,8 +127,7 @@ def buffer_table(positions: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Te
         check(chosen.dim() == 3 and chosen.shape[:2] == (bs, hk) and chosen.stride(2) == 1
               and 0 <= start and start + chosen.shape[2] <= k, f"chosen must be [{bs}, {hk}, Kc] within K = {k}")
         check(dense is not None and dense.shape == (bs,), "chosen needs dense [bs]")
-    check(win_src is None or (win_src.is_contiguous() and win_src.numel() == bs * window.shape[1]
-                              and not win_src.dtype.is_floating_point),
+    check(win_src.is_contiguous() and win_src.numel() == bs * window.shape[1] and not win_src.dtype.is_floating_point,
           f"win_src must be [bs * WN] = [{bs * window.shape[1]}] contiguous integers")
     table = torch.empty(bs, hk * k, dtype=torch.int32, device=positions.device)
     columns = torch.empty(bs, hk, k, dtype=torch.int64, device=positions.device)
@@ -140,23 +138,21 @@ def buffer_table(positions: torch.Tensor, blk2slot: torch.Tensor, rows: torch.Te
     if not has_chosen:
         chosen, dense = positions, rows  # unused (HAS_CHOSEN=False)
     buffer_table_kernel[(bs, hk, cdiv(k, block))](
-        positions, table, columns, blk2slot, rows, window, dropped, chosen, dense,
-        win_src if win_src is not None else rows,
-        k, window.shape[1], blk2slot.shape[2] - 1, capacity, window_base, start, chosen.shape[2],
+        positions, table, columns, blk2slot, rows, window, dropped, chosen, dense, win_src,
+        k, window.shape[1], blk2slot.shape[2] - 1, capacity, start, chosen.shape[2],
         positions.stride(0), positions.stride(1), table.stride(0), columns.stride(0), columns.stride(1),
         blk2slot.stride(0), blk2slot.stride(1), window.stride(0), chosen.stride(0), chosen.stride(1),
-        B=block_size, BLOCK_K=block, BLOCK_W=pow2(window.shape[1], 2), HAS_CHOSEN=has_chosen,
-        HAS_POOL=win_src is not None)
+        B=block_size, BLOCK_K=block, BLOCK_W=pow2(window.shape[1], 2), HAS_CHOSEN=has_chosen)
     return table, columns
 
 
 def decode_step_tables(req_to_token: torch.Tensor, rows: torch.Tensor, lens: torch.Tensor,
                        device_page: torch.Tensor | None, *, max_blocks: int, dense_blocks: int, block_size: int,
-                       sink_tokens: int, local_window: int, window_base_block: int,
-                       dense_len: int, width: int = 0, token_budget: int = 0) -> dict[str, torch.Tensor]:
+                       sink_tokens: int, local_window: int, dense_len: int, width: int = 0,
+                       token_budget: int = 0) -> dict[str, torch.Tensor]:
     """OffloadRuntime.decode_step's tables in one launch: rows, lens [bs] int64; pages [bs, max_blocks]
-    (block_table); host_done [bs]; window [bs, Wn] (forced_blocks of one head); win_src, win_dst
-    [bs * Wn]; win_count [1]; need_fixed [bs, Nl + dense_blocks] (one head's row: the caller
+    (block_table); host_done [bs]; window [bs, Wn] (forced_blocks of one head); win_src [bs * Wn];
+    need_fixed [bs, Nl + dense_blocks] (one head's row: the caller
     expands it over the heads); dense [bs] bool; req [bs] arange. Wn = ceil(sink / B) + Nl,
     Nl = ceil(local / B) + 1 (0 without a local window). width > 0: also positions [bs, width] and
     counts [bs], select.step_positions of one head (token_budget: a sparse row's count)."""
@@ -170,20 +166,19 @@ def decode_step_tables(req_to_token: torch.Tensor, rows: torch.Tensor, lens: tor
     dev = lens.device
     i64 = lambda *shape: torch.empty(shape, dtype=torch.int64, device=dev)  # noqa: E731
     out = dict(rows=i64(bs), lens=i64(bs), pages=i64(bs, max_blocks), host_done=i64(bs), window=i64(bs, wn),
-               win_src=i64(bs * wn), win_dst=i64(bs * wn), win_count=i64(1),
+               win_src=i64(bs * wn),
                need_fixed=i64(bs, n_local + dense_blocks), dense=torch.empty(bs, dtype=torch.bool, device=dev),
                req=i64(bs))
     if width > 0:
         check(width >= sink_tokens + local_window, f"width {width} < sink + local window")
         out.update(positions=i64(bs, width), counts=i64(bs))
     if bs == 0:
-        out["win_count"].zero_()
         return out
     decode_step_kernel[(bs,)](
         req_to_token, rows, lens, device_page if device_page is not None else rows, out["rows"], out["lens"],
-        out["pages"], out["host_done"], out["window"], out["win_src"], out["win_dst"], out["win_count"],
-        out["need_fixed"], out["dense"], out["req"], out.get("positions", rows), out.get("counts", rows), bs,
-        max_blocks, req_to_token.shape[1], dense_blocks, local_window, window_base_block, dense_len, sink_tokens,
+        out["pages"], out["host_done"], out["window"], out["win_src"],
+        out["need_fixed"], out["dense"], out["req"], out.get("positions", rows), out.get("counts", rows),
+        max_blocks, req_to_token.shape[1], dense_blocks, local_window, dense_len, sink_tokens,
         width, token_budget, req_to_token.stride(0),
         B=b, N_SINK=n_sink, N_LOCAL=n_local, BLOCK_MB=min(_BLOCK * 4, pow2(max(max_blocks, width, 1), 16)),
         BLOCK_F=pow2(max(wn, n_local + dense_blocks, 1), 16), HAS_MAP=device_page is not None, HAS_POS=width > 0)

@@ -111,17 +111,16 @@ def count_late_kernel(wanted, blk2slot, rows, window, dense, late, WN, KB, MB, s
 
 @triton.jit
 def buffer_table_kernel(positions, table, columns, blk2slot, rows, window, dropped, chosen, dense, win_src,
-                        K, WN, MB, C, WINDOW_BASE, START, KC, s_pb, s_ph, s_tb, s_cb, s_ch, s_tr, s_th, s_wb, s_xb,
+                        K, WN, MB, C, START, KC, s_pb, s_ph, s_tb, s_cb, s_ch, s_tr, s_th, s_wb, s_xb,
                         s_xh, B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr,
-                        HAS_CHOSEN: tl.constexpr, HAS_POOL: tl.constexpr = False):
-    """Grid (bs, Hk, cdiv(K, BLOCK_K)). Position p (>= 0) of head h, column k becomes buffer row
-    WINDOW_BASE + (row * WN + w) * B + p % B when its block is window block w (the first match),
-    else (row * C + slot) * B + p % B when its block is resident in slot `slot`, else it is left
-    out: table entry 0, column -1, counted in dropped[0]. Unused positions (-1): entry 0, column -1.
-    HAS_CHOSEN: p of columns START .. START + KC of a row not dense is chosen[row, h, k - START],
-    else positions[row, h, k]. HAS_POOL: a window position's entry is -(page * B + p % B) - 1
-    instead, with page = win_src[row * WN + w] its device pool page: the attention reads it in
-    place from the pool (kv_rows), and no window copy is needed."""
+                        HAS_CHOSEN: tl.constexpr):
+    """Grid (bs, Hk, cdiv(K, BLOCK_K)). Position p (>= 0) of head h, column k gets the entry
+    -(page * B + p % B) - 1 when its block is window block w (the first match; page =
+    win_src[row * WN + w], its device pool page: the attention reads it in place from the pool,
+    kv_rows), else the buffer row (row * C + slot) * B + p % B when its block is resident in slot
+    `slot`, else it is left out: entry 0, column -1, counted in dropped[0]. Unused positions (-1):
+    entry 0, column -1. HAS_CHOSEN: p of columns START .. START + KC of a row not dense is
+    chosen[row, h, k - START], else positions[row, h, k]."""
     i_b, i_h, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b_row = tl.load(rows + i_b).to(tl.int64)
     o_w = tl.arange(0, BLOCK_W)
@@ -144,11 +143,8 @@ def buffer_table_kernel(positions, table, columns, blk2slot, rows, window, dropp
     b_inw = m_p & (b_w < BLOCK_W)
     b_slot = tl.load(blk2slot + b_row * s_tr + i_h * s_th + b_blk, mask=m_p, other=-1).to(tl.int64)
     b_res = m_p & (b_slot >= 0)
-    if HAS_POOL:
-        b_page = tl.load(win_src + i_b * WN + b_w, mask=b_inw, other=0).to(tl.int64)
-        b_win_row = -(b_page * B + b_off) - 1
-    else:
-        b_win_row = WINDOW_BASE + (b_row * WN + b_w) * B + b_off
+    b_page = tl.load(win_src + i_b * WN + b_w, mask=b_inw, other=0).to(tl.int64)
+    b_win_row = -(b_page * B + b_off) - 1
     b_res_row = (b_row * C + b_slot) * B + b_off
     m_ok = b_inw | b_res
     b_out = tl.where(b_inw, b_win_row, tl.where(b_res, b_res_row, 0))
@@ -159,17 +155,17 @@ def buffer_table_kernel(positions, table, columns, blk2slot, rows, window, dropp
 
 @triton.jit
 def decode_step_kernel(req_to_token, rows_in, lens_in, device_page, rows, lens, pages, host_done, window, win_src,
-                       win_dst, win_count, need_fixed, dense, req, positions, counts, BS, MB, CTX, DB, LOCAL,
-                       WIN_BASE, DENSE_LEN, SINK, W, BUDGET, s_r2t, B: tl.constexpr, N_SINK: tl.constexpr,
+                       need_fixed, dense, req, positions, counts, MB, CTX, DB, LOCAL, DENSE_LEN, SINK, W, BUDGET,
+                       s_r2t, B: tl.constexpr, N_SINK: tl.constexpr,
                        N_LOCAL: tl.constexpr, BLOCK_MB: tl.constexpr, BLOCK_F: tl.constexpr,
                        HAS_MAP: tl.constexpr, HAS_POS: tl.constexpr):
     """Grid (bs,). The per-step tables of one decode row i (OffloadRuntime.decode_step's torch form is
     ~65 small launches with the positions): rows/lens as int64; pages[i, j] = req_to_token[row, min(j*B, CTX-1)] // B for
     j < MB; host_done = (len-1) // B; its window blocks (N_SINK sink blocks j with j*B < len, then
-    N_LOCAL blocks from max(len - LOCAL, 0) // B that start before len), their device pages
-    (win_src; -1 absent, 0 for a page unmapped in device_page) and window-region blocks (win_dst);
+    N_LOCAL blocks from max(len - LOCAL, 0) // B that start before len) and their device pages
+    (win_src; -1 absent, 0 for a page unmapped in device_page);
     need_fixed[i] = the local window blocks, then 0..DB-1 when the row is dense (len <= DENSE_LEN),
-    else -1; dense; req[i] = i; win_count[0] = BS * Wn (program 0). HAS_POS: the attention's
+    else -1; dense; req[i] = i. HAS_POS: the attention's
     positions[i, :W] (select.step_positions of one head: a dense row's every position, -1 past its
     length; else positions 0..SINK-1 below its length, then its last LOCAL ones at or past SINK, then
     -1) and counts[i] (its length when dense, else BUDGET)."""
@@ -183,8 +179,6 @@ def decode_step_kernel(req_to_token, rows_in, lens_in, device_page, rows, lens, 
     b_dense = b_len <= DENSE_LEN
     tl.store(dense + i_b, b_dense)
     tl.store(req + i_b, i_b.to(tl.int64))
-    if i_b == 0:
-        tl.store(win_count, BS * WN)  # NOTE: BS may be a constexpr (Triton specialises an int 1)
     p_r2t = req_to_token + b_row * s_r2t
     for j0 in range(0, MB, BLOCK_MB):
         o_j = j0 + tl.arange(0, BLOCK_MB)
@@ -204,7 +198,6 @@ def decode_step_kernel(req_to_token, rows_in, lens_in, device_page, rows, lens, 
         b_dev = tl.load(device_page + b_page, mask=m_w, other=-1).to(tl.int64)
         b_page = tl.where(b_dev >= 0, b_dev, 0)
     tl.store(win_src + i_b * WN + o_f, tl.where(b_win >= 0, b_page, -1), mask=m_w)
-    tl.store(win_dst + i_b * WN + o_f, WIN_BASE + b_row * WN + o_f, mask=m_w)
     # need_fixed row: its F = N_LOCAL + DB columns
     o_n = tl.arange(0, BLOCK_F)
     m_loc = o_n < N_LOCAL
