@@ -194,7 +194,8 @@ class OffloadRuntime:
 
             t = decode_step_tables(req_to_token, rows, lens, self.device_page, max_blocks=max_blocks,
                                    dense_blocks=dense_blocks, block_size=b, sink_tokens=cfg.sink_tokens,
-                                   local_window=cfg.local_window, dense_len=cfg.dense_len, width=width, token_budget=cfg.token_budget)
+                                   local_window=cfg.local_window, dense_len=cfg.dense_len, width=width,
+                                   token_budget=cfg.token_budget)
             return DecodeStep(t["rows"], t["lens"], t["pages"], t["host_done"], t["window"], t["win_src"],
                               t["need_fixed"].unsqueeze(1).expand(-1, hk, -1),
                               t["dense"], t["req"],
@@ -266,9 +267,8 @@ class OffloadRuntime:
 
             count_late(wanted, self.cache.blk2slot[layer], step.rows, step.window, step.dense, self.late)
             return
-        ok = self._readable(layer, step, self.cache.blk2slot.shape[3] - 1)
-        wanted_ok = torch.gather(ok, 2, wanted.clamp(min=0))
-        self.late += ((wanted >= 0) & ~wanted_ok & ~step.dense.view(-1, 1, 1)).sum()
+        self.late += self.cache.count_unreadable(layer, step.rows, torch.where(step.dense.view(-1, 1, 1), -1, wanted),
+                                                 step.window)
 
     def _readable(self, layer: int, step: DecodeStep, n: int) -> torch.Tensor:
         """[bs, Hk, n] bool: block b of the row and head is resident in this layer or one of the

@@ -137,12 +137,13 @@ class ResidentBlockCache:
             selected = torch.where(dense.view(-1, 1, 1), -1, selected)
             if late is not None:
                 window, counter = late
-                counter += self._unreadable(layer, rows, selected, window)
+                counter += self.count_unreadable(layer, rows, selected, window)
             need = torch.cat([need, selected], 2)
         self.clock[layer] += 1
         return self._plan_torch(layer, rows, need, pages, host_blocks, counters)
 
-    def _unreadable(self, layer: int, rows: torch.Tensor, blocks: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    def count_unreadable(self, layer: int, rows: torch.Tensor, blocks: torch.Tensor,
+                         window: torch.Tensor) -> torch.Tensor:
         """How many of blocks [bs, Hk, K] (-1 unused) are neither resident in `layer` nor one of
         their row's window blocks [bs, WN] (-1 absent); a 0-dim tensor."""
         bs = blocks.shape[0]

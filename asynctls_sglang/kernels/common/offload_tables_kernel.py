@@ -17,6 +17,15 @@ def _in_window(b_blk, b_win):
 
 
 @triton.jit
+def unreadable_count(p_b2s, b_blk, b_win, MB):
+    """How many of the blocks b_blk (-1 unused) are not readable: neither resident (the row's and
+    head's blk2slot entries from p_b2s, MB its scratch column) nor one of the window blocks b_win."""
+    m_b = b_blk >= 0
+    b_ok = tl.load(p_b2s + tl.minimum(b_blk, MB), mask=m_b, other=-1) >= 0
+    return tl.sum((m_b & ~(b_ok | _in_window(b_blk, b_win))).to(tl.int64), axis=0)
+
+
+@triton.jit
 def readable_pair_kernel(scores, out, blk2slot, rows, window, N, WN, MB, S, s_ss, s_sb, s_sh, s_op, s_ob, s_oh,
                          s_tr, s_th, s_wb, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
     """Grid (bs, Hk, cdiv(N, BLOCK_N)). out[0] = the row's block scores (the sum of its S partial
@@ -101,10 +110,7 @@ def count_late_kernel(wanted, blk2slot, rows, window, dense, late, WN, KB, MB, s
     o_k = tl.arange(0, BLOCK_KB)
     # [BLOCK_KB]
     b_blk = tl.load(wanted + i_b * s_qb + i_h * s_qh + o_k, mask=o_k < KB, other=-1).to(tl.int64)
-    m_b = b_blk >= 0
-    b_ok = tl.load(blk2slot + b_row * s_tr + i_h * s_th + tl.minimum(b_blk, MB), mask=m_b, other=-1) >= 0
-    b_ok = b_ok | _in_window(b_blk, b_win)
-    b_late = tl.sum((m_b & ~b_ok).to(tl.int64), axis=0)
+    b_late = unreadable_count(blk2slot + b_row * s_tr + i_h * s_th, b_blk, b_win, MB)
     b_dense = tl.load(dense + i_b) != 0
     tl.atomic_add(late, tl.where(b_dense, 0, b_late))
 

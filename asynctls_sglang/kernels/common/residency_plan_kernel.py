@@ -11,7 +11,7 @@ only memory it reads back is the plan's scratch entry P (two counters between th
 import triton
 import triton.language as tl
 
-from asynctls_sglang.kernels.common.offload_tables_kernel import _in_window
+from asynctls_sglang.kernels.common.offload_tables_kernel import unreadable_count
 
 
 @triton.jit(do_not_specialize=["N", "W", "P", "T", "s_pi", "NF"])  # vary with the batch: one variant
@@ -82,9 +82,7 @@ def plan_residency_kernel(blk2slot, slot2blk, last_used, clock, counters, rows, 
             # writes this row: rows are distinct apart from the padding row 0, never written)
             o_w = tl.arange(0, BLOCK_W)
             b_win = tl.load(window + i_b * s_wb + o_w, mask=o_w < WN, other=-1)
-            m_read = tl.load(p_b2s + tl.minimum(b_sel, MB), mask=b_sel >= 0, other=-1) >= 0
-            m_read = m_read | _in_window(b_sel, b_win)
-            n_late = tl.sum(((b_sel >= 0) & ~m_read).to(tl.int64), axis=0)
+            n_late = unreadable_count(p_b2s, b_sel, b_win, MB)
             tl.atomic_add(late, n_late, mask=(n_late > 0) & ~b_dense)
         b_fix = tl.load(p_need + o_n * s_nj, mask=o_n < NF, other=-1).to(tl.int64)
         b_blk = tl.where(o_n < NF, b_fix, tl.where(b_dense, -1, b_sel))
