@@ -456,7 +456,10 @@ def offload_cost(rows: list[dict], copy_gbps: float, base: str | None = None) ->
     time (the offload step's own work adds to the growth too), so hidden >= 1 - growth / copy
     time. CUDA events cannot time copies inside a replayed graph; this bound can. The row without
     offload: backend `base` (a name of --backends, e.g. a --variant), else the same backend
-    without "+offload"."""
+    without "+offload". Also per point: the blocks moved against the blocks the selections needed
+    (the bytes against moving every needed block, k_b x B plus the pinned ones: what temporal
+    locality saves), and on a profiled point the copy time the profiler saw hidden beside other
+    kernels and the bandwidth that copy time implies for the point's average bytes per step."""
     out, prev = [], {}
     for r in rows:
         off = r.get("offload")
@@ -470,6 +473,9 @@ def offload_cost(rows: list[dict], copy_gbps: float, base: str | None = None) ->
         moved = off["bytes_moved"] - before.get("bytes_moved", 0)
         hits = off["blocks_hit"] - before.get("blocks_hit", 0)
         misses = off["blocks_missed"] - before.get("blocks_missed", 0)
+        needed = off["blocks_needed"] - before.get("blocks_needed", 0)
+        blocks = off["blocks_moved"] - before.get("blocks_moved", 0)
+        transfers = (r.get("profile") or {}).get("transfers") or {}
         own = r["backend"].split("+offload")[0]
         base_row = next((b for b in rows if "offload" not in b and (b["bs"], b["ctx"]) == (r["bs"], r["ctx"])
                          and (b["backend"] == own if base is None
@@ -478,7 +484,11 @@ def offload_cost(rows: list[dict], copy_gbps: float, base: str | None = None) ->
         c = {"bs": r["bs"], "ctx": r["ctx"], "backend": r["backend"], "itl_ms_on": r.get("itl_ms_median"),
              "mb_per_step": round(moved / steps / 1e6, 1), "hit_rate": round(hits / (hits + misses), 4)
              if hits + misses else None, "copy_ms_per_step": round(copy_ms, 2), "copy_gbps": copy_gbps,
-             "itl_ms_off": None, "step_growth": None, "hidden_at_least": None}
+             "itl_ms_off": None, "step_growth": None, "hidden_at_least": None,
+             "moved_of_needed": round(blocks / needed, 4) if needed else None,
+             "hidden_profile": transfers.get("hidden_fraction"),
+             "copy_gbps_profile": round(moved / steps / (transfers["ms_per_step"] * 1e6), 1)
+             if transfers.get("ms_per_step") else None}
         if base_row is not None and base_row.get("itl_ms_median") and r.get("itl_ms_median"):
             growth = r["itl_ms_median"] - base_row["itl_ms_median"]
             c.update(itl_ms_off=base_row["itl_ms_median"], step_growth=round(growth / base_row["itl_ms_median"], 4),
@@ -487,16 +497,22 @@ def offload_cost(rows: list[dict], copy_gbps: float, base: str | None = None) ->
     return out
 
 
+def _pct(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
 def offload_table(cost: list[dict]) -> str:
-    out = ["| backend | bs | ctx | ITL ms off / on | step | MB per step | hit rate | copy ms per step | hidden (at least) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| backend | bs | ctx | ITL ms off / on | step | MB per step | hit rate | copy ms per step | hidden (at least) "
+           "| moved / needed blocks | hidden (profile) | GB/s (profile) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in cost:
         hidden = "-" if c["hidden_at_least"] is None else f"{c['hidden_at_least']:.0%}"
         growth = "-" if c["step_growth"] is None else f"{c['step_growth']:+.0%}"
         hit = "-" if c.get("hit_rate") is None else f"{c['hit_rate']:.3f}"
         out.append(f"| {c['backend']} | {c['bs']} | {c['ctx']} | {c['itl_ms_off'] or '-'} / {c['itl_ms_on']} | "
                    f"{growth} | {c['mb_per_step']} | {hit} | {c['copy_ms_per_step']} "
-                   f"(at {c['copy_gbps']} GB/s) | {hidden} |")
+                   f"(at {c['copy_gbps']} GB/s) | {hidden} | {_pct(c.get('moved_of_needed'), '.1%')} | "
+                   f"{_pct(c.get('hidden_profile'), '.1%')} | {c.get('copy_gbps_profile') or '-'} |")
     return "\n".join(out)
 
 

@@ -4,8 +4,9 @@
 # block cache, so more long requests run at once than the GPU's KV pool holds (docs/offload.md).
 # Host pool: 589824 tokens x 147456 bytes (36 layers x 8 KV heads x 128 x K+V x bf16) = 87 GB of
 # page-locked host memory, six 96k requests; it must fit in 90% of the host's available memory
-# (start-up error otherwise): lower it on a smaller host. The resident cache takes ~2.6 GB of GPU
-# memory per running request (128 selected + window blocks, 36 layers), hence 8 running requests.
+# (start-up error otherwise): lower it on a smaller host. The resident cache takes ~2.45 GB of GPU
+# memory per running request (2 x 128 selected blocks + the sink/local blocks, 36 layers), hence 8
+# running requests.
 # The flags of qwen3_8b_h200.sh (MODEL=path/or/hub-id to override), then these (later flags win).
 set -euo pipefail
 exec bash "$(dirname "$0")/qwen3_8b_h200.sh" \

@@ -69,3 +69,24 @@ def test_the_baseline_can_be_another_backend(e2e_bench):
     assert c64["mb_per_step"] == pytest.approx(412.6, abs=0.1) and c64["hidden_at_least"] == pytest.approx(0.725, abs=2e-3)
     with pytest.raises(SystemExit, match="--offload-base 'nope' is not one of --backends"):
         e2e_bench.main(["--backends", "flashinfer,asynctls", "--offload-base", "nope"])
+
+
+def test_locality_saving_and_the_profiled_copy_time(e2e_bench):
+    """Session 21's call B: cap 4 profiled at 8 x 64k / 128k (7.714 / 7.833 ms of copy kernel a step,
+    96.6% beside other kernels), the default cap not profiled. moved / needed: the point's blocks
+    moved over the blocks its selections needed (the bytes against k_b x B)."""
+    run = os.path.join(HERE, "..", "docs", "results", "2026-11-30", "h200_session21", "callB", "e2es21b.json")
+    rows = json.load(open(run))["rows"]
+    cost = {(c["backend"].split("(")[0], c["ctx"]): c for c in e2e_bench.offload_cost(rows, 52.3, "sparse")}
+    cap64, cap128, def128 = cost["cap4", 65536], cost["cap4", 131072], cost["asynctls", 131072]
+    assert cap64["hidden_profile"] == pytest.approx(0.966) and cap128["hidden_profile"] == pytest.approx(0.966)
+    assert cap128["copy_gbps_profile"] == pytest.approx(293.4 / 7.833, abs=0.1)  # MB per step / ms of copies
+    assert cap64["copy_gbps_profile"] == pytest.approx(209.1 / 7.714, abs=0.1)
+    assert def128["hidden_profile"] is None and def128["copy_gbps_profile"] is None
+    # the second point's blocks alone (the counters are cumulative over the engine's points)
+    first, second = [r["offload"] for r in rows if r["backend"].startswith("asynctls(") and "offload" in r]
+    expect = (second["blocks_moved"] - first["blocks_moved"]) / (second["blocks_needed"] - first["blocks_needed"])
+    assert def128["moved_of_needed"] == pytest.approx(expect, abs=1e-4) and 0.07 < expect < 0.085
+    assert cap128["moved_of_needed"] < def128["moved_of_needed"]  # the cap moves fewer blocks
+    table = e2e_bench.offload_table(list(cost.values()))
+    assert "| 86% | 3.1% | 96.6% | 37.5 |" in table and "| 48% | 7.8% | - | - |" in table
