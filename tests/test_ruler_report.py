@@ -255,3 +255,37 @@ def test_merge_combines_sweeps_into_one_table(tmp_path: str) -> None:
     assert scores == {("full", None), ("asynctls", 256), ("quest", 256)}
     assert all(s["score"] == 1.0 for s in stored["samples"] if s["method"] == "full")
     assert os.path.isfile(os.path.join(out, "ruler.png"))
+
+
+def test_agreement_counts_identical_answers_against_a_reference(tmp_path: str) -> None:
+    """Offload on and off can score the same while an answer changed: --agreement counts the
+    identical answer texts per run, matched by task and sample (and budget, else the reference's
+    budget-independent answer); a merge whose sweeps lack the reference stops with a message."""
+    from asynctls_sglang.eval import ruler
+
+    def rows(method: str, budget: int | None, answers: list[str]) -> list[report.SampleResult]:
+        return [report.SampleResult("a", method, budget, i, text, ["x"], float(text == "x"), 0.1, 100)
+                for i, text in enumerate(answers)]
+
+    results = (rows("asynctls+k", 512, ["x", "y", "z"]) + rows("offload+k", 512, ["x", "y", "w"])
+               + rows("offload+k", 256, ["x", "q", "z"]) + rows("full", None, ["x", "y", "z"]))
+    counts = report.agreement(results, "asynctls+k")
+    # budget 256 has no asynctls+k answers: nothing to compare there; full (no budget) matches at its own key
+    assert counts == {"offload+k@512": {"equal": 2, "compared": 3}}
+    assert report.agreement(results, "full") == {
+        "asynctls+k@512": {"equal": 3, "compared": 3}, "offload+k@512": {"equal": 2, "compared": 3},
+        "offload+k@256": {"equal": 2, "compared": 3}}
+    assert "offload+k@512: 2/3" in report.format_agreement(counts, "asynctls+k")
+    with pytest.raises(ValueError, match="no answers of that method"):
+        report.agreement(results, "quest")
+
+    folder = os.path.join(tmp_path, "sweep")
+    table = report.build_table(report.task_scores(results), ["a"], ["asynctls+k", "offload+k", "full"], [256, 512])
+    report.write_json(os.path.join(folder, "ruler.json"), {"context": 8192, "model": "m"}, table, results, {})
+    out = os.path.join(tmp_path, "merged")
+    assert ruler.main(["--merge", folder, "--out", out, "--tasks", "a", "--agreement", "full"]) == 0
+    stored = json.load(open(os.path.join(out, "ruler.json")))
+    assert stored["agreement"] == {"reference": "full", "runs": report.agreement(results, "full")}
+    assert "answers identical to full's:" in open(os.path.join(out, "table.txt")).read()
+    with pytest.raises(SystemExit, match="--agreement 'nope' is not a method of this sweep"):
+        ruler.main(["--merge", folder, "--out", out, "--tasks", "a", "--agreement", "nope"])

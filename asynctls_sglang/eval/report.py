@@ -92,6 +92,36 @@ def format_table(table: Table) -> str:
                       rule, render(body[-1])])
 
 
+def agreement(results: Sequence[SampleResult], reference: str) -> dict[str, dict[str, int]]:
+    """Per run (method@budget) other than `reference`'s: of the samples both answered, how many
+    answer texts are identical to the reference method's for the same task and sample (at the
+    same budget, or the reference's budget-independent answer). Scores can agree while answers
+    differ; this counts the answers (e.g. offload on against off, where the pipeline's late
+    blocks may change a token). Raises ValueError when `reference` answered nothing."""
+    answers: dict[tuple[str, int, int | None], str] = {
+        (r.task, r.sample_index, r.budget): r.prediction for r in results if r.method == reference}
+    if not answers:
+        raise ValueError(f"--agreement {reference!r}: no answers of that method "
+                         f"(methods: {', '.join(sorted({r.method for r in results}))})")
+    out: dict[str, dict[str, int]] = {}
+    for r in results:
+        if r.method == reference:
+            continue
+        mine = answers.get((r.task, r.sample_index, r.budget), answers.get((r.task, r.sample_index, None)))
+        if mine is None:
+            continue
+        label = r.method if r.budget is None else f"{r.method}@{r.budget}"
+        count = out.setdefault(label, {"equal": 0, "compared": 0})
+        count["compared"] += 1
+        count["equal"] += mine == r.prediction
+    return out
+
+
+def format_agreement(counts: Mapping[str, Mapping[str, int]], reference: str) -> str:
+    return "\n".join([f"answers identical to {reference}'s:"] + [
+        f"  {label}: {c['equal']}/{c['compared']}" for label, c in sorted(counts.items())])
+
+
 def table_json(table: Table) -> list[dict[str, Any]]:
     """One entry per (task, method, budget); a shared (budget-independent) score once, budget None."""
     entries: dict[tuple[str, str, int | None], dict[str, Any]] = {}
@@ -104,7 +134,8 @@ def table_json(table: Table) -> list[dict[str, Any]]:
 
 
 def write_json(path: str, config: Mapping[str, Any], table: Table,
-               results: Sequence[SampleResult], timings: Mapping[str, Any]) -> None:
+               results: Sequence[SampleResult], timings: Mapping[str, Any],
+               agreement: Mapping[str, Any] | None = None) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     payload = {
         "config": dict(config),
@@ -113,6 +144,8 @@ def write_json(path: str, config: Mapping[str, Any], table: Table,
         "timings": dict(timings),
         "samples": [result._asdict() for result in results],
     }
+    if agreement is not None:
+        payload["agreement"] = dict(agreement)
     with open(path, "w") as handle:
         json.dump(payload, handle, indent=1)
 

@@ -76,6 +76,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--merge", default=None, metavar="DIR,DIR,...",
                    help="write one table (in --out) from the ruler.json of several finished "
                         "sweeps, e.g. ones run in parallel on different GPUs; runs nothing")
+    p.add_argument("--agreement", default=None, metavar="METHOD",
+                   help="also count, for every other run, the answers identical to METHOD's "
+                        "(e.g. offload+x against asynctls+x): in table.txt and ruler.json; with "
+                        "--merge METHOD must be in the merged sweeps")
     p.add_argument("--prepare-only", action="store_true",
                    help="generate (or check) the data in --data-cache and exit: carry that folder "
                         "to a machine without RULER's generator")
@@ -88,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or os.path.join("results", time.strftime("ruler_%Y%m%d_%H%M%S"))
     task_names = _split(args.tasks)
     if args.merge:
-        return _merge(_split(args.merge), out, task_names)
+        return _merge(_split(args.merge), out, task_names, args.agreement)
     model = args.model or _default_model()
     wrapper = chat_wrapper(model) if args.prompt_format == "chat" else None
     # The chat wrapping adds tokens RULER's generator does not see: generate shorter prompts.
@@ -168,11 +172,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             if server is not None:
                 server.stop()
-        _write(out, config, task_names, runs, results, timings)
+        _write(out, config, task_names, runs, results, timings, args.agreement)
 
     timings["total_s"] = round(time.monotonic() - started, 1)
-    table = _write(out, config, task_names, runs, results, timings)
+    table = _write(out, config, task_names, runs, results, timings, args.agreement)
     log("\n" + report.format_table(table))
+    if args.agreement and any(r.method == args.agreement for r in results):
+        log(report.format_agreement(report.agreement(results, args.agreement), args.agreement))
+    elif args.agreement:  # e.g. one job of a parallel sweep: its --merge compares them all
+        log(f"[ruler] --agreement {args.agreement!r}: no answers of that method in this sweep "
+            f"({', '.join(dict.fromkeys(run.method for run in runs))}); nothing compared")
     log(f"\n[ruler] wrote {out}/ruler.json, {out}/ruler.png, {out}/table.txt "
         f"in {timings['total_s']:.0f} s")
     if failed:
@@ -192,7 +201,7 @@ def _backend_stats(url: str) -> dict[str, Any] | None:
     return dict(stats) if isinstance(stats, dict) else None
 
 
-def _merge(folders: Sequence[str], out: str, task_names: Sequence[str]) -> int:
+def _merge(folders: Sequence[str], out: str, task_names: Sequence[str], reference: str | None = None) -> int:
     results: list[report.SampleResult] = []
     timings: dict[str, Any] = {}
     config: dict[str, Any] = {}
@@ -203,14 +212,24 @@ def _merge(folders: Sequence[str], out: str, task_names: Sequence[str]) -> int:
         results += [r for r in fresh if (r.method, r.budget) not in seen]
         timings.update({f"{os.path.basename(folder.rstrip('/'))}/{key}": value
                         for key, value in stored["timings"].items()})
+    _check_reference(reference, [r.method for r in results])
     pairs = sorted({(r.method, r.budget) for r in results},
                    key=lambda pair: (pair[1] or 0, _method_rank(pair[0]), pair[0]))
     runs = [Run(method, budget, []) for method, budget in pairs]
     config.update(out=out, merged_from=list(folders))
-    table = _write(out, config, task_names, runs, results, timings)
+    table = _write(out, config, task_names, runs, results, timings, reference)
     log(report.format_table(table))
+    if reference:
+        log(report.format_agreement(report.agreement(results, reference), reference))
     log(f"[ruler] merged {len(folders)} sweeps ({len(results)} samples) into {out}")
     return 0
+
+
+def _check_reference(reference: str | None, methods: Sequence[str]) -> None:
+    """--agreement names one of the merged sweeps' methods (variant included), or the merge stops."""
+    if reference and reference not in methods:
+        raise SystemExit(f"--agreement {reference!r} is not a method of this sweep "
+                         f"({', '.join(dict.fromkeys(methods))})")
 
 
 def _method_rank(method: str) -> int:
@@ -318,14 +337,23 @@ def _evaluate(run: Run, url: str, data: dict[str, tuple[RulerTask, list[Sample]]
 
 
 def _write(out: str, config: dict[str, Any], task_names: Sequence[str], runs: Sequence[Run],
-           results: Sequence[report.SampleResult], timings: dict[str, Any]) -> report.Table:
+           results: Sequence[report.SampleResult], timings: dict[str, Any],
+           reference: str | None = None) -> report.Table:
+    """reference: a method whose answers the others are compared with (report.agreement); while
+    it has not answered yet (a sweep in progress), no comparison is written."""
     methods = list(dict.fromkeys(run.method for run in runs))
     budgets: list[int | None] = list(dict.fromkeys(run.budget for run in runs if run.budget is not None))
     table = report.build_table(report.task_scores(results), task_names, methods,
                                budgets or [None])
-    report.write_json(os.path.join(out, "ruler.json"), config, table, results, timings)
+    counts = None
+    if reference and any(r.method == reference for r in results):
+        counts = report.agreement(results, reference)
+    report.write_json(os.path.join(out, "ruler.json"), config, table, results, timings,
+                      None if counts is None else {"reference": reference, "runs": counts})
     with open(os.path.join(out, "table.txt"), "w") as handle:
         handle.write(report.format_table(table) + "\n")
+        if counts is not None:
+            handle.write(report.format_agreement(counts, reference) + "\n")
     report.plot(os.path.join(out, "ruler.png"), table,
                 f"RULER {config['context']} tokens, {os.path.basename(str(config['model']))}")
     return table
