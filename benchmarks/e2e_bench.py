@@ -497,8 +497,8 @@ def offload_cost(rows: list[dict], copy_gbps: float, base: str | None = None) ->
     return out
 
 
-def _pct(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def offload_table(cost: list[dict]) -> str:
@@ -506,13 +506,11 @@ def offload_table(cost: list[dict]) -> str:
            "| moved / needed blocks | hidden (profile) | GB/s (profile) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in cost:
-        hidden = "-" if c["hidden_at_least"] is None else f"{c['hidden_at_least']:.0%}"
-        growth = "-" if c["step_growth"] is None else f"{c['step_growth']:+.0%}"
-        hit = "-" if c.get("hit_rate") is None else f"{c['hit_rate']:.3f}"
         out.append(f"| {c['backend']} | {c['bs']} | {c['ctx']} | {c['itl_ms_off'] or '-'} / {c['itl_ms_on']} | "
-                   f"{growth} | {c['mb_per_step']} | {hit} | {c['copy_ms_per_step']} "
-                   f"(at {c['copy_gbps']} GB/s) | {hidden} | {_pct(c.get('moved_of_needed'), '.1%')} | "
-                   f"{_pct(c.get('hidden_profile'), '.1%')} | {c.get('copy_gbps_profile') or '-'} |")
+                   f"{_fmt(c['step_growth'], '+.0%')} | {c['mb_per_step']} | {_fmt(c.get('hit_rate'), '.3f')} | "
+                   f"{c['copy_ms_per_step']} (at {c['copy_gbps']} GB/s) | {_fmt(c['hidden_at_least'], '.0%')} | "
+                   f"{_fmt(c.get('moved_of_needed'), '.1%')} | {_fmt(c.get('hidden_profile'), '.1%')} | "
+                   f"{c.get('copy_gbps_profile') or '-'} |")
     return "\n".join(out)
 
 

@@ -175,10 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _write(out, config, task_names, runs, results, timings, args.agreement)
 
     timings["total_s"] = round(time.monotonic() - started, 1)
-    table = _write(out, config, task_names, runs, results, timings, args.agreement)
+    table, counts = _write(out, config, task_names, runs, results, timings, args.agreement)
     log("\n" + report.format_table(table))
-    if args.agreement and any(r.method == args.agreement for r in results):
-        log(report.format_agreement(report.agreement(results, args.agreement), args.agreement))
+    if counts is not None:
+        log(report.format_agreement(counts, args.agreement))
     elif args.agreement:  # e.g. one job of a parallel sweep: its --merge compares them all
         log(f"[ruler] --agreement {args.agreement!r}: no answers of that method in this sweep "
             f"({', '.join(dict.fromkeys(run.method for run in runs))}); nothing compared")
@@ -217,10 +217,10 @@ def _merge(folders: Sequence[str], out: str, task_names: Sequence[str], referenc
                    key=lambda pair: (pair[1] or 0, _method_rank(pair[0]), pair[0]))
     runs = [Run(method, budget, []) for method, budget in pairs]
     config.update(out=out, merged_from=list(folders))
-    table = _write(out, config, task_names, runs, results, timings, reference)
+    table, counts = _write(out, config, task_names, runs, results, timings, reference)
     log(report.format_table(table))
-    if reference:
-        log(report.format_agreement(report.agreement(results, reference), reference))
+    if counts is not None:
+        log(report.format_agreement(counts, reference))
     log(f"[ruler] merged {len(folders)} sweeps ({len(results)} samples) into {out}")
     return 0
 
@@ -338,9 +338,10 @@ def _evaluate(run: Run, url: str, data: dict[str, tuple[RulerTask, list[Sample]]
 
 def _write(out: str, config: dict[str, Any], task_names: Sequence[str], runs: Sequence[Run],
            results: Sequence[report.SampleResult], timings: dict[str, Any],
-           reference: str | None = None) -> report.Table:
-    """reference: a method whose answers the others are compared with (report.agreement); while
-    it has not answered yet (a sweep in progress), no comparison is written."""
+           reference: str | None = None) -> tuple[report.Table, dict[str, dict[str, int]] | None]:
+    """-> (the table, the agreement counts or None). reference: a method whose answers the others
+    are compared with (report.agreement); while it has not answered yet (a sweep in progress), no
+    comparison is written."""
     methods = list(dict.fromkeys(run.method for run in runs))
     budgets: list[int | None] = list(dict.fromkeys(run.budget for run in runs if run.budget is not None))
     table = report.build_table(report.task_scores(results), task_names, methods,
@@ -356,7 +357,7 @@ def _write(out: str, config: dict[str, Any], task_names: Sequence[str], runs: Se
             handle.write(report.format_agreement(counts, reference) + "\n")
     report.plot(os.path.join(out, "ruler.png"), table,
                 f"RULER {config['context']} tokens, {os.path.basename(str(config['model']))}")
-    return table
+    return table, counts
 
 
 if __name__ == "__main__":
