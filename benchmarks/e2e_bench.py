@@ -322,6 +322,26 @@ def offload_device_tokens(fixed_tokens: int, asynctls: dict, model_cfg: dict, re
     return device, resident
 
 
+def fixed_host_pool_tokens(asynctls: dict, device_tokens: int, resident_tokens: int,
+                           points: list[tuple[int, int]], out_len: int) -> int | None:
+    """host_pool_tokens for a fixed-memory offload run without one: None when the package's default
+    (adapter.allocator.logical_tokens, uncapped) holds every request of the largest point, else
+    that need: every request's blocks, one spare each, and 5% over them for what SGLang's admission
+    reserves for the running requests' outputs. The host pool is the logical KV capacity SGLang admits
+    by: at 8 x 96k under a 190000-token cap (GLM-4.7-Flash, H200, session 22) the default held 7
+    of the 8 prompts and the eighth waited for the other seven to finish (batch reached 7)."""
+    from asynctls_sglang.adapter.allocator import logical_tokens
+    from asynctls_sglang.config import AsyncTLSConfig
+
+    cfg = AsyncTLSConfig.from_dict(asynctls)
+    if cfg.host_pool_tokens is not None:
+        return None
+    b = cfg.block_size
+    blocks = max(bs * (-(-(ctx + out_len) // b) + 1) for bs, ctx in points)
+    need = -(-blocks * 105 // 100) * b
+    return need if need > logical_tokens(cfg, device_tokens, resident_tokens=resident_tokens) else None
+
+
 def parse_variants(specs: list[str]) -> dict[str, dict]:
     """--variant NAME=JSON (repeatable) -> {NAME: AsyncTLS fields}; bad input stops with a message
     (SystemExit for the NAME=JSON form, config.ConfigError for the fields)."""
@@ -373,6 +393,11 @@ def run_backend(args, backend: str, asynctls: dict, eager: bool = False, label: 
         tokens = args.fixed_kv_tokens
         if asynctls.get("offload"):
             tokens, resident = offload_device_tokens(tokens, asynctls, model_cfg, max_bs, args.context_length)
+            host = fixed_host_pool_tokens(asynctls, tokens, resident, points, args.out_len)
+            if host is not None:
+                print(f"[e2e] host pool raised to {host} tokens: the default holds fewer than the "
+                      f"largest point's requests", flush=True)
+                os.environ["ASYNCTLS_CONFIG"] = json.dumps({**asynctls, "host_pool_tokens": host})
         kw.update(max_total_tokens=tokens, max_running_requests=max_bs)
     kw.update(json.loads(args.extra))
     t0 = time.perf_counter()

@@ -72,3 +72,46 @@ def test_fit_reads_the_pool_from_the_engine(e2e_bench, engines):
     # 25000 tokens hold 3 requests of 8192 + 3: four are submitted, not eight
     assert (rows[0]["fits"], rows[0]["submitted"], rows[0]["pool_tokens"]) == (3, 4, 25000)
     assert "sparse_decode_steps" not in rows[0]  # not an asynctls engine
+
+
+def test_fixed_memory_offload_raises_the_host_pool_to_hold_every_request(e2e_bench, engines, monkeypatch):
+    """At 8 x 96k under GLM-4.7-Flash's 190000-token cap the default host pool (4 x the device pool
+    and the resident buffers, 759872 tokens) held 7 of the 8 prompts: the eighth waited for the
+    others to end (H200, session 22). The run now starts the engine with a host pool for all 8."""
+    import json
+    import os
+
+    seen = []
+    real = e2e_bench.offload_device_tokens
+    monkeypatch.setattr(e2e_bench, "offload_device_tokens",
+                        lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    configs = []
+    monkeypatch.setattr(e2e_bench, "run_fixed_memory", _recording(configs))
+    args = _args(e2e_bench, "--model", "glm47_flash", "--fixed-kv-tokens", "190000")
+    for points, raised in (("8x98304", True), ("6x98304", False)):
+        args.points = points
+        e2e_bench.run_backend(args, "asynctls", {"offload": True, "resident_blocks": 148})
+        cfg = configs[-1]
+        device, resident = seen[-1]
+        bs = int(points.split("x")[0])
+        default = 4 * (device + resident) // 64 * 64
+        if raised:
+            assert bs * (98304 + 3) > default
+            assert cfg["host_pool_tokens"] >= bs * (98304 + 3 + 64) and cfg["host_pool_tokens"] % 64 == 0
+        else:  # the default holds them: the engine's settings stay what they were
+            assert "host_pool_tokens" not in cfg
+    # a host pool given on the command line is left as it is
+    e2e_bench.run_backend(args, "asynctls", {"offload": True, "resident_blocks": 148, "host_pool_tokens": 64000})
+    assert configs[-1]["host_pool_tokens"] == 64000
+    assert json.loads(os.environ["ASYNCTLS_CONFIG"])["host_pool_tokens"] == 64000
+
+
+def _recording(configs):
+    """A run_fixed_memory that records the engine's AsyncTLS settings instead of running requests."""
+    import json
+    import os
+
+    async def run(engine, n_req, ctx, out_len, *a, **k):
+        configs.append(json.loads(os.environ["ASYNCTLS_CONFIG"]))
+        return {"bs": n_req, "ctx": ctx, "batch_reached": n_req}
+    return run
