@@ -36,5 +36,10 @@ def e2e_bench():
 
 
 @pytest.fixture(scope="session")
+def fixed_memory_sweep():
+    return _benchmark("fixed_memory_sweep")
+
+
+@pytest.fixture(scope="session")
 def offload_real():
     return _benchmark("offload_real")
