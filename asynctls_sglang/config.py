@@ -247,6 +247,18 @@ class AsyncTLSConfig:
             return self.resident_blocks
         return 2 * self.attended_blocks + self.pinned_blocks
 
+    #: Settings of the offloading engine alone: without offload nothing reads them.
+    OFFLOAD_FIELDS = ("resident_blocks", "host_pool_tokens", "prefetch_depth", "max_miss_blocks_per_step",
+                      "copy_programs")
+
+    def ignored_offload_settings(self) -> list[str]:
+        """The offload-only settings set away from their defaults while offload is off (they do
+        nothing then: the launcher warns, naming their flags)."""
+        if self.offload:
+            return []
+        defaults = type(self)()
+        return [name for name in self.OFFLOAD_FIELDS if getattr(self, name) != getattr(defaults, name)]
+
     def channels_for(self, head_dim: int, is_mla: bool) -> int:
         """r for a model whose (latent) key has head_dim channels; raises if impossible."""
         r = self.index_channels

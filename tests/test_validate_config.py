@@ -38,3 +38,24 @@ def test_a_gpu_dense_backend_on_the_cpu_is_refused_at_start_up(monkeypatch):
     assert _post_init(_args(device="cpu")) == "checked"
     monkeypatch.setenv("ASYNCTLS_CONFIG", '{"dense_backend": "auto"}')
     assert _post_init(_args(device="cpu")) == "checked"
+
+
+def test_offload_settings_without_offload_are_named_in_a_warning(monkeypatch, caplog):
+    """--asynctls-resident-blocks and the other offload-only flags do nothing with offload off: the
+    launcher says so instead of starting as if they took effect."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    monkeypatch.setenv("ASYNCTLS_CONFIG", '{"resident_blocks": 160, "max_miss_blocks_per_step": 4}')
+    assert _post_init(_args()) == "checked"
+    warned = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert len(warned) == 1
+    assert "--asynctls-resident-blocks, --asynctls-max-miss-blocks-per-step" in warned[0]
+    assert "--asynctls-offload" in warned[0]
+    caplog.clear()
+    # with offload on they act; defaults given explicitly are not "set"
+    monkeypatch.setenv("ASYNCTLS_CONFIG", '{"offload": true, "resident_blocks": 160}')
+    assert _post_init(_args()) == "checked"
+    monkeypatch.setenv("ASYNCTLS_CONFIG", '{"copy_programs": 16, "prefetch_depth": 1}')
+    assert _post_init(_args()) == "checked"
+    assert not [r for r in caplog.records if "ignored" in r.getMessage()]

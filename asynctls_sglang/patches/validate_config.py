@@ -2,7 +2,7 @@
 process that parses them (sglang.launch_server, sglang.Engine), before any scheduler starts:
 a bad ASYNCTLS_CONFIG or a page size other than the block size stops start-up at once with
 the flag named, instead of a scheduler failing later (or, worse, a server computing something
-else). SGLang's plug-in loader swallows exceptions from plug-ins, so this cannot live in
+else); offload settings given without offload are named in a warning. SGLang's plug-in loader swallows exceptions from plug-ins, so this cannot live in
 register()."""
 from __future__ import annotations
 
@@ -25,6 +25,13 @@ def _post_init(original, self, *args, **kwargs):
         if cfg.offload and getattr(self, "enable_mixed_chunk", False):
             raise ConfigError(f"{flag_name('offload')} does not support --enable-mixed-chunk (decode rows "
                               "in a prefill batch would read KV that lives on the host)")
+        ignored = cfg.ignored_offload_settings()
+        if ignored:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "asynctls: %s only act with %s true; offload is off, so they are ignored",
+                ", ".join(flag_name(n) for n in ignored), flag_name("offload"))
         device = getattr(self, "device", None)
         if device and cfg.dense_backend != "auto":
             # a named dense_backend against the device (GPU kernels on a CPU, FlashInfer not
