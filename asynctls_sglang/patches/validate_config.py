@@ -2,8 +2,8 @@
 process that parses them (sglang.launch_server, sglang.Engine), before any scheduler starts:
 a bad ASYNCTLS_CONFIG or a page size other than the block size stops start-up at once with
 the flag named, instead of a scheduler failing later (or, worse, a server computing something
-else); offload settings given without offload are named in a warning. SGLang's plug-in loader swallows exceptions from plug-ins, so this cannot live in
-register()."""
+else); offload settings given without offload are named in a warning. SGLang's plug-in loader
+swallows exceptions from plug-ins, so this cannot live in register()."""
 from __future__ import annotations
 
 from sglang.srt.plugins.hook_registry import HookRegistry, HookType
