@@ -372,7 +372,6 @@ def run_backend(args, backend: str, asynctls: dict, eager: bool = False, label: 
     from asynctls_sglang.plugin import register
 
     register()
-    os.environ["ASYNCTLS_CONFIG"] = json.dumps(asynctls)
     model_dir = os.path.join(HERE, "models", args.model)
     model_cfg = json.load(open(os.path.join(model_dir, "config.json")))
     vocab = model_cfg["vocab_size"]
@@ -397,9 +396,10 @@ def run_backend(args, backend: str, asynctls: dict, eager: bool = False, label: 
             if host is not None:
                 print(f"[e2e] host pool raised to {host} tokens: the default holds fewer than the "
                       f"largest point's requests", flush=True)
-                os.environ["ASYNCTLS_CONFIG"] = json.dumps({**asynctls, "host_pool_tokens": host})
+                asynctls = {**asynctls, "host_pool_tokens": host}
         kw.update(max_total_tokens=tokens, max_running_requests=max_bs)
     kw.update(json.loads(args.extra))
+    os.environ["ASYNCTLS_CONFIG"] = json.dumps(asynctls)
     t0 = time.perf_counter()
     engine = sgl.Engine(**kw)
     print(f"[e2e] {backend} up in {time.perf_counter() - t0:.0f} s", flush=True)
