@@ -160,6 +160,21 @@ def test_plan_splits_sized_for_the_active_columns():
     assert plan_splits(8192, 1, cpu, 32, 64, waves=4) == (32, 256)  # four programs per "SM"
 
 
+@pytest.mark.parametrize("bs, wide_units, waves", [(2, 5, 2), (3, 6, 4), (3, 7, 2)])
+def test_mla_split_plan_takes_more_waves_for_wide_batches(monkeypatch, bs, wide_units, waves):
+    """The MLA split plan's batch rule: from LAUNCH's wide_units (request, head-block) programs on
+    (here 20 heads, two head blocks per request), it plans for wide_waves programs per SM; the
+    attention is the same either way."""
+    from asynctls_sglang.kernels.common import merge
+
+    planned = []
+    monkeypatch.setattr(mla_decode, "plan_splits", lambda *a: planned.append(a) or merge.plan_splits(*a))
+    with launch_overrides(mla_decode.LAUNCH, {"wide_units": wide_units, "wide_waves": 4}):
+        got, want, _ = _run([90, 40, 130][:bs], 20, 1, 576, 512, 64, 0.0, FP32, mla=True)
+    assert [(a[1], a[-1]) for a in planned] == [(2 * bs, waves)]
+    assert_close(got, want, FP32, f"attention at {waves} waves")
+
+
 def _sweep_cases(module, mla: bool):
     return [pytest.param(module, o, mla, id=("mla-" if mla else "gqa-") + launch_id(o))
             for o in module.SWEEP]

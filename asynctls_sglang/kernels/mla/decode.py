@@ -15,13 +15,25 @@ from asynctls_sglang.kernels.mla.decode_kernel import mla_decode_split_kernel
 #: against 20.8/37.5/102.1 for block_n 16 (session 9); three stages, 16.1/27.4/89.3 against
 #: 18.9/30.6/99.9 for two (session 12; with waves 4 also 15.8/33.0/74.9). block_h 32 lost
 #: (19.9/37.2/93.3): one program reading the chosen rows for all 20 heads keeps fewer in flight.
+#: Waves by batch (session 23, GLM-4.7-Flash 128k, K 2048): 2 won at batch 8/12/16 (27.9/36.0/43.5
+#: us against 32.5/40.3/47.3 with 4), 4 at batch 24/32 (60.7/75.6 against 73.0/90.7): from
+#: `wide_units` (request, head-block) programs on, `wide_waves`. At two waves their splits would
+#: hold 340+ positions each (5-6 splits); at four, ~190-230, where batch 16 at two waves is.
 LAUNCH = {"block_h": 16, "block_n": 32, "num_warps": 4, "num_stages": 3, "min_tokens": 64, "waves": 2,
-          "prefetch": False}
-#: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90).
+          "wide_units": 48, "wide_waves": 4, "prefetch": False}
+#: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90); the
+#: last but two is the batch rule off (two waves at every batch, the default before session 23).
 SWEEP = ({"block_n": 16}, {"waves": 4}, {"num_stages": 2}, {"num_stages": 4}, {"num_warps": 8, "waves": 4},
          {"block_n": 16, "num_stages": 2}, {"block_h": 32, "num_warps": 8},
          # the next iteration's positions and slots loaded during this one (session 14, not yet timed)
-         {"prefetch": True}, {"prefetch": True, "num_stages": 2})
+         {"wide_waves": 2}, {"prefetch": True}, {"prefetch": True, "num_stages": 2})
+
+
+def split_waves(units: int) -> int:
+    """Programs per SM the split plan aims at for `units` (request, head-block) programs (LAUNCH's
+    batch rule)."""
+    cfg = LAUNCH
+    return cfg["wide_waves"] if units >= cfg["wide_units"] else cfg["waves"]
 
 
 def is_latent_view(k_buffer: torch.Tensor, v_buffer: torch.Tensor) -> bool:
@@ -63,7 +75,7 @@ def mla_sparse_decode(q: torch.Tensor, kv_buffer: torch.Tensor, dv: int,
     cfg = LAUNCH
     n_hb = cdiv(hq, cfg["block_h"])
     splits, per_split = plan_splits(kk, bs * n_hb, q.device, cfg["block_n"], cfg["min_tokens"], active,
-                                    cfg["waves"])
+                                    split_waves(bs * n_hb))
     ws = split_workspace(bs, hq, splits, dv, q.device, workspace)
     mla_decode_split_kernel[(bs, n_hb, splits)](
         q, kv_buffer, req_to_token, req_pool_indices, positions,
