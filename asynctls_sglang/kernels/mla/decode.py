@@ -18,7 +18,7 @@ from asynctls_sglang.kernels.mla.decode_kernel import mla_decode_split_kernel
 #: Waves by batch (session 23, GLM-4.7-Flash 128k, K 2048): 2 won at batch 8/12/16 (27.9/36.0/43.5
 #: us against 32.5/40.3/47.3 with 4), 4 at batch 24/32 (60.7/75.6 against 73.0/90.7): from
 #: `wide_units` (request, head-block) programs on, `wide_waves`. At two waves their splits would
-#: hold 340+ positions each (5-6 splits); at four, ~190-230, where batch 16 at two waves is.
+#: hold 352-416 positions each (5-6 splits); at four, 192-256, as at batch 12-16 with two.
 LAUNCH = {"block_h": 16, "block_n": 32, "num_warps": 4, "num_stages": 3, "min_tokens": 64, "waves": 2,
           "wide_units": 48, "wide_waves": 4, "prefetch": False}
 #: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90); the
