@@ -39,8 +39,8 @@ def test_triton_kernels_in_the_engine_match_the_torch_ops(tiny_model_dir):
     model = tiny_model_dir("qwen3")
     # a small pool: the calibration's re-quantisation interprets a kernel over every slot (258 s
     # of 2 CPU cores with SGLang's 8192, most of this module's time)
-    want, want_stats = _run(model, "torch", max_total_tokens=1024)
-    got, got_stats = _run(model, "triton", max_total_tokens=1024)
+    want, want_stats = _run(model, "torch", max_total_tokens=512)
+    got, got_stats = _run(model, "triton", max_total_tokens=512)
     assert want_stats["ops"] == "torch_ops" and got_stats["ops"] == "triton_ops"
     assert got_stats["attended_tokens_last"] == want_stats["attended_tokens_last"] == CFG["token_budget"]
     # Same selections up to fp32 summation order in the scores: identical greedy tokens here.
@@ -55,9 +55,9 @@ def test_mla_offload_decode_on_the_kernels_matches_the_torch_ops(tiny_model_dir)
     model = tiny_model_dir("deepseek_v2")
     # small pools: the calibration's re-quantisation interprets a kernel over every host slot
     cfg = dict(CFG, offload=True, prefetch_depth=1, resident_blocks=64, max_miss_blocks_per_step=64,
-               host_pool_tokens=2048)
-    want, want_stats = _run(model, "torch", cfg, max_total_tokens=1024)
-    got, got_stats = _run(model, "triton", cfg, max_total_tokens=1024)
+               host_pool_tokens=1024)
+    want, want_stats = _run(model, "torch", cfg, max_total_tokens=512)
+    got, got_stats = _run(model, "triton", cfg, max_total_tokens=512)
     assert got_stats["ops"] == "triton_ops" and got_stats["offload"]["blocks_moved"] > 0
     # the offload engine's step tables, table reads and plans ran as kernels too (torch in the first run)
     assert (got_stats["offload"]["table_ops"], want_stats["offload"]["table_ops"]) == ("triton", "torch")
