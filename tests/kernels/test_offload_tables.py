@@ -9,6 +9,8 @@ import torch
 
 from asynctls_sglang.config import AsyncTLSConfig
 from asynctls_sglang.kernels import triton_ops
+from asynctls_sglang.kernels.common import topk
+from asynctls_sglang.kernels.common.launch import launch_overrides
 from asynctls_sglang.memory.offload_runtime import DecodeStep, OffloadRuntime
 from asynctls_sglang.ops import torch_ops
 
@@ -50,6 +52,13 @@ def _wanted(bs: int, hk: int, nb: int, k: int, g) -> torch.Tensor:
     wanted = torch.stack([torch.stack([torch.randperm(nb, generator=g)[:k] for _ in range(hk)]) for _ in range(bs)])
     wanted[:, :, k - 3:] = torch.where(torch.rand(bs, hk, 3, generator=g) < 0.5, -1, wanted[:, :, k - 3:])
     return wanted.to(DEVICE)
+
+
+def test_the_pair_topk_with_the_compacted_passes():
+    """readable_pair_topk under the top-k's `compact` launch parameter (a --sweep alternative):
+    the same blocks as the torch form."""
+    with launch_overrides(topk.LAUNCH, {"compact": 16}):
+        test_readable_scores_and_buffer_table_match_the_torch_form(1, 40, 3)
 
 
 @pytest.mark.parametrize("hk,max_blocks,bs", [(1, 40, 3), (4, 70, 5), (8, 300, 2)])

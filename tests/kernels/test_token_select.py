@@ -10,6 +10,7 @@ from test_scoring_kernels import TOKEN_SHAPES, _token_inputs
 from asynctls_sglang.kernels import triton_ops
 from asynctls_sglang.kernels.common import token_select, topk
 from asynctls_sglang.kernels.common.launch import launch_overrides
+from asynctls_sglang.ops import torch_ops
 
 BF16, FP32 = torch.bfloat16, torch.float32
 
@@ -38,6 +39,8 @@ def _check(lens, hq, hk, d, r, b, kb, sink, local, dtype, heads, k):
     common = (q, codes, scale_zero, channels, req_to_token, rows, blocks, seq_lens, b, sink, local)
     scores, pos = triton_ops.score_block_tokens(*common, heads=heads)
     want = triton_ops.select_tokens(scores, pos, k)
+    # the top-k kernel under the test's launch parameters: the torch op's set
+    assert torch.equal(want.sort(-1).values, torch_ops.select_tokens(scores, pos, k).sort(-1).values)
     # the wrapper's default (two launches) is exactly those two ops
     assert torch.equal(triton_ops.score_select_block_tokens(*common, k, heads=heads), want)
     with launch_overrides(token_select.LAUNCH, {"fused": True}):
@@ -66,9 +69,10 @@ def test_every_sweep_alternative(overrides):
         _check([300, 170], 8, 2, 128, 32, 16, 40, 4, 16, BF16, "max", 200)
 
 
-@pytest.mark.parametrize("radix", ["histogram", "bitwise", "bitpair"])
-def test_fused_with_each_radix(radix):
-    with launch_overrides(topk.LAUNCH, {"radix": radix}):
+@pytest.mark.parametrize("overrides", [{"radix": "histogram"}, {"radix": "bitwise"}, {"radix": "bitpair"},
+                                       {"compact": 16}], ids=launch_id)
+def test_fused_with_each_radix(overrides):
+    with launch_overrides(topk.LAUNCH, overrides):
         _check([120, 64, 9], 8, 2, 128, 32, 16, 6, 4, 16, BF16, "max", 40)
 
 

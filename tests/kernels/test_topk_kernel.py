@@ -133,7 +133,7 @@ SWEEP_CASES = by_device([
 def test_every_sweep_alternative_is_exact(kind, shape, k, overrides):
     """The launch parameters benchmarks/kernel_bench.py --sweep times (radix bits, warps) give
     the same indices, ranked and unranked."""
-    if DEVICE.type == "cpu" and not {"bits", "radix"} & set(overrides) and shape[-1] > 4096:
+    if DEVICE.type == "cpu" and not {"bits", "radix", "compact"} & set(overrides) and shape[-1] > 4096:
         pytest.skip("warps change nothing under the interpreter (compile_sm90.py compiles them); the "
                     "smaller rows run them")
     with launch_overrides(topk.LAUNCH, overrides):
@@ -141,16 +141,19 @@ def test_every_sweep_alternative_is_exact(kind, shape, k, overrides):
         test_select_tokens_exact(kind, shape, k, "resident")
 
 
-@pytest.mark.parametrize("radix", ["histogram", "bitpair"])
+@pytest.mark.parametrize("overrides", [{"radix": "histogram"}, {"radix": "bitpair"}, {"compact": 16},
+                                       {"compact": 256}], ids=launch_id)
 @pytest.mark.parametrize("kind, shape, k", [c for c in CASES
                                              if c.values[1][-1] <= (RESIDENT_MAX_N if DEVICE.type != "cpu" else 4099)])
-def test_every_radix_is_exact_on_every_case(kind, shape, k, radix):
+def test_every_radix_is_exact_on_every_case(kind, shape, k, overrides):
     """The radixes besides the default one-bit passes (--sweep alternatives: tl.histogram digits,
-    and two bits per pass from three counts packed in one int64 sum) on every kind of row: ties,
-    signed zeros, -inf rows, only negative scores beside -inf, k past the finite scores, extremes
-    (rows of up to 4099 entries under the interpreter; on a GPU the rows the register-resident
-    kernel, the one with a radix, takes: a longer one is refused, test_resident_refuses_long_rows)."""
-    with launch_overrides(topk.LAUNCH, {"radix": radix}):
+    and two bits per pass from three counts packed in one int64 sum), and the one-bit passes that
+    finish over the entries still matching once few are left (compact), on every kind of row:
+    ties, signed zeros, -inf rows, only negative scores beside -inf, k past the finite scores,
+    extremes (rows of up to 4099 entries under the interpreter; on a GPU the rows the
+    register-resident kernel, the one with a radix, takes: a longer one is refused,
+    test_resident_refuses_long_rows)."""
+    with launch_overrides(topk.LAUNCH, overrides):
         test_select_blocks_exact(kind, shape, k, "resident")
         test_select_tokens_exact(kind, shape, k, "resident")
 

@@ -68,7 +68,8 @@ def _readable(blk2slot, rows, window, i_b, i_h, o_n, m_n, WN, MB, s_tr, s_th, s_
 @triton.jit
 def readable_pair_topk_kernel(scores, out, blk2slot, rows, window, N, K, WN, MB, S, s_ss, s_sb, s_sh, s_op, s_ob,
                               s_oh, s_tr, s_th, s_wb, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
-                              BLOCK_K: tl.constexpr, BITS: tl.constexpr, SUM_BITS: tl.constexpr):
+                              BLOCK_K: tl.constexpr, BITS: tl.constexpr, SUM_BITS: tl.constexpr,
+                              COMPACT: tl.constexpr):
     """Grid (2, bs, Hk): readable_pair_kernel's two rows (p = 0: the scores, the sum of the S
     partial rows in order; p = 1: the same, -inf where the block is not readable) built in
     registers and ranked there by the top-k (topk_kernel._resident_select, rank order): out[p]
@@ -83,7 +84,8 @@ def readable_pair_topk_kernel(scores, out, blk2slot, rows, window, N, K, WN, MB,
         b_ok = _readable(blk2slot, rows, window, i_b, i_h, o_n, m_n, WN, MB, s_tr, s_th, s_wb, BLOCK_W)
         b_x = tl.where(b_ok, b_x, float("-inf"))
     p_o = out + i_p * s_op + i_b * s_ob + i_h * s_oh
-    _resident_select(b_x, o_n.to(tl.int64), p_o, p_o, K, False, BLOCK_N, BLOCK_K, BITS, True, False, SUM_BITS)
+    _resident_select(b_x, o_n.to(tl.int64), p_o, p_o, K, False, BLOCK_N, BLOCK_K, BITS, True, False, SUM_BITS,
+                     COMPACT)
 
 
 @triton.jit

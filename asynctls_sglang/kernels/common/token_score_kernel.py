@@ -45,7 +45,7 @@ def token_select_kernel(q, codes, scale_zero, channels, req_to_token, req_pool_i
                         G: tl.constexpr, R2: tl.constexpr, HEAD_MAX: tl.constexpr, HEADS_DOT: tl.constexpr,
                         PRECISION: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_R: tl.constexpr, B: tl.constexpr,
                         BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BITS: tl.constexpr,
-                        SUM_BITS: tl.constexpr):
+                        SUM_BITS: tl.constexpr, COMPACT: tl.constexpr):
     """Grid (Hk, bs). token_score_kernel (FROM_BLOCKS) and topk_resident_kernel (unsorted, pos) in
     one program per request and KV head: the N = k_b * B candidates of the chosen blocks are
     scored BLOCK_C at a time into the row of `scores` (scratch, read back from L2 by the same
@@ -68,11 +68,11 @@ def token_select_kernel(q, codes, scale_zero, channels, req_to_token, req_pool_i
     m_n = o_n < N
     # [BLOCK_N]
     b_x = tl.load(p_s + o_n, mask=m_n, other=float("-inf"))
-    b_v, b_taken, b_prefix, b_hmask, b_need = _resident_threshold(b_x, K, BITS, SUM_BITS)
+    p_o = out + i_b.to(tl.int64) * s_ob + i_h * s_oh
+    b_v, b_taken, b_prefix, b_hmask, b_need = _resident_threshold(b_x, K, BITS, SUM_BITS, p_o, COMPACT)
     m_take, o_slot = _resident_slots(b_v, b_prefix, b_hmask, b_need)
     # a taken candidate is finite: its block is >= 0
     b_blk = tl.load(blocks + i_b.to(tl.int64) * s_bb + i_h * s_bh + (o_n // B) * s_bk, mask=m_take, other=0)
-    p_o = out + i_b.to(tl.int64) * s_ob + i_h * s_oh
     tl.store(p_o + o_slot, b_blk.to(tl.int64) * B + o_n % B, mask=m_take)
     o_k = tl.arange(0, BLOCK_K)
     tl.store(p_o + o_k, tl.full([BLOCK_K], -1, dtype=tl.int64), mask=(o_k >= b_taken) & (o_k < K))

@@ -25,14 +25,19 @@ RADIX_SUM_BITS = {"histogram": 0, "bitwise": 1, "bitpair": 2}
 #: elsewhere. "bitpair" lost (session 12): token top-k 28.1 against 22.2 us at Qwen3-8B 128k x 8,
 #: 21.6 against 17.9 for GLM-4.7-Flash; half the passes, but each sums an int64 of three packed
 #: counts and resolves two bits with more compares, which costs more than the pass it saves.
-LAUNCH = {"radix": "bitwise", "bits": 6, "warps_1k": 4, "warps_4k": 4, "warps_16k": 8}
+#: compact (session 23, not yet timed; 0: off): with the one-bit radix, once at most
+#: min(compact, k) entries still match the threshold's prefix they are written to out's row and
+#: the remaining passes run over those alone (the passes were bound by their work over the whole
+#: row: "bitpair", half the passes at more work each, lost).
+LAUNCH = {"radix": "bitwise", "bits": 6, "warps_1k": 4, "warps_4k": 4, "warps_16k": 8, "compact": 0}
 #: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90); the
 #: first is the session-10 default.
 SWEEP = ({"radix": "histogram", "warps_4k": 8, "warps_16k": 16}, {"radix": "histogram"},
          {"radix": "histogram", "bits": 4, "warps_4k": 8, "warps_16k": 16},
          {"radix": "histogram", "bits": 8, "warps_4k": 8, "warps_16k": 32},
          {"warps_4k": 8, "warps_16k": 16}, {"warps_4k": 2, "warps_16k": 4}, {"warps_16k": 16},
-         {"radix": "bitpair"}, {"radix": "bitpair", "warps_4k": 8, "warps_16k": 16})
+         {"radix": "bitpair"}, {"radix": "bitpair", "warps_4k": 8, "warps_16k": 16}, {"compact": 256},
+         {"compact": 128})
 
 
 def topk_indices(scores: torch.Tensor, k: int, pos: torch.Tensor | None = None, *,
@@ -92,7 +97,9 @@ def resident_launch(block_n: int) -> dict:
     """LAUNCH as the register-resident selection's constexprs and warps for a row of block_n
     entries (topk_resident_kernel, and the token top-k fused into token scoring)."""
     cfg = LAUNCH
-    return dict(BITS=cfg["bits"], SUM_BITS=RADIX_SUM_BITS[cfg["radix"]],
+    check(cfg["compact"] == 0 or (cfg["radix"] == "bitwise" and cfg["compact"] == pow2(cfg["compact"], 16)),
+          f"compact needs the bitwise radix and a power of two >= 16, got {cfg['compact']} with {cfg['radix']!r}")
+    return dict(BITS=cfg["bits"], SUM_BITS=RADIX_SUM_BITS[cfg["radix"]], COMPACT=cfg["compact"],
                 num_warps=cfg["warps_1k"] if block_n <= 1024 else cfg["warps_4k"] if block_n <= 4096
                 else cfg["warps_16k"])
 

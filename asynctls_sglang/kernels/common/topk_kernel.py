@@ -105,12 +105,51 @@ def _bit_length(x):
 
 
 @triton.jit
-def _resident_threshold(b_x, K, BITS: tl.constexpr, SUM_BITS: tl.constexpr):
+def _one_bit_pass(b_v, b_prefix, b_hmask, b_hi, b_cnt, b_need):
+    """One radix pass of one bit (SUM_BITS 1) over keys b_v (0: -inf, never counted): the next bit
+    of the K-th largest key's prefix -> (prefix, hmask, hi, cnt, need) after it. b_cnt: the finite
+    entries matching the prefix; the K-th largest is the b_need-th largest of them."""
+    b_s = b_hi - 1
+    # finite entries matching the prefix with this bit set
+    b_one = tl.sum(((b_v != 0) & ((b_v & b_hmask) == b_prefix) & (((b_v >> b_s) & 1) == 1)).to(tl.int32), axis=0)
+    b_digit = (b_one >= b_need).to(tl.int32)
+    b_at = tl.where(b_digit == 1, b_one, b_cnt)
+    b_above = tl.where(b_digit == 1, 0, b_one)
+    return b_prefix | (b_digit << b_s), -1 << b_s, b_s, b_at - b_above, b_need - b_above
+
+
+@triton.jit
+def _compacted_passes(b_v, b_prefix, b_hmask, b_hi, b_cnt, b_need, p_scratch, COMPACT: tl.constexpr):
+    """The one-bit passes left once at most COMPACT finite entries match the prefix (b_cnt <= K,
+    the scratch row's length): those entries are written to p_scratch (the row of out, int64) in
+    index order and the passes run over [COMPACT] of them instead of the whole row. -> (prefix,
+    hmask) at the end, and need."""
+    m_in = (b_v != 0) & ((b_v & b_hmask) == b_prefix)
+    b_in = m_in.to(tl.int32)
+    o_slot = tl.cumsum(b_in, axis=0) - b_in
+    tl.store(p_scratch + o_slot, b_v.to(tl.int64), mask=m_in)
+    tl.debug_barrier()
+    o_c = tl.arange(0, COMPACT)
+    # [COMPACT] the matching keys, 0 (never counted) past them
+    b_sv = tl.load(p_scratch + o_c, mask=o_c < b_cnt, other=0).to(tl.int32)
+    # the scratch is read before anything writes the row again
+    tl.debug_barrier()
+    while (b_hi > 0) & (b_cnt > b_need):
+        b_prefix, b_hmask, b_hi, b_cnt, b_need = _one_bit_pass(b_sv, b_prefix, b_hmask, b_hi, b_cnt, b_need)
+    return b_prefix, b_hmask, b_need
+
+
+@triton.jit
+def _resident_threshold(b_x, K, BITS: tl.constexpr, SUM_BITS: tl.constexpr, p_scratch=None,
+                        COMPACT: tl.constexpr = 0):
     """Steps 1-2 of topk_resident_kernel for a row b_x [BLOCK_N] fp32 (-inf: never chosen) ->
     (v, taken, prefix, hmask, need): the keys as unsigned bits (0 for -inf), min(K, finite
     entries), and the K-th largest key's resolved prefix (bits under hmask), with how many of the
     entries matching it are still needed. SUM_BITS: bits resolved per pass by one scalar sum (1,
-    or 2 with three counts packed in an int64); 0: BITS-bit digits counted by tl.histogram."""
+    or 2 with three counts packed in an int64); 0: BITS-bit digits counted by tl.histogram.
+    COMPACT (SUM_BITS 1 only; 0: off): once at most min(COMPACT, K) entries match the prefix, the
+    remaining passes run over them alone (_compacted_passes, p_scratch: a row of at least K
+    int64 this program may overwrite)."""
     SIGN = -2147483648
     m_ok = b_x > float("-inf")
     b_key = _ordered_key(b_x)
@@ -128,46 +167,50 @@ def _resident_threshold(b_x, K, BITS: tl.constexpr, SUM_BITS: tl.constexpr):
     # b_cnt: entries matching the prefix; the K-th largest is the b_need-th largest of them. Each
     # pass finds the digit of the next b_w bits and, among the entries matching the prefix, how many
     # have a digit >= it (at) and > it (above): those are taken before the threshold.
-    while (b_hi > 0) & (b_cnt > b_need):
+    b_small = tl.minimum(K, COMPACT)  # 0 when off: the loop below runs to the end
+    while (b_hi > 0) & (b_cnt > b_need) & (b_cnt > b_small):
         b_w = tl.minimum(b_hi, BITS if SUM_BITS == 0 else SUM_BITS)
         b_s = b_hi - b_w
         if SUM_BITS == 1:
-            # finite entries matching the prefix with this bit set (b_cnt counts finite entries)
-            b_one = tl.sum(((b_v != 0) & ((b_v & b_hmask) == b_prefix) & (((b_v >> b_s) & 1) == 1)).to(tl.int32),
-                           axis=0)
-            b_digit = (b_one >= b_need).to(tl.int32)
-            b_at = tl.where(b_digit == 1, b_one, b_cnt)
-            b_above = tl.where(b_digit == 1, 0, b_one)
-        elif SUM_BITS == 2:
-            b_d = (b_v >> b_s) & ((1 << b_w) - 1)
-            # finite entries matching the prefix with a digit >= 1, 2, 3, in 16-bit fields (N <= 2^14)
-            m_in = (b_v != 0) & ((b_v & b_hmask) == b_prefix)
-            b_ge = (b_d >= 1).to(tl.int64) + ((b_d >= 2).to(tl.int64) << 16) + ((b_d >= 3).to(tl.int64) << 32)
-            b_pack = tl.sum(tl.where(m_in, b_ge, 0), axis=0)
-            b_ge1 = (b_pack & 65535).to(tl.int32)
-            b_ge2 = ((b_pack >> 16) & 65535).to(tl.int32)
-            b_ge3 = (b_pack >> 32).to(tl.int32)
-            # the largest d with (entries with a digit >= d) >= need: the counts fall with d, so it
-            # is how many of them reach need
-            b_digit = (b_ge1 >= b_need).to(tl.int32) + (b_ge2 >= b_need).to(tl.int32) + (b_ge3 >= b_need).to(tl.int32)
-            b_at = tl.where(b_digit == 0, b_cnt, tl.where(b_digit == 1, b_ge1, tl.where(b_digit == 2, b_ge2, b_ge3)))
-            b_above = tl.where(b_digit == 0, b_ge1, tl.where(b_digit == 1, b_ge2, tl.where(b_digit == 2, b_ge3, 0)))
+            b_prefix, b_hmask, b_hi, b_cnt, b_need = _one_bit_pass(b_v, b_prefix, b_hmask, b_hi, b_cnt, b_need)
         else:
-            # -inf entries (v = 0) may match a short prefix: they count as the smallest keys, and the
-            # K-th largest is finite, so they never decide the digit nor end the loop early
-            m_in = (b_v & b_hmask) == b_prefix
-            b_hist = tl.histogram((b_v >> b_s) & ((1 << b_w) - 1), 1 << BITS, mask=m_in)
-            # [1 << BITS] entries with a digit >= d
-            b_ge = tl.cumsum(b_hist, axis=0, reverse=True)
-            b_digit = tl.sum((b_ge >= b_need).to(tl.int32), axis=0) - 1
-            b_sel = o_b == b_digit
-            b_at = tl.sum(tl.where(b_sel, b_ge, 0), axis=0)
-            b_above = tl.sum(tl.where(b_sel, b_ge - b_hist, 0), axis=0)
-        b_need = b_need - b_above
-        b_cnt = b_at - b_above
-        b_prefix = b_prefix | (b_digit << b_s)
-        b_hi = b_s
-        b_hmask = -1 << b_s
+            if SUM_BITS == 2:
+                b_d = (b_v >> b_s) & ((1 << b_w) - 1)
+                # finite entries matching the prefix with a digit >= 1, 2, 3, in 16-bit fields (N <= 2^14)
+                m_in = (b_v != 0) & ((b_v & b_hmask) == b_prefix)
+                b_ge = (b_d >= 1).to(tl.int64) + ((b_d >= 2).to(tl.int64) << 16) + ((b_d >= 3).to(tl.int64) << 32)
+                b_pack = tl.sum(tl.where(m_in, b_ge, 0), axis=0)
+                b_ge1 = (b_pack & 65535).to(tl.int32)
+                b_ge2 = ((b_pack >> 16) & 65535).to(tl.int32)
+                b_ge3 = (b_pack >> 32).to(tl.int32)
+                # the largest d with (entries with a digit >= d) >= need: the counts fall with d, so it
+                # is how many of them reach need
+                b_digit = ((b_ge1 >= b_need).to(tl.int32) + (b_ge2 >= b_need).to(tl.int32)
+                           + (b_ge3 >= b_need).to(tl.int32))
+                b_at = tl.where(b_digit == 0, b_cnt,
+                                tl.where(b_digit == 1, b_ge1, tl.where(b_digit == 2, b_ge2, b_ge3)))
+                b_above = tl.where(b_digit == 0, b_ge1,
+                                   tl.where(b_digit == 1, b_ge2, tl.where(b_digit == 2, b_ge3, 0)))
+            else:
+                # -inf entries (v = 0) may match a short prefix: they count as the smallest keys, and the
+                # K-th largest is finite, so they never decide the digit nor end the loop early
+                m_in = (b_v & b_hmask) == b_prefix
+                b_hist = tl.histogram((b_v >> b_s) & ((1 << b_w) - 1), 1 << BITS, mask=m_in)
+                # [1 << BITS] entries with a digit >= d
+                b_ge = tl.cumsum(b_hist, axis=0, reverse=True)
+                b_digit = tl.sum((b_ge >= b_need).to(tl.int32), axis=0) - 1
+                b_sel = o_b == b_digit
+                b_at = tl.sum(tl.where(b_sel, b_ge, 0), axis=0)
+                b_above = tl.sum(tl.where(b_sel, b_ge - b_hist, 0), axis=0)
+            b_need = b_need - b_above
+            b_cnt = b_at - b_above
+            b_prefix = b_prefix | (b_digit << b_s)
+            b_hi = b_s
+            b_hmask = -1 << b_s
+    if COMPACT > 0:
+        if (b_hi > 0) & (b_cnt > b_need):
+            b_prefix, b_hmask, b_need = _compacted_passes(b_v, b_prefix, b_hmask, b_hi, b_cnt, b_need, p_scratch,
+                                                          COMPACT)
     return b_v, b_taken, b_prefix, b_hmask, b_need
 
 
@@ -195,7 +238,7 @@ def _resident_slots(b_v, b_prefix, b_hmask, b_need):
 def topk_resident_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
                          HAS_POS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                          BITS: tl.constexpr, SORTED: tl.constexpr, PRELOAD_POS: tl.constexpr,
-                         SUM_BITS: tl.constexpr = 0):
+                         SUM_BITS: tl.constexpr = 0, COMPACT: tl.constexpr = 0):
     """Grid (rows,). Same contract as topk_kernel for N <= BLOCK_N, with the row held in registers.
 
     The row is read once; every radix pass then works on registers only:
@@ -220,20 +263,20 @@ def topk_resident_kernel(scores, pos, out, N, K, s_sr, s_pr, s_or,
     if HAS_POS and PRELOAD_POS and not SORTED:
         b_pos = tl.load(pos + i_r * s_pr + o_n, mask=m_n, other=-1)
     _resident_select(b_x, b_pos, pos + i_r * s_pr, out + i_r * s_or, K, HAS_POS, BLOCK_N, BLOCK_K, BITS, SORTED,
-                     PRELOAD_POS, SUM_BITS)
+                     PRELOAD_POS, SUM_BITS, COMPACT)
 
 
 @triton.jit
 def _resident_select(b_x, b_pos, p_pos, p_o, K, HAS_POS: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, BITS: tl.constexpr, SORTED: tl.constexpr,
-                     PRELOAD_POS: tl.constexpr, SUM_BITS: tl.constexpr):
+                     PRELOAD_POS: tl.constexpr, SUM_BITS: tl.constexpr, COMPACT: tl.constexpr = 0):
     """Steps 1-3 of topk_resident_kernel for a row b_x [BLOCK_N] held in registers: the K
     selected indices (or p_pos[index]; b_pos: p_pos's row preloaded when PRELOAD_POS and not
     SORTED) written to the row p_o. Shared by the kernels that build their row first
     (offload_tables_kernel.readable_pair_topk_kernel)."""
     o_n = tl.arange(0, BLOCK_N)
     SIGN = -2147483648
-    b_v, b_taken, b_prefix, b_hmask, b_need = _resident_threshold(b_x, K, BITS, SUM_BITS)
+    b_v, b_taken, b_prefix, b_hmask, b_need = _resident_threshold(b_x, K, BITS, SUM_BITS, p_o, COMPACT)
     m_take, o_slot = _resident_slots(b_v, b_prefix, b_hmask, b_need)
     o_k = tl.arange(0, BLOCK_K)
     if SORTED:
