@@ -169,11 +169,11 @@ def _resident_threshold(b_x, K, BITS: tl.constexpr, SUM_BITS: tl.constexpr, p_sc
     # have a digit >= it (at) and > it (above): those are taken before the threshold.
     b_small = tl.minimum(K, COMPACT)  # 0 when off: the loop below runs to the end
     while (b_hi > 0) & (b_cnt > b_need) & (b_cnt > b_small):
-        b_w = tl.minimum(b_hi, BITS if SUM_BITS == 0 else SUM_BITS)
-        b_s = b_hi - b_w
         if SUM_BITS == 1:
             b_prefix, b_hmask, b_hi, b_cnt, b_need = _one_bit_pass(b_v, b_prefix, b_hmask, b_hi, b_cnt, b_need)
         else:
+            b_w = tl.minimum(b_hi, BITS if SUM_BITS == 0 else SUM_BITS)
+            b_s = b_hi - b_w
             if SUM_BITS == 2:
                 b_d = (b_v >> b_s) & ((1 << b_w) - 1)
                 # finite entries matching the prefix with a digit >= 1, 2, 3, in 16-bit fields (N <= 2^14)
