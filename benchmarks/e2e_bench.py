@@ -638,7 +638,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fit", action="store_true",
                     help="on the backend's own KV pool (no cap), submit one more distinct request than the pool "
                          "holds at that context (at most the point's bs) at once: batch_reached is the largest "
-                         "batch it serves together there")
+                         "batch it serves together there. With offload every running request also holds "
+                         "resident block rows on the GPU, and the engine refuses to start when "
+                         "max_running_requests' rows do not fit (2 x the largest bs by default): give points "
+                         "the rows fit (24x for Qwen3-8B on an H200) and --extra "
+                         "'{\"max_running_requests\": 24}'")
     ap.add_argument("--profile-steps", type=int, default=0,
                     help="record this many decode steps of each point with SGLang's profiler (GPU kernels) "
                          "once all its requests decode together (with --fixed-kv-tokens: if they ever do) "
