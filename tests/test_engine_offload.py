@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine_helpers import asynctls_stats, engine, greedy, random_prompts
+from engine_helpers import asynctls_stats, engine, flush_cache, greedy, random_prompts
 from engine_helpers import two_turns as chat_turns
 
 pytestmark = pytest.mark.engine
@@ -95,12 +95,6 @@ def test_gqa_finish_and_abort_free_the_rows(exact_engine, reference):
     assert offload_stats(eng)["rows_in_use"] == 0
 
 
-@pytest.fixture(scope="module")
-def small_engine(qwen3, reference):
-    with engine(qwen3, "asynctls", SMALL) as eng:
-        yield eng
-
-
 def test_gqa_seed_brings_the_whole_first_selection(qwen3, reference):
     """One step may copy only 2 blocks per request and head, yet after a prefill every block of
     the first selection is resident (seeded in rounds): with covering budgets (every block wanted
@@ -113,36 +107,46 @@ def test_gqa_seed_brings_the_whole_first_selection(qwen3, reference):
     assert out == reference["short"]
 
 
-def test_gqa_small_cache_pipeline(small_engine, reference):
-    eng = small_engine
-    assert greedy(eng, SHORT) == reference["short"]  # covering budgets: every wanted block was in time
-    before = offload_stats(eng)
-    out = greedy(eng, LONG)[0]
-    stats = offload_stats(eng)
-    assert len(out) == 12 and all(0 <= t < 512 for t in out)
-    assert stats["blocks_late"] > before["blocks_late"]  # the selection drifted: late blocks replaced
+def _small_run(qwen3) -> list[tuple[list[list[int]], dict]]:
+    """The smallest cache on a fresh engine: SHORT, then LONG, then SHORT reversed with LONG; each
+    phase's tokens and the engine's stats after it."""
+    with engine(qwen3, "asynctls", SMALL) as eng:
+        return [(greedy(eng, prompts), asynctls_stats(eng)) for prompts in (SHORT, LONG, SHORT[::-1] + LONG)]
+
+
+@pytest.fixture(scope="module")
+def small_runs(qwen3):
+    """The same run inline, then with ASYNCTLS_DEFER_COPIES=1: every plan and copy of the copy
+    stream runs only when the compute side waits for it, the latest a GPU's copy stream could run
+    (decode plans run there since session 14)."""
+    inline = _small_run(qwen3)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ASYNCTLS_DEFER_COPIES", "1")
+        deferred = _small_run(qwen3)
+    return inline, deferred
+
+
+def test_gqa_small_cache_pipeline(small_runs, reference):
+    (short, before), (long, after), _ = small_runs[0]
+    assert short == reference["short"]  # covering budgets: every wanted block was in time
+    stats = after["offload"]
+    assert len(long[0]) == 12 and all(0 <= t < 512 for t in long[0])
+    assert stats["blocks_late"] > before["offload"]["blocks_late"]  # the selection drifted: late blocks replaced
     assert stats["blocks_evicted"] > 0 and stats["tokens_dropped"] == 0
-    assert asynctls_stats(eng)["attended_tokens_last"] == CFG["token_budget"]
+    assert after["attended_tokens_last"] == CFG["token_budget"]
 
 
-def test_gqa_pipeline_with_the_copy_stream_at_its_latest(qwen3, monkeypatch):
-    """ASYNCTLS_DEFER_COPIES=1: every plan and copy of the copy stream runs only when the compute
-    side waits for it, the latest a GPU's copy stream could run (decode plans run there since
-    session 14). Same tokens and counts as the inline run: no read of the resident cache or its
-    tables misses its wait, across request ends and rows taken again (the smallest cache: misses,
-    evictions and late blocks at every step of LONG)."""
+def test_gqa_pipeline_with_the_copy_stream_at_its_latest(small_runs):
+    """The copy stream at its latest gives the same tokens and counts as the inline run: no read
+    of the resident cache or its tables misses its wait, across request ends and rows taken again
+    (the smallest cache: misses, evictions and late blocks at every step of LONG)."""
     keys = ("blocks_late", "blocks_moved", "blocks_evicted", "blocks_missed", "seed_blocks_moved",
             "tokens_dropped", "rows_in_use")
 
-    def run():
-        with engine(qwen3, "asynctls", SMALL) as eng:
-            out = greedy(eng, SHORT) + greedy(eng, LONG) + greedy(eng, SHORT[::-1] + LONG)
-            stats = offload_stats(eng)
-        return out, {k: stats[k] for k in keys}
+    def summary(phases):
+        return [out for out, _ in phases], {k: phases[-1][1]["offload"][k] for k in keys}
 
-    inline = run()
-    monkeypatch.setenv("ASYNCTLS_DEFER_COPIES", "1")
-    deferred = run()
+    inline, deferred = map(summary, small_runs)
     assert inline[1]["blocks_late"] > 0 and inline[1]["blocks_evicted"] > 0
     assert deferred == inline
 
@@ -178,36 +182,46 @@ def test_host_pool_larger_than_ram_is_refused_before_allocating():
 
 
 # --- MLA (tiny DeepSeek-V2: latent 512 + rope 64) -------------------------------------------------
-def test_mla_large_cache_is_token_identical(tiny_model_dir):
-    path = tiny_model_dir("deepseek_v2")
-    prompts = random_prompts([41, 150, 221, 600], seed=3)
-    with engine(path, "asynctls", CFG) as eng:
-        off = greedy(eng, prompts), two_turns(eng)[:2]
-    with engine(path, "asynctls", EXACT) as eng:
-        on = greedy(eng, prompts), two_turns(eng)[:2]
+MLA_PROMPTS = random_prompts([41, 150, 221, 600], seed=3)
+
+
+@pytest.fixture(scope="module")
+def mla(tiny_model_dir):
+    return tiny_model_dir("deepseek_v2")
+
+
+@pytest.fixture(scope="module")
+def mla_reference(mla):
+    """Offload off: the tokens both MLA tests compare with (each prompt set on an empty cache)."""
+    with engine(mla, "asynctls", CFG) as eng:
+        prompts, turns = greedy(eng, MLA_PROMPTS), two_turns(eng)[:2]
+        flush_cache(eng)
+        return {"prompts": prompts, "turns": turns, "short": greedy(eng, SHORT)}
+
+
+def test_mla_large_cache_is_token_identical(mla, mla_reference):
+    with engine(mla, "asynctls", EXACT) as eng:
+        on = greedy(eng, MLA_PROMPTS), two_turns(eng)[:2]
         stats = offload_stats(eng)
-    assert on == off
+    assert on == (mla_reference["prompts"], mla_reference["turns"])
     assert stats["tokens_dropped"] == 0 and stats["blocks_late"] == 0 and stats["bytes_moved"] > 0
 
 
-def test_mla_pipeline_fixed_shapes(tiny_model_dir, monkeypatch):
+def test_mla_pipeline_fixed_shapes(mla, mla_reference, monkeypatch):
     """The engines of tests/gpu/test_engine_offload_gpu.py[deepseek_v2] on the CPU: MLA with the
     pipelined engine (depth 1, default cache) on the fixed-shape decode path (the CUDA-graph path,
     run eagerly here), then the same prompts again in one batch (radix prefixes loaded back for
     the prefill). Covering budgets for the short prompts: the tokens of offload off."""
-    path = tiny_model_dir("deepseek_v2")
-    with engine(path, "asynctls", CFG) as eng:
-        off = greedy(eng, SHORT)
     monkeypatch.setenv("ASYNCTLS_FIXED_SHAPES", "1")
 
     def run():
-        with engine(path, "asynctls", dict(CFG, offload=True)) as eng:
+        with engine(mla, "asynctls", dict(CFG, offload=True)) as eng:
             piped = greedy(eng, SHORT)
             batched = greedy(eng, SHORT + LONG, batched=True)
             return piped, batched, offload_stats(eng)
 
     piped, batched, stats = run()
-    assert piped == off
+    assert piped == mla_reference["short"]
     assert all(len(o) == PARAMS["max_new_tokens"] for o in batched)
     assert stats["prefix_blocks_loaded"] > 0 and stats["tokens_dropped"] == 0 and stats["bytes_moved"] > 0
     # the copy stream at its latest (ASYNCTLS_DEFER_COPIES): the same, with a batch whose rows

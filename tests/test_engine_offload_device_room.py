@@ -17,26 +17,62 @@ CFG = dict(block_size=16, block_budget=16, token_budget=256, sink_tokens=4, loca
            dense_threshold=0, calibration_tokens=64, offload=True, host_pool_tokens=16384)
 
 
-def test_prefills_are_admitted_by_device_room_and_too_long_requests_are_refused(tiny_model_dir):
-    model = tiny_model_dir("qwen3")
+@pytest.fixture(scope="module")
+def room_engine(tiny_model_dir):
+    """The device pool of N tokens, 2048-token chunks: the engine of the first two tests (the second
+    reads the counters it asserts as differences). They run before the module's other engines:
+    SGLang's Engine.shutdown kills every child process of this process, this engine's too, and a
+    request to it then waits forever."""
+    with engine(tiny_model_dir("qwen3"), "asynctls", CFG, max_total_tokens=N, max_running_requests=16,
+                chunked_prefill_size=2048) as eng:
+        yield eng
+
+
+def test_prefills_are_admitted_by_device_room_and_too_long_requests_are_refused(room_engine):
+    eng = room_engine
     # six 700-token prompts: SGLang's budget (host pool, 2048-token chunks) would prefill three of
     # them in one batch, 132 new device pages, more than the device pool holds
     prompts = random_prompts([700] * 6, seed=3)
     params = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
-    with engine(model, "asynctls", CFG, max_total_tokens=N, max_running_requests=16,
-                chunked_prefill_size=2048) as eng:
-        outs = eng.generate(input_ids=prompts, sampling_params=params, **MARGINS)
-        assert [o["meta_info"]["finish_reason"]["type"] for o in outs] == ["length"] * len(prompts)
-        assert all(len(o["output_ids"]) == 8 for o in outs)
-        stats = asynctls_stats(eng)
-        assert stats["max_decode_batch"] >= 2  # requests still decode together from the host pool
-        # longer than the device pool can ever hold for one prefill: SGLang's input-length error
-        with pytest.raises(ValueError, match=f"Input length \\({N + 200} tokens\\) exceeds the maximum allowed"):
-            eng.generate(input_ids=random_prompts([N + 200], seed=4)[0], sampling_params=params)
-        # and the server goes on
-        again = eng.generate(input_ids=prompts[0], sampling_params=params)
-        # alone now, in a batch of six before: the same tokens up to a near tie (fp32 rounding)
-        assert_same_up_to_near_ties([again["output_ids"]], [with_margins(outs[0])], tol=5e-3)
+    outs = eng.generate(input_ids=prompts, sampling_params=params, **MARGINS)
+    assert [o["meta_info"]["finish_reason"]["type"] for o in outs] == ["length"] * len(prompts)
+    assert all(len(o["output_ids"]) == 8 for o in outs)
+    stats = asynctls_stats(eng)
+    assert stats["max_decode_batch"] >= 2  # requests still decode together from the host pool
+    # longer than the device pool can ever hold for one prefill: SGLang's input-length error
+    with pytest.raises(ValueError, match=f"Input length \\({N + 200} tokens\\) exceeds the maximum allowed"):
+        eng.generate(input_ids=random_prompts([N + 200], seed=4)[0], sampling_params=params)
+    # and the server goes on
+    again = eng.generate(input_ids=prompts[0], sampling_params=params)
+    # alone now, in a batch of six before: the same tokens up to a near tie (fp32 rounding)
+    assert_same_up_to_near_ties([again["output_ids"]], [with_margins(outs[0])], tol=5e-3)
+
+
+def test_requests_sharing_a_prefix_are_admitted_together_and_load_it_once(room_engine):
+    """Four requests on one cached 800-token prefix (50 pages of the 96-page device pool), sent at
+    once: the batch loads the shared prefix back once, so the device-room gate counts it once and
+    admits all four to one prefill. Counting it per request (4 x 52 pages) admitted one request
+    per round, and every round loaded the prefix back again (it is demoted after each prefill):
+    the requests queued behind each other (on the H200: 8 x 64k, the last first token after 7 s)."""
+    eng = room_engine
+    prefix = random_prompts([800], seed=8)[0]
+    tails = random_prompts([16] * 4, seed=9)
+    params = {"temperature": 0, "max_new_tokens": 4, "ignore_eos": True}
+    eng.generate(input_ids=prefix, sampling_params=dict(params, max_new_tokens=1))
+    first = asynctls_stats(eng)["offload"]
+    outs = eng.generate(input_ids=[prefix + t for t in tails], sampling_params=params)
+    stats = asynctls_stats(eng)["offload"]
+    loaded = stats["prefix_blocks_loaded"] - first["prefix_blocks_loaded"]
+    # the prefill phases are timed: one more prefill forward (the four together), its layers seeded
+    phases, before = stats["prefill_phases"], first["prefill_phases"]
+    layers = phases["seed"]["calls"] // phases["prefill"]["calls"]
+    assert {n: phases[n]["calls"] - before[n]["calls"] for n in phases} == {
+        "prefill": 1, "load_back": 1, "seed": layers, "write_through": 1, "demote": 1}
+    assert all(phases[n]["host_s"] > before[n]["host_s"] for n in phases)
+    assert phases["prefill"]["stream_s"] >= phases["load_back"]["stream_s"] + phases["demote"]["stream_s"]
+    assert [len(o["output_ids"]) for o in outs] == [4] * 4
+    assert [o["meta_info"]["cached_tokens"] for o in outs] == [800] * 4
+    assert 0 < loaded <= 800 // 16  # once for the batch (less the pages still on the device)
 
 
 def test_every_request_row_decodes_when_long_prompts_arrive_together(tiny_model_dir):
@@ -103,35 +139,6 @@ def test_a_chunked_prefill_seeds_the_resident_cache_once(tiny_model_dir):
     assert seeds["chunked"] == seeds["one"] > 0, seeds
     assert chunked["prefix_blocks_loaded"] > 0  # the later chunks did read their prefix back
     assert chunked_out == ref_out
-
-
-def test_requests_sharing_a_prefix_are_admitted_together_and_load_it_once(tiny_model_dir):
-    """Four requests on one cached 800-token prefix (50 pages of the 96-page device pool), sent at
-    once: the batch loads the shared prefix back once, so the device-room gate counts it once and
-    admits all four to one prefill. Counting it per request (4 x 52 pages) admitted one request
-    per round, and every round loaded the prefix back again (it is demoted after each prefill):
-    the requests queued behind each other (on the H200: 8 x 64k, the last first token after 7 s)."""
-    model = tiny_model_dir("qwen3")
-    prefix = random_prompts([800], seed=8)[0]
-    tails = random_prompts([16] * 4, seed=9)
-    params = {"temperature": 0, "max_new_tokens": 4, "ignore_eos": True}
-    with engine(model, "asynctls", CFG, max_total_tokens=N, max_running_requests=16,
-                chunked_prefill_size=2048) as eng:
-        eng.generate(input_ids=prefix, sampling_params=dict(params, max_new_tokens=1))
-        first = asynctls_stats(eng)["offload"]
-        outs = eng.generate(input_ids=[prefix + t for t in tails], sampling_params=params)
-        stats = asynctls_stats(eng)["offload"]
-    loaded = stats["prefix_blocks_loaded"] - first["prefix_blocks_loaded"]
-    # the prefill phases are timed: one more prefill forward (the four together), its layers seeded
-    phases, before = stats["prefill_phases"], first["prefill_phases"]
-    layers = phases["seed"]["calls"] // phases["prefill"]["calls"]
-    assert {n: phases[n]["calls"] - before[n]["calls"] for n in phases} == {
-        "prefill": 1, "load_back": 1, "seed": layers, "write_through": 1, "demote": 1}
-    assert all(phases[n]["host_s"] > before[n]["host_s"] for n in phases)
-    assert phases["prefill"]["stream_s"] >= phases["load_back"]["stream_s"] + phases["demote"]["stream_s"]
-    assert [len(o["output_ids"]) for o in outs] == [4] * 4
-    assert [o["meta_info"]["cached_tokens"] for o in outs] == [800] * 4
-    assert 0 < loaded <= 800 // 16  # once for the batch (less the pages still on the device)
 
 
 def _generate_within(eng, prompts, params, seconds: float) -> list:

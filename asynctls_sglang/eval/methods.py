@@ -58,7 +58,8 @@ def device_args(device: str, context: int, mem_fraction_static: float | None,
     if device == "cpu":
         # fp32: bf16 has no native path on these CPUs (~4x slower). CUDA graphs do not exist on
         # CPU. Without --mem-fraction-static SGLang's CPU default leaves no room for the KV pool.
-        args += ["--device", "cpu", "--dtype", "float32", "--disable-cuda-graph",
+        # --sleep-on-idle: an idle scheduler polls at 100% of a core, taken from the harness.
+        args += ["--device", "cpu", "--dtype", "float32", "--disable-cuda-graph", "--sleep-on-idle",
                  "--chunked-prefill-size", "8192",
                  "--mem-fraction-static", str(mem_fraction_static or 0.5)]
     elif mem_fraction_static is not None:
