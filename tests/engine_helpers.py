@@ -23,6 +23,16 @@ def sigquit_handler(signum, frame):  # module-level: a scheduler crash must fail
     print("engine child process failed (SIGQUIT)", flush=True)
 
 
+#: engines started by engine() and not yet shut down
+_LIVE: list = []
+
+
+def _killed_by_another_shutdown(*args, **kwargs):
+    raise RuntimeError("this engine's scheduler is gone: SGLang's Engine.shutdown kills every child process of "
+                       "this process, so an engine shared by tests (a module fixture) serves only the tests that "
+                       "run before another engine of the module starts and stops")
+
+
 @contextlib.contextmanager
 def engine(model_path: str, backend: str, asynctls: dict | None = None, **kwargs) -> Iterator[object]:
     """An sglang.Engine with ``backend``; ``asynctls`` fields go to ASYNCTLS_CONFIG."""
@@ -38,10 +48,14 @@ def engine(model_path: str, backend: str, asynctls: dict | None = None, **kwargs
         args.setdefault("page_size", (asynctls or {}).get("block_size", 64))
     eng = sgl.Engine(model_path=model_path, attention_backend=backend,
                      custom_sigquit_handler=sigquit_handler, **args)
+    _LIVE.append(eng)
     try:
         yield eng
     finally:
+        _LIVE.remove(eng)
         eng.shutdown()
+        for other in _LIVE:  # its scheduler was killed too: a request to it would wait forever
+            other.generate = _killed_by_another_shutdown
         if saved is None:
             os.environ.pop("ASYNCTLS_CONFIG", None)
         else:
