@@ -25,10 +25,11 @@ RADIX_SUM_BITS = {"histogram": 0, "bitwise": 1, "bitpair": 2}
 #: elsewhere. "bitpair" lost (session 12): token top-k 28.1 against 22.2 us at Qwen3-8B 128k x 8,
 #: 21.6 against 17.9 for GLM-4.7-Flash; half the passes, but each sums an int64 of three packed
 #: counts and resolves two bits with more compares, which costs more than the pass it saves.
-#: compact (session 23, not yet timed; 0: off): with the one-bit radix, once at most
-#: min(compact, k) entries still match the threshold's prefix they are written to out's row and
-#: the remaining passes run over those alone (the passes were bound by their work over the whole
-#: row: "bitpair", half the passes at more work each, lost).
+#: compact (session 23; 0: off): with the one-bit radix, once at most min(compact, k) entries
+#: still match the threshold's prefix they are written to out's row and the remaining passes run
+#: over those alone. Session 24 timed it on the H200 with no gain (block top-k within 0.5 us,
+#: token top-k within 1.1 us either way), so the passes over the whole row are not where the
+#: top-k's time goes; it stays off, a --sweep alternative.
 LAUNCH = {"radix": "bitwise", "bits": 6, "warps_1k": 4, "warps_4k": 4, "warps_16k": 8, "compact": 0}
 #: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90); the
 #: first is the session-10 default.
