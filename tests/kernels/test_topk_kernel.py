@@ -141,6 +141,19 @@ def test_every_sweep_alternative_is_exact(kind, shape, k, overrides):
         test_select_tokens_exact(kind, shape, k, "resident")
 
 
+def test_rows_rule_picks_the_warps_of_long_rows_by_rows_per_sm():
+    """LAUNCH's rows rule: rows of 4097-16384 entries take wide_warps_16k from wide_rows_per_sm
+    rows (one program each) per SM on, warps_16k below; shorter rows keep their warps at any count
+    (off the GPU sm_count is 8)."""
+    cpu = torch.device("cpu")
+    with launch_overrides(topk.LAUNCH, {"warps_4k": 2, "warps_16k": 8, "wide_warps_16k": 4}):
+        assert [topk.resident_launch(8192, rows, cpu)["num_warps"] for rows in (1, 7, 8, 64)] == [8, 8, 4, 4]
+        assert topk.resident_launch(16384, 8, cpu)["num_warps"] == 4
+        assert topk.resident_launch(4096, 64, cpu)["num_warps"] == 2
+        with launch_overrides(topk.LAUNCH, {"wide_rows_per_sm": 2.0}):
+            assert [topk.resident_launch(8192, rows, cpu)["num_warps"] for rows in (8, 15, 16)] == [8, 8, 4]
+
+
 @pytest.mark.parametrize("overrides", [{"radix": "histogram"}, {"radix": "bitpair"}, {"compact": 16},
                                        {"compact": 256}], ids=launch_id)
 @pytest.mark.parametrize("kind, shape, k", [c for c in CASES

@@ -48,5 +48,5 @@ def score_select_block_tokens(q: torch.Tensor, codes: torch.Tensor, scale_zero: 
         channels.stride(0), req_to_token.stride(0), blocks.stride(0), blocks.stride(1), blocks.stride(2),
         scratch.stride(0), scratch.stride(1), out.stride(0), out.stride(1),
         **consts, B=block_size, BLOCK_C=min(chunk, block_n), BLOCK_N=block_n, BLOCK_K=pow2(k, 16),
-        **resident_launch(block_n))
+        **resident_launch(block_n, bs * hk, q.device))
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from asynctls_sglang import env
-from asynctls_sglang.kernels.common.launch import check, check_out, pow2
+from asynctls_sglang.kernels.common.launch import check, check_out, pow2, sm_count
 from asynctls_sglang.kernels.common.topk_kernel import topk_kernel, topk_resident_kernel
 
 #: k is sorted in registers: larger budgets would spill (and the config never asks for them).
@@ -30,7 +30,12 @@ RADIX_SUM_BITS = {"histogram": 0, "bitwise": 1, "bitpair": 2}
 #: over those alone. Session 24 timed it on the H200 with no gain (block top-k within 0.5 us,
 #: token top-k within 1.1 us either way), so the passes over the whole row are not where the
 #: top-k's time goes; it stays off, a --sweep alternative.
-LAUNCH = {"radix": "bitwise", "bits": 6, "warps_1k": 4, "warps_4k": 4, "warps_16k": 8, "compact": 0}
+#: Rows by batch (session 25): with at least `wide_rows_per_sm` rows per SM (one program per
+#: row), rows of 4097-16384 entries take `wide_warps_16k` warps instead of warps_16k. H200 sweep,
+#: token top-k (8192 candidates), Qwen3-8B 128k, batch 8-48 (64-384 rows on 132 SMs): 8 warps won
+#: by 3.1-3.7 us up to 128 rows, 4 warps by 1.2-3.1 us from 160 rows (40.4 against 43.5 us at 256).
+LAUNCH = {"radix": "bitwise", "bits": 6, "warps_1k": 4, "warps_4k": 4, "warps_16k": 8, "compact": 0,
+          "wide_rows_per_sm": 1.0, "wide_warps_16k": 4}
 #: The alternatives kernel_bench --sweep times (each tested on the CPU, compiled for sm_90); the
 #: first is the session-10 default.
 SWEEP = ({"radix": "histogram", "warps_4k": 8, "warps_16k": 16}, {"radix": "histogram"},
@@ -38,7 +43,9 @@ SWEEP = ({"radix": "histogram", "warps_4k": 8, "warps_16k": 16}, {"radix": "hist
          {"radix": "histogram", "bits": 8, "warps_4k": 8, "warps_16k": 32},
          {"warps_4k": 8, "warps_16k": 16}, {"warps_4k": 2, "warps_16k": 4}, {"warps_16k": 16},
          {"radix": "bitpair"}, {"radix": "bitpair", "warps_4k": 8, "warps_16k": 16}, {"compact": 256},
-         {"compact": 128})
+         {"compact": 128},
+         # the rows rule off (8 warps at every batch: the default before session 25), and 4 at every batch
+         {"wide_warps_16k": 8}, {"wide_rows_per_sm": 0.0})
 
 
 def topk_indices(scores: torch.Tensor, k: int, pos: torch.Tensor | None = None, *,
@@ -90,19 +97,25 @@ def topk_indices(scores: torch.Tensor, k: int, pos: torch.Tensor | None = None, 
     block_n = pow2(n, 128)
     topk_resident_kernel[(rows,)](
         *args, HAS_POS=pos is not None, BLOCK_N=block_n, BLOCK_K=block_k, SORTED=ordered,
-        PRELOAD_POS=block_n <= 8192, **resident_launch(block_n))
+        PRELOAD_POS=block_n <= 8192, **resident_launch(block_n, rows, scores.device))
     return out
 
 
-def resident_launch(block_n: int) -> dict:
-    """LAUNCH as the register-resident selection's constexprs and warps for a row of block_n
-    entries (topk_resident_kernel, and the token top-k fused into token scoring)."""
+def resident_launch(block_n: int, rows: int, device: torch.device) -> dict:
+    """LAUNCH as the register-resident selection's constexprs and warps for `rows` rows (one
+    program each) of block_n entries on `device` (topk_resident_kernel, the token top-k fused into
+    token scoring, the offload tables' pair top-k)."""
     cfg = LAUNCH
     check(cfg["compact"] == 0 or (cfg["radix"] == "bitwise" and cfg["compact"] == pow2(cfg["compact"], 16)),
           f"compact needs the bitwise radix and a power of two >= 16, got {cfg['compact']} with {cfg['radix']!r}")
-    return dict(BITS=cfg["bits"], SUM_BITS=RADIX_SUM_BITS[cfg["radix"]], COMPACT=cfg["compact"],
-                num_warps=cfg["warps_1k"] if block_n <= 1024 else cfg["warps_4k"] if block_n <= 4096
-                else cfg["warps_16k"])
+    if block_n <= 1024:
+        warps = cfg["warps_1k"]
+    elif block_n <= 4096:
+        warps = cfg["warps_4k"]
+    else:
+        wide = rows >= cfg["wide_rows_per_sm"] * sm_count(device)
+        warps = cfg["wide_warps_16k"] if wide else cfg["warps_16k"]
+    return dict(BITS=cfg["bits"], SUM_BITS=RADIX_SUM_BITS[cfg["radix"]], COMPACT=cfg["compact"], num_warps=warps)
 
 
 def select_blocks(scores: torch.Tensor, k: int, *, out: torch.Tensor | None = None,
