@@ -72,7 +72,8 @@ def readable_pair_topk(scores: torch.Tensor, k: int, blk2slot: torch.Tensor, row
         parts, out, blk2slot, rows, window, n, k, window.shape[1], blk2slot.shape[2] - 1, n_s,
         parts.stride(0), parts.stride(1), parts.stride(2), out.stride(0), out.stride(1), out.stride(2),
         blk2slot.stride(0), blk2slot.stride(1), window.stride(0),
-        BLOCK_N=block_n, BLOCK_W=pow2(window.shape[1], 2), BLOCK_K=pow2(k, 16), **resident_launch(block_n, 2 * bs * hk, parts.device))
+        BLOCK_N=block_n, BLOCK_W=pow2(window.shape[1], 2), BLOCK_K=pow2(k, 16),
+        **resident_launch(block_n, 2 * bs * hk, parts.device))
     return out
 
 
